@@ -1,0 +1,175 @@
+"""The commands that talk to the daemon. They import the control client and config only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ..config import parse_carrier
+from ..control.client import ControlClient, ensure_daemon
+from ..errors import ConfigError
+from .output import emit, handles_errors, human_bytes, table
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document for scripts.")]
+BridgeOpt = Annotated[
+    str | None, typer.Option("--bridge", help="Which relay connection (when several).")
+]
+NoStartOpt = Annotated[
+    bool, typer.Option("--no-start", help="Fail instead of starting the daemon.")
+]
+
+
+def _client(no_start: bool = False) -> ControlClient:
+    client = ControlClient()
+    if not no_start:
+        ensure_daemon(client)
+    return client
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    @handles_errors
+    def connect(
+        url: Annotated[str, typer.Argument(help="Relay address: tcp://HOST:PORT or ws(s)://HOST/ssh")],
+        name: Annotated[str | None, typer.Option(help="Name of this bridge.")] = None,
+        token_file: Annotated[
+            Path | None, typer.Option(help="File with the websocket carrier's bearer token.")
+        ] = None,
+        no_start: NoStartOpt = False,
+        json_out: JsonOpt = False,
+    ) -> None:
+        """Connect to a relay (the daemon keeps the connection up)."""
+        parse_carrier(url)  # bad input fails here, before a daemon is started for it
+        token = None
+        if token_file is not None:
+            try:
+                token = token_file.read_text().strip()
+            except OSError as exc:
+                raise ConfigError(f"cannot read the token file {token_file}: {exc.strerror}") \
+                    from None
+        body: dict[str, Any] = {"url": url, "name": name, "token": token}
+        bridge = _client(no_start).post("bridges", body)
+        emit(bridge, json_out, lambda b: typer.echo(
+            f"connected to {b['relay']} as bridge {b['name']!r} (session {b['session']})"))
+
+    @app.command()
+    @handles_errors
+    def disconnect(
+        name: Annotated[str | None, typer.Argument(help="Bridge to close.")] = None,
+        json_out: JsonOpt = False,
+    ) -> None:
+        """Leave intercepts, close forwards and the relay connection."""
+        client = _client(no_start=True)
+        bridge = name or _only_bridge(client)
+        result = client.delete(f"bridges/{bridge}")
+        emit(result, json_out, lambda r: typer.echo(f"disconnected {r['disconnected']}"))
+
+    @app.command()
+    @handles_errors
+    def expose(
+        targets: Annotated[list[str], typer.Argument(help="HOST:PORT in the cluster.")],
+        local_port: Annotated[int, typer.Option(help="Local port (default: same, else free).")] = 0,
+        name: Annotated[str | None, typer.Option(help="Name of the forward.")] = None,
+        bridge: BridgeOpt = None,
+        no_start: NoStartOpt = False,
+        json_out: JsonOpt = False,
+    ) -> None:
+        """Make in-cluster destinations reachable on local ports."""
+        if len(targets) > 1 and (local_port or name):
+            raise ConfigError("--local-port and --name go with a single target")
+        client = _client(no_start)
+        results = [
+            client.post("forwards", {"target": t, "local_port": local_port, "name": name,
+                                     "bridge": bridge})
+            for t in targets
+        ]
+        emit(results, json_out, lambda rs: [typer.echo(
+            f"{r['remote_host']}:{r['remote_port']} → {r['local_host']}:{r['local_port']}"
+            f"  ({r['name']})") for r in rs])
+
+    @app.command()
+    @handles_errors
+    def unexpose(
+        name: Annotated[str, typer.Argument(help="Forward name (see bridged status).")],
+        json_out: JsonOpt = False,
+    ) -> None:
+        """Close a forward."""
+        result = _client(no_start=True).delete(f"forwards/{name}")
+        emit(result, json_out, lambda r: typer.echo(f"removed forward {r['removed']}"))
+
+    @app.command()
+    @handles_errors
+    def intercept(
+        remote_port: Annotated[int, typer.Option(help="Port the cluster sends traffic to.")],
+        local_port: Annotated[int, typer.Option(help="Port of your local service.")],
+        name: Annotated[str | None, typer.Option(help="Name of the intercept.")] = None,
+        local_host: Annotated[str, typer.Option(help="Host of your local service.")] = "127.0.0.1",
+        bridge: BridgeOpt = None,
+        no_start: NoStartOpt = False,
+        json_out: JsonOpt = False,
+    ) -> None:
+        """Send the traffic of a relay port to a local service (whole port, TCP)."""
+        result = _client(no_start).post("intercepts", {
+            "remote_port": remote_port, "local_port": local_port, "name": name,
+            "local_host": local_host, "bridge": bridge,
+        })
+        emit(result, json_out, lambda r: typer.echo(
+            f"intercepting relay port {r['remote_port']} → {r['local_host']}:{r['local_port']}"
+            f"  ({r['name']})"))
+
+    @app.command()
+    @handles_errors
+    def leave(
+        name: Annotated[str, typer.Argument(help="Intercept name (see bridged status).")],
+        json_out: JsonOpt = False,
+    ) -> None:
+        """End an intercept: the relay stops routing to you at once."""
+        result = _client(no_start=True).delete(f"intercepts/{name}")
+        emit(result, json_out, lambda r: typer.echo(f"left intercept {r['left']}"))
+
+    @app.command()
+    @handles_errors
+    def status(json_out: JsonOpt = False) -> None:
+        """What is connected, exposed and intercepted, with counters."""
+        emit(_client(no_start=True).get("status"), json_out, _print_status)
+
+
+def _only_bridge(client: ControlClient) -> str:
+    bridges = client.get("status")["bridges"]
+    if len(bridges) != 1:
+        raise ConfigError(
+            "not connected to any relay" if not bridges else
+            f"several bridges are connected ({', '.join(b['name'] for b in bridges)}): name one"
+        )
+    return str(bridges[0]["name"])
+
+
+def _print_status(s: dict[str, Any]) -> None:
+    d = s["daemon"]
+    typer.echo(f"daemon {d['version']} (pid {d['pid']}), key {d['client_key_fingerprint']}")
+    if not s["bridges"]:
+        typer.echo("not connected to any relay (bridged connect URL)")
+        return
+    table("bridges", ["name", "relay", "state", "connects", "session", "error"], [
+        [b["name"], b["relay"], b["state"], b["connects"], b["session"], b["last_error"]]
+        for b in s["bridges"]
+    ])
+    if s["forwards"]:
+        table("forwards", ["name", "local", "remote", "active", "total", "failed", "sent",
+                           "received", "last error"], [
+            [f["name"], f"{f['local_host']}:{f['local_port']}",
+             f"{f['remote_host']}:{f['remote_port']}", f["active"], f["connections"],
+             f["failed"], human_bytes(f["bytes_sent"]), human_bytes(f["bytes_received"]),
+             f["last_error"]]
+            for f in s["forwards"]
+        ])
+    if s["intercepts"]:
+        table("intercepts", ["name", "relay port", "local", "state", "active", "total",
+                             "failed", "last error"], [
+            [i["name"], i["remote_port"], f"{i['local_host']}:{i['local_port']}",
+             i["state"], i["active"], i["connections"], i["failed"],
+             i["error"] or i["last_error"]]
+            for i in s["intercepts"]
+        ])

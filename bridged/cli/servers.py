@@ -1,0 +1,114 @@
+"""The commands that *are* processes: ``daemon``, ``relay`` and ``demo``."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..config import parse_host_port
+from .output import handles_errors
+
+LogLevel = Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")]
+LogFormat = Annotated[str, typer.Option("--log-format", help="text or json.")]
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    @handles_errors
+    def daemon(
+        ready_fd: Annotated[int | None, typer.Option(hidden=True)] = None,
+        log_level: LogLevel = "info",
+        log_format: LogFormat = "text",
+    ) -> None:
+        """Run the daemon in the foreground (other commands start it when needed)."""
+        from ..daemon.app import Daemon
+        from ..runtime import run, setup_logging
+
+        setup_logging(log_level, log_format)
+
+        def ready() -> None:
+            if ready_fd is not None:
+                os.write(ready_fd, b"ready\n")
+                os.close(ready_fd)
+
+        async def main() -> None:
+            await Daemon().run(ready)
+
+        run(main())
+
+    @app.command()
+    @handles_errors
+    def relay(
+        ssh_listen: Annotated[str, typer.Option(help="SSH address HOST:PORT (port 0: any).")] =
+            "127.0.0.1:2222",
+        http_listen: Annotated[
+            str | None, typer.Option(help="Websocket/health address HOST:PORT (off if unset).")
+        ] = None,
+        token_file: Annotated[
+            Path | None, typer.Option(help="Bearer token for the websocket carrier.")
+        ] = None,
+        host_key: Annotated[Path, typer.Option(help="SSH host key (made if absent).")] =
+            Path("/var/run/bridged/ssh_host_ed25519_key"),
+        authorized_keys: Annotated[
+            Path, typer.Option(help="File or folder of authorized public keys.")
+        ] = Path("/etc/bridged/authorized_keys"),
+        intercept_host: Annotated[
+            str, typer.Option(help="Address intercepted ports listen on.")
+        ] = "0.0.0.0",
+        deny: Annotated[list[str] | None, typer.Option(help="Extra CIDR/host pattern to deny.")]
+            = None,
+        allow: Annotated[
+            list[str] | None, typer.Option(help="Only these CIDRs/host patterns (deny wins).")
+        ] = None,
+        log_level: LogLevel = "info",
+        log_format: LogFormat = "text",
+    ) -> None:
+        """Run the relay (in the cluster, or locally for tests and the demo).
+
+        Prints one JSON line on stdout once it accepts connections: the ports it bound.
+        """
+        from ..keys import fingerprint
+        from ..relay.policy import DestinationPolicy
+        from ..relay.server import Relay, RelaySettings
+        from ..runtime import run, setup_logging
+
+        setup_logging(log_level, log_format)
+        ssh_host, ssh_port = parse_host_port(ssh_listen, allow_zero=True)
+        http_host, http_port = parse_host_port(http_listen, allow_zero=True) if http_listen else ("", None)
+        settings = RelaySettings(
+            host_key=host_key, authorized_keys=authorized_keys, ssh_host=ssh_host,
+            ssh_port=ssh_port, http_host=http_host or "127.0.0.1", http_port=http_port,
+            token_file=token_file, intercept_host=intercept_host,
+            policy=DestinationPolicy.parse(deny=tuple(deny or ()), allow=tuple(allow or ())),
+        )
+
+        async def main() -> None:
+            import asyncio
+            import signal
+
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
+            async with Relay(settings) as r:
+                print(json.dumps({"event": "ready", "ssh_port": r.ssh_port,
+                                  "http_port": r.http_port,
+                                  "host_key": fingerprint(r.host_key)}), flush=True)
+                await stop.wait()
+
+        run(main())
+
+    @app.command()
+    @handles_errors
+    def demo(json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
+        """Run the whole path on this machine: relay, daemon, forwards, an intercept."""
+        from ..demo import run_demo
+
+        ok = run_demo(json_out=json_out)
+        sys.stdout.flush()
+        raise typer.Exit(0 if ok else 1)

@@ -1,0 +1,239 @@
+"""Settings and specs: frozen dataclasses, parsed from what users type.
+
+Every ``parse_*`` function raises :class:`~bridged.errors.ConfigError` with a one-line message that
+says what was expected; nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from .errors import ConfigError
+
+KiB = 1024
+MiB = 1024 * KiB
+
+
+@dataclass(frozen=True)
+class TunnelSettings:
+    """How the SSH connection between daemon and relay is tuned. Both ends use the same values."""
+
+    #: per-channel flow-control window, bytes. 2 MiB covers the bandwidth-delay product of a
+    #: laptop-to-cluster path; a larger window only costs memory per stream.
+    window_bytes: int = 2 * MiB
+    #: largest SSH data packet, bytes. The cost of SSH in Python is per packet (framing, copies),
+    #: so 128 KiB packets move about twice the bytes per CPU second of the 32 KiB default.
+    packet_bytes: int = 128 * KiB
+    #: seconds between SSH keepalives; with ``keepalive_count_max`` missed answers a dead peer is
+    #: noticed within 15 s, well before TCP would, and a sleeping laptop reconnects on wake-up.
+    keepalive_seconds: float = 5.0
+    keepalive_count_max: int = 3
+    #: ciphers in order of preference: AES-GCM is the cheapest in asyncssh (AES-NI), chacha20 next.
+    encryption_algs: tuple[str, ...] = (
+        "aes128-gcm@openssh.com",
+        "aes256-gcm@openssh.com",
+        "chacha20-poly1305@openssh.com",
+    )
+    #: seconds an SSH handshake may take before the attempt counts as failed
+    connect_timeout_seconds: float = 15.0
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Capped exponential backoff with full jitter, for reconnecting a dropped carrier."""
+
+    #: first delay, seconds: short, since most drops are an API server closing a port-forward
+    first_seconds: float = 0.2
+    #: cap, seconds: a relay that is gone for long is retried twice a minute at most
+    max_seconds: float = 30.0
+    factor: float = 2.0
+
+    def delay(self, attempt: int, rand: float) -> float:
+        """Delay before retry ``attempt`` (0-based); ``rand`` in [0, 1) supplies the jitter."""
+        ceiling = min(self.max_seconds, self.first_seconds * self.factor**attempt)
+        # "equal jitter": at least half the ceiling, so retries never stampede at ~0 s
+        return ceiling / 2 + ceiling / 2 * rand
+
+
+@dataclass(frozen=True)
+class LeaseSettings:
+    """How long an intercept stays routed without news from its daemon."""
+
+    #: seconds between renewals sent by the daemon
+    renew_seconds: float = 2.0
+    #: seconds after the last renewal at which the relay stops routing to the session; three
+    #: renewals may be lost before a live laptop loses its traffic
+    ttl_seconds: float = 8.0
+
+
+# --- addresses ---------------------------------------------------------------------------------
+
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?$")
+
+
+def parse_port(text: str | int, what: str = "port", *, allow_zero: bool = False) -> int:
+    try:
+        port = int(text)
+    except (TypeError, ValueError):
+        raise ConfigError(f"bad {what} {text!r}: expected a number from 1 to 65535") from None
+    low = 0 if allow_zero else 1
+    if not low <= port <= 65535:
+        raise ConfigError(f"bad {what} {text!r}: expected a number from {low} to 65535")
+    return port
+
+
+def parse_host(text: str) -> str:
+    """A host name or an IP address (IPv6 with or without brackets)."""
+    host = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    if not _HOSTNAME.match(host):
+        raise ConfigError(f"bad host {text!r}: expected a host name or an IP address")
+    return host.lower()
+
+
+def parse_host_port(
+    text: str, *, default_host: str | None = None, allow_zero: bool = False
+) -> tuple[str, int]:
+    """``host:port``, ``[v6]:port``, or just ``port`` when ``default_host`` is given."""
+    text = text.strip()
+    if default_host is not None and text.isdigit():
+        return default_host, parse_port(text, allow_zero=allow_zero)
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+        if not sep:
+            raise ConfigError(f"bad address {text!r}: expected [IPv6]:PORT")
+    else:
+        host, sep, port = text.rpartition(":")
+        if not sep or not host:
+            want = "HOST:PORT or PORT" if default_host is not None else "HOST:PORT"
+            raise ConfigError(f"bad address {text!r}: expected {want}")
+        if ":" in host:
+            raise ConfigError(f"bad address {text!r}: write IPv6 addresses as [ADDR]:PORT")
+    return parse_host(host), parse_port(port, allow_zero=allow_zero)
+
+
+def format_host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+# --- carrier URLs -------------------------------------------------------------------------------
+
+CARRIER_SCHEMES = ("tcp", "ws", "wss")
+
+
+@dataclass(frozen=True)
+class CarrierSpec:
+    """Where the relay is and how the SSH bytes travel there: ``tcp://h:p``, ``ws(s)://h:p/path``."""
+
+    scheme: str
+    host: str
+    port: int
+    path: str = "/"
+
+    @property
+    def url(self) -> str:
+        path = self.path if self.scheme in ("ws", "wss") else ""
+        return f"{self.scheme}://{format_host_port(self.host, self.port)}{path}"
+
+    def __str__(self) -> str:
+        return self.url
+
+
+def parse_carrier(text: str) -> CarrierSpec:
+    parts = urlsplit(text.strip())
+    if parts.scheme not in CARRIER_SCHEMES:
+        raise ConfigError(
+            f"bad relay address {text!r}: expected tcp://HOST:PORT, ws://HOST:PORT/PATH "
+            "or wss://HOST:PORT/PATH"
+        )
+    if parts.username or parts.password or parts.query:
+        raise ConfigError(
+            f"bad relay address {text!r}: put no credentials in the URL (use --token)"
+        )
+    try:
+        port = parts.port
+    except ValueError:
+        raise ConfigError(f"bad relay address {text!r}: the port is not a number") from None
+    if not parts.hostname:
+        raise ConfigError(f"bad relay address {text!r}: no host")
+    if port is None:
+        if parts.scheme == "tcp":
+            raise ConfigError(f"bad relay address {text!r}: tcp:// needs a port")
+        port = 443 if parts.scheme == "wss" else 80
+    return CarrierSpec(parts.scheme, parse_host(parts.hostname), parse_port(port), parts.path or "/")
+
+
+# --- forwards and intercepts ----------------------------------------------------------------------
+
+_NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
+
+
+def parse_name(text: str, what: str = "name") -> str:
+    if not _NAME.match(text):
+        raise ConfigError(
+            f"bad {what} {text!r}: use lower-case letters, digits, '.', '_' and '-' (at most 63)"
+        )
+    return text
+
+
+@dataclass(frozen=True)
+class ForwardSpec:
+    """An in-cluster destination made reachable on a local port."""
+
+    name: str
+    remote_host: str
+    remote_port: int
+    local_host: str = "127.0.0.1"
+    #: 0 means: the same number as the remote port when free, else any free port
+    local_port: int = 0
+
+    @classmethod
+    def parse(
+        cls, target: str, *, local_port: int = 0, name: str | None = None,
+        local_host: str = "127.0.0.1",
+    ) -> ForwardSpec:
+        host, port = parse_host_port(target)
+        if name is None:
+            name = f"{host}-{port}".replace(":", "-")
+        return cls(
+            name=parse_name(name, "forward name"),
+            remote_host=host,
+            remote_port=port,
+            local_host=parse_host(local_host),
+            local_port=parse_port(local_port, "local port", allow_zero=True),
+        )
+
+
+@dataclass(frozen=True)
+class InterceptSpec:
+    """Traffic that reaches ``remote_port`` in the cluster, delivered to a local port instead.
+
+    ``mode`` is ``tcp`` (whole port, exclusive) in this version; the control protocol already
+    carries ``matchers`` for per-request HTTP routing.
+    """
+
+    name: str
+    remote_port: int
+    local_port: int
+    local_host: str = "127.0.0.1"
+    mode: str = "tcp"
+    matchers: tuple[tuple[str, str, str], ...] = field(default=())
+
+    @classmethod
+    def parse(
+        cls, *, remote_port: int, local_port: int, name: str | None = None,
+        local_host: str = "127.0.0.1",
+    ) -> InterceptSpec:
+        rport = parse_port(remote_port, "remote port")
+        return cls(
+            name=parse_name(name or f"port-{rport}", "intercept name"),
+            remote_port=rport,
+            local_port=parse_port(local_port, "local port"),
+            local_host=parse_host(local_host),
+        )

@@ -1,0 +1,144 @@
+"""The control API server, run by the daemon on its unix socket."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from ..errors import BridgedError, ConfigError, ControlError
+from .models import API, ConnectRequest, ForwardRequest, InterceptRequest, error_body, status_for
+
+if TYPE_CHECKING:
+    from ..daemon.app import Daemon
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except BridgedError as exc:
+        return web.json_response(error_body(exc), status=status_for(exc))
+    except web.HTTPException:
+        raise
+    except Exception as exc:  # a bug: say so, keep serving
+        log.exception("control API %s %s failed", request.method, request.path)
+        error = ControlError(f"internal error in the daemon: {exc}",
+                             hint="see the daemon log (bridged logs)")
+        return web.json_response(error_body(error), status=500)
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except (ValueError, UnicodeDecodeError):
+        raise ConfigError("the request body is not JSON") from None
+    if not isinstance(body, dict):
+        raise ConfigError("the request body must be a JSON object")
+    return body
+
+
+def make_app(daemon: Daemon) -> web.Application:
+    routes = web.RouteTableDef()
+
+    @routes.get(f"{API}/status")
+    async def status(request: web.Request) -> web.Response:
+        return web.json_response(daemon.status())
+
+    @routes.post(f"{API}/bridges")
+    async def connect(request: web.Request) -> web.Response:
+        req = ConnectRequest.parse(await _body(request))
+        bridge = await daemon.connect(req.spec, name=req.name, token=req.token)
+        return web.json_response(bridge.to_dict(), status=201)
+
+    @routes.delete(f"{API}/bridges/{{name}}")
+    async def disconnect(request: web.Request) -> web.Response:
+        await daemon.disconnect(request.match_info["name"])
+        return web.json_response({"disconnected": request.match_info["name"]})
+
+    @routes.post(f"{API}/forwards")
+    async def expose(request: web.Request) -> web.Response:
+        req = ForwardRequest.parse(await _body(request))
+        forward = await daemon.expose(req.bridge, req.spec)
+        return web.json_response(forward.to_dict(), status=201)
+
+    @routes.delete(f"{API}/forwards/{{name}}")
+    async def unexpose(request: web.Request) -> web.Response:
+        await daemon.unexpose(request.match_info["name"])
+        return web.json_response({"removed": request.match_info["name"]})
+
+    @routes.post(f"{API}/intercepts")
+    async def intercept(request: web.Request) -> web.Response:
+        req = InterceptRequest.parse(await _body(request))
+        intercept = await daemon.intercept(req.bridge, req.spec)
+        return web.json_response(intercept.to_dict(), status=201)
+
+    @routes.delete(f"{API}/intercepts/{{name}}")
+    async def leave(request: web.Request) -> web.Response:
+        await daemon.leave(request.match_info["name"])
+        return web.json_response({"left": request.match_info["name"]})
+
+    @routes.post(f"{API}/shutdown")
+    async def shutdown(request: web.Request) -> web.Response:
+        daemon.request_stop()
+        return web.json_response({"stopping": True})
+
+    app = web.Application(middlewares=[_errors], client_max_size=1024 * 1024)
+    app.add_routes(routes)
+    return app
+
+
+class ControlServer:
+    """The API on a unix socket: 0600 in a 0700 folder; a stale socket is replaced, a live one
+    (another daemon) is an error."""
+
+    def __init__(self, daemon: Daemon, path: Path) -> None:
+        self.daemon = daemon
+        self.path = path
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.path.parent, 0o700)
+        if self.path.exists():
+            if _answers(self.path):
+                raise ControlError(f"a bridged daemon is already running on {self.path}")
+            self.path.unlink()
+        self._runner = web.AppRunner(make_app(self.daemon), access_log=None)
+        await self._runner.setup()
+        old_umask = os.umask(0o177)  # the socket is born 0600: no window with wider rights
+        try:
+            await web.UnixSite(self._runner, str(self.path)).start()
+        finally:
+            os.umask(old_umask)
+        os.chmod(self.path, 0o600)
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        self.path.unlink(missing_ok=True)
+
+
+def _answers(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(1)
+        try:
+            s.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
+def dumps(data: Any) -> str:
+    return json.dumps(data, indent=2, sort_keys=True)

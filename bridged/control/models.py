@@ -1,0 +1,106 @@
+"""Pure pieces of the control API: what a request body means, how an error crosses the socket."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..config import CarrierSpec, ForwardSpec, InterceptSpec, parse_carrier, parse_name
+from ..errors import (
+    BridgedError, CarrierError, ConfigError, Conflict, ControlError, HostKeyMismatch,
+    NotFound, RefusedError, SessionError, from_code,
+)
+
+API = "/v1"
+
+#: HTTP status per error class (most specific first)
+_STATUS: tuple[tuple[type[BridgedError], int], ...] = (
+    (ConfigError, 400),
+    (NotFound, 404),
+    (Conflict, 409),
+    (RefusedError, 409),
+    (HostKeyMismatch, 502),
+    (SessionError, 502),
+    (CarrierError, 502),
+)
+
+
+def status_for(error: BridgedError) -> int:
+    for cls, status in _STATUS:
+        if isinstance(error, cls):
+            return status
+    return 500
+
+
+def error_body(error: BridgedError) -> dict[str, Any]:
+    return {"error": {"code": error.code, "message": error.message, "hint": error.hint}}
+
+
+def error_from_body(status: int, body: Any) -> BridgedError:
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        e = body["error"]
+        return from_code(str(e.get("code", "error")), str(e.get("message", "")), e.get("hint"))
+    return ControlError(f"the daemon answered HTTP {status} without an error body")
+
+
+def _field(body: dict[str, Any], name: str, kind: type, default: Any = None) -> Any:
+    value = body.get(name, default)
+    if value is not None and not isinstance(value, kind):
+        raise ConfigError(f"field {name!r} must be a {kind.__name__}")
+    return value
+
+
+@dataclass(frozen=True)
+class ConnectRequest:
+    spec: CarrierSpec
+    name: str | None
+    token: str | None
+
+    @classmethod
+    def parse(cls, body: dict[str, Any]) -> ConnectRequest:
+        url = _field(body, "url", str)
+        if not url:
+            raise ConfigError("missing relay address: give tcp://HOST:PORT or ws(s)://HOST/PATH")
+        name = _field(body, "name", str)
+        return cls(parse_carrier(url), parse_name(name, "bridge name") if name else None,
+                   _field(body, "token", str))
+
+
+@dataclass(frozen=True)
+class ForwardRequest:
+    bridge: str | None
+    spec: ForwardSpec
+
+    @classmethod
+    def parse(cls, body: dict[str, Any]) -> ForwardRequest:
+        target = _field(body, "target", str)
+        if not target:
+            raise ConfigError("missing target: give HOST:PORT")
+        return cls(
+            _field(body, "bridge", str),
+            ForwardSpec.parse(
+                target, local_port=_field(body, "local_port", int, 0),
+                name=_field(body, "name", str),
+                local_host=_field(body, "local_host", str, "127.0.0.1"),
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class InterceptRequest:
+    bridge: str | None
+    spec: InterceptSpec
+
+    @classmethod
+    def parse(cls, body: dict[str, Any]) -> InterceptRequest:
+        remote = _field(body, "remote_port", int)
+        local = _field(body, "local_port", int)
+        if remote is None or local is None:
+            raise ConfigError("an intercept needs remote_port and local_port")
+        return cls(
+            _field(body, "bridge", str),
+            InterceptSpec.parse(
+                remote_port=remote, local_port=local, name=_field(body, "name", str),
+                local_host=_field(body, "local_host", str, "127.0.0.1"),
+            ),
+        )

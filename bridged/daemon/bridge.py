@@ -1,0 +1,387 @@
+"""A bridge: one relay, one SSH connection kept alive, and the forwards and intercepts through it.
+
+The connection is owned by :meth:`Bridge.run`, a loop that connects, restores every intercept,
+renews leases, and on any loss reconnects with capped exponential backoff and jitter. Forwards
+keep their local listeners through reconnects: a connection accepted meanwhile waits for the
+relay (up to ``wait_relay_seconds``) instead of failing at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncssh
+
+from .. import protocol
+from ..carriers import Carrier, carrier_for
+from ..config import Backoff, CarrierSpec, ForwardSpec, InterceptSpec, TunnelSettings
+from ..errors import (
+    BridgedError, CarrierError, Conflict, HostKeyMismatch, RefusedError, SessionError,
+)
+from ..keys import PinnedHostKeys, fingerprint
+from ..splice import Counters, channel_then_socket, socket_then_channel
+from ..tasks import TaskSet
+from .control_channel import ControlChannel
+
+log = logging.getLogger(__name__)
+
+
+class _PinningClient(asyncssh.SSHClient):
+    """Checks the relay's host key against the pin (made on first contact)."""
+
+    def __init__(self, pins: PinnedHostKeys, relay: str) -> None:
+        self.pins = pins
+        self.relay = relay
+        self.mismatch: tuple[str, str] | None = None
+
+    def validate_host_public_key(self, host: str, addr: str, port: int,
+                                 key: asyncssh.SSHKey) -> bool:
+        ok, pinned = self.pins.check(self.relay, key)
+        if not ok:
+            self.mismatch = (fingerprint(key), pinned or "")
+        return ok
+
+
+@dataclass
+class Forward:
+    spec: ForwardSpec
+    bridge: str
+    local_port: int
+    counters: Counters = field(default_factory=Counters)
+    server: asyncio.AbstractServer | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        s = self.spec
+        return {"name": s.name, "bridge": self.bridge, "remote_host": s.remote_host,
+                "remote_port": s.remote_port, "local_host": s.local_host,
+                "local_port": self.local_port, **self.counters.snapshot()}
+
+
+@dataclass
+class Intercept:
+    spec: InterceptSpec
+    bridge: str
+    claim: protocol.InterceptClaim
+    #: "pending" (not yet registered on this connection), "active", "refused"
+    state: str = "pending"
+    error: str = ""
+    counters: Counters = field(default_factory=Counters)
+    #: the remote-forward "listener" on the current connection (virtual on the relay)
+    listener: asyncssh.SSHListener | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        s = self.spec
+        return {"name": s.name, "bridge": self.bridge, "id": self.claim.id, "mode": s.mode,
+                "remote_port": s.remote_port, "local_host": s.local_host,
+                "local_port": s.local_port, "state": self.state, "error": self.error,
+                **self.counters.snapshot()}
+
+
+class Bridge:
+    #: seconds a connection accepted on a forward waits for a reconnecting relay
+    wait_relay_seconds = 10.0
+
+    def __init__(
+        self, name: str, spec: CarrierSpec, *, client_key: asyncssh.SSHKey,
+        pins: PinnedHostKeys, token: str | None = None,
+        tunnel: TunnelSettings | None = None, backoff: Backoff | None = None,
+        carrier: Carrier | None = None,
+    ) -> None:
+        self.name = name
+        self.spec = spec
+        self.token = token
+        self.client_key = client_key
+        self.pins = pins
+        self.tunnel = tunnel or TunnelSettings()
+        self.backoff = backoff or Backoff()
+        self.carrier = carrier or carrier_for(spec, token=token)
+        self.forwards: dict[str, Forward] = {}
+        self.intercepts: dict[str, Intercept] = {}
+        self.conn: asyncssh.SSHClientConnection | None = None
+        self.control: ControlChannel | None = None
+        self.state = "connecting"
+        self.last_error = ""
+        self.connects = 0
+        self.connected_since: float | None = None
+        self.relay_info: dict[str, Any] = {}
+        self._connected = asyncio.Event()
+        self._tasks = TaskSet(f"bridge:{name}")
+        self._stopping = False
+
+    # --- the connection ---
+
+    async def _connect_once(self) -> asyncssh.SSHClientConnection:
+        client = _PinningClient(self.pins, self.spec.url)
+        t = self.tunnel
+        try:
+            conn = await asyncssh.connect(
+                self.spec.host, self.spec.port, tunnel=self.carrier,
+                client_factory=lambda: client, username="bridged",
+                client_keys=[self.client_key], known_hosts=lambda h, a, p: ([], [], []),
+                agent_path=None, agent_forwarding=False, password_auth=False,
+                kbdint_auth=False, config=None,
+                encryption_algs=list(t.encryption_algs),
+                keepalive_interval=t.keepalive_seconds,
+                keepalive_count_max=t.keepalive_count_max,
+                connect_timeout=t.connect_timeout_seconds,
+            )
+        except asyncssh.HostKeyNotVerifiable as exc:
+            if client.mismatch:
+                seen, pinned = client.mismatch
+                raise HostKeyMismatch(
+                    f"the relay at {self.spec.url} presented host key {seen}, not the key "
+                    f"pinned on first contact; refusing to connect",
+                    hint=f"if the relay was re-created on purpose, remove its entry from "
+                    f"{self.pins.path}",
+                ) from exc
+            raise SessionError(f"relay host key not accepted: {exc.reason}") from exc
+        except asyncssh.PermissionDenied as exc:
+            raise SessionError(
+                f"the relay at {self.spec.url} refused this machine's key "
+                f"{fingerprint(self.client_key)}",
+                hint="add the public key (bridged status --json shows it) to the relay's "
+                "authorized keys",
+            ) from exc
+        except (asyncssh.Error, OSError, TimeoutError) as exc:
+            if isinstance(exc, BridgedError):
+                raise
+            reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
+            raise CarrierError(f"cannot connect to the relay at {self.spec.url}: {reason}") \
+                from exc
+        try:
+            control = await ControlChannel.open(conn)
+            self.relay_info = await control.call(
+                protocol.Hello, version=protocol.VERSION, agent=f"bridged-daemon/{_version()}"
+            )
+        except BaseException:
+            conn.abort()
+            raise
+        self.control = control
+        return conn
+
+    async def start(self) -> None:
+        """First connection, in the foreground: its failure is the caller's error."""
+        self.conn = await self._connect_once()
+        await self._on_connected()
+        self._tasks.start(self._run(), name="connection")
+
+    async def _run(self) -> None:
+        attempt = 0
+        while not self._stopping:
+            if self.conn is None:
+                try:
+                    self.conn = await self._connect_once()
+                except HostKeyMismatch as exc:
+                    self.state, self.last_error = "failed", str(exc)
+                    log.error("bridge %s: %s", self.name, exc)
+                    return  # never retry an impersonated relay
+                except BridgedError as exc:
+                    self.state, self.last_error = "reconnecting", str(exc)
+                    delay = self.backoff.delay(attempt, random.random())
+                    attempt += 1
+                    log.warning("bridge %s: %s; retrying in %.1fs", self.name, exc, delay)
+                    await asyncio.sleep(delay)
+                    continue
+                await self._on_connected()
+            attempt = 0
+            conn = self.conn
+            renewer = self._tasks.start(self._renew_leases(), name="leases")
+            await conn.wait_closed()
+            renewer.cancel()
+            self._on_lost()
+
+    async def _on_connected(self) -> None:
+        self.connects += 1
+        self.state, self.last_error = "connected", ""
+        self.connected_since = time.time()
+        self._connected.set()
+        log.info("bridge %s: connected to %s (relay %s, session %s)", self.name,
+                 self.spec.url, self.relay_info.get("relay"), self.relay_info.get("session"))
+        for intercept in list(self.intercepts.values()):
+            await self._register(intercept)
+
+    def _on_lost(self) -> None:
+        self._connected.clear()
+        if self.control is not None:
+            self.control.close()
+        self.conn, self.control = None, None
+        self.connected_since = None
+        for intercept in self.intercepts.values():
+            intercept.state, intercept.listener = "pending", None
+        if not self._stopping:
+            self.state = "reconnecting"
+            log.warning("bridge %s: connection to %s lost; reconnecting", self.name,
+                        self.spec.url)
+
+    async def _renew_leases(self) -> None:
+        interval = float(self.relay_info.get("renew_seconds", 2.0))
+        while True:
+            await asyncio.sleep(interval)
+            active = [i for i in self.intercepts.values() if i.state == "active"]
+            pending = [i for i in self.intercepts.values() if i.state != "active"]
+            if active and self.control is not None:
+                try:
+                    body = await self.control.call(
+                        protocol.Renew, intercept_ids=tuple(i.claim.id for i in active))
+                except BridgedError as exc:
+                    log.warning("bridge %s: lease renewal failed: %s", self.name, exc)
+                    continue
+                lost = set(body.get("lost", ()))
+                for i in active:
+                    if i.claim.id in lost:
+                        i.state, i.error = "pending", "the relay no longer held the intercept"
+                        pending.append(i)
+            for i in pending:  # retry what was refused or lost
+                await self._register(i)
+
+    async def wait_connected(self) -> asyncssh.SSHClientConnection:
+        if self.conn is None:
+            try:
+                await asyncio.wait_for(self._connected.wait(), self.wait_relay_seconds)
+            except TimeoutError:
+                raise CarrierError(f"not connected to the relay ({self.last_error})") from None
+        if self.conn is None:
+            raise CarrierError("not connected to the relay")
+        return self.conn
+
+    async def close(self) -> None:
+        """Leave every intercept (so the relay stops routing at once), then disconnect."""
+        self._stopping = True
+        self.state = "closed"
+        for intercept in list(self.intercepts.values()):
+            with contextlib.suppress(BridgedError):
+                await self._release(intercept)
+        for forward in list(self.forwards.values()):
+            await self._close_forward(forward)
+        await self._tasks.cancel_all()
+        if self.conn is not None:
+            self.conn.close()
+            with contextlib.suppress(Exception):
+                await self.conn.wait_closed()
+        if self.control is not None:
+            self.control.close()
+        self.conn = None
+
+    # --- forwards ---
+
+    async def add_forward(self, spec: ForwardSpec) -> Forward:
+        forward = Forward(spec, self.name, 0)
+        t = self.tunnel
+
+        async def open_channel(factory: Any, peer: tuple[str, int]) -> None:
+            conn = await self.wait_connected()
+            await conn.create_connection(
+                factory, spec.remote_host, spec.remote_port, peer[0], peer[1],
+                window=t.window_bytes, max_pktsize=t.packet_bytes,
+            )
+
+        protocol_factory = socket_then_channel(open_channel, forward.counters)
+        loop = asyncio.get_running_loop()
+        ports = [spec.local_port] if spec.local_port else [spec.remote_port, 0]
+        for port in ports:
+            try:
+                forward.server = await loop.create_server(
+                    protocol_factory, spec.local_host, port, reuse_address=True)
+                break
+            except OSError as exc:
+                if spec.local_port:
+                    raise Conflict(
+                        f"local port {spec.local_host}:{port} is already in use "
+                        f"({exc.strerror or exc})", hint="choose another with --local-port",
+                    ) from None
+        assert forward.server is not None
+        forward.local_port = forward.server.sockets[0].getsockname()[1]
+        self.forwards[spec.name] = forward
+        log.info("bridge %s: forward %s: %s:%d → %s:%d", self.name, spec.name, spec.local_host,
+                 forward.local_port, spec.remote_host, spec.remote_port)
+        return forward
+
+    async def remove_forward(self, name: str) -> None:
+        forward = self.forwards.pop(name)
+        await self._close_forward(forward)
+
+    async def _close_forward(self, forward: Forward) -> None:
+        if forward.server is not None:
+            forward.server.close()
+            await forward.server.wait_closed()
+
+    # --- intercepts ---
+
+    async def add_intercept(self, spec: InterceptSpec, intercept_id: str) -> Intercept:
+        claim = protocol.InterceptClaim(id=intercept_id, port=spec.remote_port, mode=spec.mode)
+        intercept = Intercept(spec, self.name, claim)
+        await self.wait_connected()
+        await self._register(intercept, strict=True)
+        self.intercepts[spec.name] = intercept
+        return intercept
+
+    async def _register(self, intercept: Intercept, *, strict: bool = False) -> None:
+        conn, control = self.conn, self.control
+        if conn is None or control is None:
+            return
+        spec, claim = intercept.spec, intercept.claim
+        t = self.tunnel
+        try:
+            if intercept.listener is not None:  # re-registering after a lost lease
+                intercept.listener.close()
+                intercept.listener = None
+            await control.call(protocol.Register, claim=claim)
+            try:
+                intercept.listener = await conn.create_server(
+                    lambda orig_host, orig_port: channel_then_socket(
+                        spec.local_host, spec.local_port, intercept.counters,
+                        what="the local service at"),
+                    claim.listen_host, claim.port,
+                    window=t.window_bytes, max_pktsize=t.packet_bytes,
+                )
+            except asyncssh.Error as exc:
+                await control.call(protocol.Release, intercept_id=claim.id)
+                raise SessionError(f"the relay refused the intercept's channel: {exc}") from exc
+        except BridgedError as exc:
+            intercept.state, intercept.error = "refused", str(exc)
+            if strict:
+                raise
+            log.warning("bridge %s: intercept %s not restored: %s", self.name, spec.name, exc)
+            return
+        intercept.state, intercept.error = "active", ""
+        log.info("bridge %s: intercept %s: relay port %d → %s:%d", self.name, spec.name,
+                 claim.port, spec.local_host, spec.local_port)
+
+    async def remove_intercept(self, name: str) -> None:
+        intercept = self.intercepts.pop(name)
+        await self._release(intercept)
+
+    async def _release(self, intercept: Intercept) -> None:
+        conn, control = self.conn, self.control
+        if conn is None or control is None or intercept.state != "active":
+            return
+        if intercept.listener is not None:
+            intercept.listener.close()
+            intercept.listener = None
+        try:
+            await control.call(protocol.Release, intercept_id=intercept.claim.id, timeout=5)
+        except RefusedError:
+            pass
+
+    # --- status ---
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "relay": self.spec.url, "carrier": self.spec.scheme,
+            "state": self.state, "last_error": self.last_error, "connects": self.connects,
+            "connected_since": self.connected_since,
+            "relay_version": self.relay_info.get("relay"),
+            "session": self.relay_info.get("session"),
+        }
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__

@@ -1,0 +1,68 @@
+"""The daemon's end of the control subsystem: requests out, answers matched by id."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from typing import Any
+
+import asyncssh
+
+from .. import protocol
+from ..errors import ProtocolError, RefusedError, SessionError
+
+log = logging.getLogger(__name__)
+
+
+class ControlChannel:
+    def __init__(self, writer: asyncssh.SSHWriter, reader: asyncssh.SSHReader) -> None:
+        self._writer = writer
+        self._reader = reader
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._task = asyncio.create_task(self._read(), name="control-reader")
+
+    @classmethod
+    async def open(cls, conn: asyncssh.SSHClientConnection) -> ControlChannel:
+        try:
+            writer, reader, _ = await conn.open_session(subsystem=protocol.SUBSYSTEM,
+                                                        encoding=None)
+        except asyncssh.Error as exc:
+            raise SessionError(f"the relay has no control subsystem: {exc.reason}") from exc
+        return cls(writer, reader)
+
+    async def call(self, make: Any, timeout: float = 15.0, **fields: Any) -> dict[str, Any]:
+        """Send ``make(id=..., **fields)``; the answer's body, or RefusedError."""
+        request_id = next(self._ids)
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        try:
+            self._writer.write(protocol.encode(make(id=request_id, **fields)))
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            raise SessionError("the relay did not answer a control request in time") from None
+        finally:
+            self._pending.pop(request_id, None)
+
+    async def _read(self) -> None:
+        error: Exception = SessionError("the control channel to the relay closed")
+        try:
+            while line := await self._reader.readline():
+                msg = protocol.decode(line)
+                future = self._pending.get(getattr(msg, "re", -1))
+                if future is None or future.done():
+                    continue
+                if isinstance(msg, protocol.Ok):
+                    future.set_result(msg.body)
+                elif isinstance(msg, protocol.Error):
+                    future.set_exception(RefusedError(msg.message or msg.code))
+        except (asyncssh.Error, ConnectionError, ProtocolError) as exc:
+            error = SessionError(f"control channel to the relay failed: {exc}")
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(error)
+
+    def close(self) -> None:
+        self._writer.close()
+        self._task.cancel()

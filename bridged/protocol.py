@@ -1,0 +1,192 @@
+"""The control protocol between daemon and relay: JSON lines on the SSH subsystem ``bridged-control``.
+
+Pure: messages are frozen dataclasses, ``encode`` turns one into a line of bytes and ``decode``
+turns a line back into a message. No I/O happens here, so both ends and the tests share it.
+
+Compatibility rules (so a newer daemon can talk to an older relay and back):
+- every line is one JSON object with a ``type``; requests carry an ``id`` that the answer repeats
+  as ``re``;
+- the first request is ``hello`` with the sender's protocol ``version``; the relay answers with its
+  own; a different *major* version is refused, a newer minor one is fine;
+- unknown fields are ignored, unknown request types get an ``error`` answer with code
+  ``unsupported`` — never a dropped connection;
+- an intercept carries a list of ``matchers`` (``{"kind", "name", "op", "value"}``): empty means
+  the whole port; HTTP matchers (header, path, method, baggage) use the same shape.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, ClassVar
+
+from .errors import ProtocolError
+
+SUBSYSTEM = "bridged-control"
+#: (major, minor): bump minor for additions old peers may ignore, major for breaking changes
+VERSION = (1, 0)
+#: a line longer than this is a broken or hostile peer, not a message
+MAX_LINE_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Matcher:
+    kind: str  # "header", "path", "method", "baggage"
+    op: str = "equals"  # "equals", "prefix", "regex"
+    name: str = ""
+    value: str = ""
+
+
+@dataclass(frozen=True)
+class InterceptClaim:
+    """What a daemon asks the relay to route to it."""
+
+    id: str  # stable across reconnects: the daemon persists it
+    port: int  # the port the cluster sends the service's traffic to, on the relay
+    mode: str = "tcp"  # "tcp": whole port; "http": per request, by matchers
+    matchers: tuple[Matcher, ...] = ()
+
+    @property
+    def exclusive(self) -> bool:
+        return not self.matchers
+
+    @property
+    def listen_host(self) -> str:
+        """The virtual remote-forward address naming this intercept (the relay binds nothing)."""
+        return f"{self.id}.intercept.bridged"
+
+
+# --- messages -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Message:
+    type: ClassVar[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, **asdict(self)}
+
+
+@dataclass(frozen=True)
+class Request(Message):
+    id: int
+
+
+@dataclass(frozen=True)
+class Hello(Request):
+    type: ClassVar[str] = "hello"
+    version: tuple[int, int] = VERSION
+    agent: str = ""
+
+
+@dataclass(frozen=True)
+class Register(Request):
+    type: ClassVar[str] = "register"
+    claim: InterceptClaim = field(default_factory=lambda: InterceptClaim("", 0))
+    #: take the intercept over from another session that holds it (same id: always allowed)
+    overwrite: bool = False
+
+
+@dataclass(frozen=True)
+class Release(Request):
+    type: ClassVar[str] = "release"
+    intercept_id: str = ""
+
+
+@dataclass(frozen=True)
+class Renew(Request):
+    """Lease renewal for every intercept the session holds."""
+
+    type: ClassVar[str] = "renew"
+    intercept_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class GetStats(Request):
+    type: ClassVar[str] = "stats"
+
+
+@dataclass(frozen=True)
+class Ok(Message):
+    type: ClassVar[str] = "ok"
+    re: int
+    body: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Error(Message):
+    type: ClassVar[str] = "error"
+    re: int
+    code: str  # "refused", "conflict", "not-found", "unsupported", "protocol", "version"
+    message: str = ""
+
+
+MESSAGES: dict[str, type[Message]] = {
+    cls.type: cls for cls in (Hello, Register, Release, Renew, GetStats, Ok, Error)
+}
+
+
+def encode(message: Message) -> bytes:
+    return json.dumps(message.to_dict(), separators=(",", ":")).encode() + b"\n"
+
+
+def decode(line: bytes | str) -> Message:
+    """Parse one line; raises :class:`ProtocolError` (with the request id when known)."""
+    if len(line) > MAX_LINE_BYTES:
+        raise ProtocolError("control message too long")
+    try:
+        data = json.loads(line)
+    except ValueError as exc:
+        raise ProtocolError(f"control message is not JSON: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("type"), str):
+        raise ProtocolError("control message is not an object with a type")
+    cls = MESSAGES.get(data["type"])
+    if cls is None:
+        raise UnknownType(data["type"], data.get("id"))
+    try:
+        return _build(cls, data)
+    except (TypeError, ValueError) as exc:
+        raise ProtocolError(f"bad {data['type']} message: {exc}") from None
+
+
+class UnknownType(ProtocolError):
+    def __init__(self, type_: str, request_id: Any) -> None:
+        super().__init__(f"unsupported control message type {type_!r}")
+        self.request_id = request_id if isinstance(request_id, int) else 0
+
+
+def _build(cls: type[Message], data: dict[str, Any]) -> Message:
+    known = {f.name for f in fields(cls)}
+    kwargs = {k: v for k, v in data.items() if k in known}  # ignore unknown fields
+    if "version" in kwargs:
+        major, minor = kwargs["version"]
+        kwargs["version"] = (int(major), int(minor))
+    if "claim" in kwargs:
+        kwargs["claim"] = _claim(kwargs["claim"])
+    if "intercept_ids" in kwargs:
+        kwargs["intercept_ids"] = tuple(str(i) for i in kwargs["intercept_ids"])
+    for name in ("id", "re"):
+        if name in kwargs and not isinstance(kwargs[name], int):
+            raise ValueError(f"{name} must be an integer")
+    return cls(**kwargs)
+
+
+def _claim(data: Any) -> InterceptClaim:
+    if not isinstance(data, dict):
+        raise ValueError("claim must be an object")
+    matchers = tuple(
+        Matcher(**{k: str(v) for k, v in m.items() if k in ("kind", "op", "name", "value")})
+        for m in data.get("matchers", ())
+    )
+    port = int(data["port"])
+    if not 1 <= port <= 65535:
+        raise ValueError(f"port {port} out of range")
+    claim_id = str(data["id"])
+    if not claim_id or len(claim_id) > 63 or not all(c.isalnum() or c in "-_" for c in claim_id):
+        raise ValueError(f"bad intercept id {claim_id!r}")
+    return InterceptClaim(id=claim_id, port=port, mode=str(data.get("mode", "tcp")),
+                          matchers=matchers)
+
+
+def compatible(theirs: tuple[int, int]) -> bool:
+    return theirs[0] == VERSION[0]

@@ -1,0 +1,479 @@
+"""The relay's SSH server and everything hanging off one SSH connection."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+
+from .. import __version__, protocol
+from ..config import LeaseSettings, TunnelSettings, format_host_port
+from ..errors import RefusedError
+from ..keys import fingerprint, load_or_create_key
+from ..routing.table import Holding, InterceptTable, TableConflict
+from ..splice import Counters, channel_then_socket, socket_then_channel
+from ..tasks import TaskSet
+from .auth import AuthorizedKeys
+from .policy import DestinationPolicy
+
+log = logging.getLogger(__name__)
+
+INTERCEPT_SUFFIX = ".intercept.bridged"
+
+
+@dataclass(frozen=True)
+class RelaySettings:
+    host_key: Path
+    authorized_keys: Path
+    #: where the SSH server listens (the ``tcp`` carrier; ``kube`` port-forwards to it). Port 0:
+    #: any free port, reported when ready.
+    ssh_host: str = "127.0.0.1"
+    ssh_port: int = 2222
+    #: the websocket endpoint for the ``ws`` carrier and health probes; None: not served
+    http_host: str = "127.0.0.1"
+    http_port: int | None = None
+    #: file holding the bearer token the websocket endpoint requires (re-read per request)
+    token_file: Path | None = None
+    #: where whole-port intercepts listen: every interface in a pod, loopback for local runs
+    intercept_host: str = "0.0.0.0"
+    policy: DestinationPolicy = field(default_factory=DestinationPolicy)
+    tunnel: TunnelSettings = field(default_factory=TunnelSettings)
+    lease: LeaseSettings = field(default_factory=LeaseSettings)
+
+
+class StreamAcceptor:
+    """asyncssh's tunnel-listener interface, so websockets can feed the SSH server in-process.
+
+    ``asyncssh.listen(tunnel=acceptor)`` hands us its connection factory; :meth:`accept` then
+    runs one SSH server connection over any :class:`~bridged.carriers.stream.MessageStream`.
+    """
+
+    def __init__(self) -> None:
+        self._factory: Any = None
+        self._closed = asyncio.Event()
+
+    async def create_server(self, session_factory: Any, listen_host: str, listen_port: int) -> Any:
+        self._factory = session_factory
+        return self
+
+    def accept(self, stream: Any) -> Any:
+        from ..carriers.stream import StreamTransport
+
+        return StreamTransport(stream, self._factory("", 0))
+
+    # the "server" asyncssh's acceptor wraps
+    def close(self) -> None:
+        self._closed.set()
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+    def get_addresses(self) -> list[Any]:
+        return []
+
+    def get_port(self) -> int:
+        return 0
+
+
+class VirtualListener(asyncssh.SSHListener):
+    """A remote-forward 'listener' that binds nothing: it names an intercept of one session."""
+
+    def __init__(self, session: RelaySession, host: str, port: int) -> None:
+        self.session = session
+        self.host = host
+        self.port = port
+
+    def get_addresses(self) -> list[tuple[str, int]]:
+        return [(self.host, self.port)]
+
+    def get_port(self) -> int:
+        return self.port
+
+    def close(self) -> None:
+        self.session.virtual.pop(self.host, None)
+
+    async def wait_closed(self) -> None:
+        return None
+
+
+class PortListener:
+    """A real listening port of a whole-port intercept; each connection goes to its holder."""
+
+    def __init__(self, relay: Relay, port: int) -> None:
+        self.relay = relay
+        self.port = port
+        self.counters = Counters()
+        self.server: asyncio.AbstractServer | None = None
+
+    async def start(self, host: str) -> None:
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(
+            socket_then_channel(self._open, self.counters), host, self.port,
+            reuse_address=True,
+        )
+
+    async def _open(self, factory: Any, peer: tuple[str, int]) -> None:
+        holding = self.relay.table.route_port(self.port, asyncio.get_running_loop().time())
+        if holding is None:
+            raise RefusedError(f"no live intercept on port {self.port}")
+        session = self.relay.sessions.get(holding.session)
+        listen_host = holding.claim.listen_host
+        if session is None or listen_host not in session.virtual:
+            raise RefusedError(f"intercept {holding.claim.id!r} has no connected session")
+        tunnel = self.relay.settings.tunnel
+        await session.conn.create_connection(
+            factory, listen_host, holding.port, peer[0], peer[1],
+            window=tunnel.window_bytes, max_pktsize=tunnel.packet_bytes,
+        )
+
+    def stop_accepting(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+    async def close(self) -> None:
+        self.stop_accepting()
+        if self.server is not None:
+            await self.server.wait_closed()
+
+
+class Relay:
+    """The relay: owns the SSH servers, the intercept table, the port listeners and the leases."""
+
+    def __init__(self, settings: RelaySettings) -> None:
+        self.settings = settings
+        self.table = InterceptTable()
+        self.sessions: dict[str, RelaySession] = {}
+        self.ports: dict[int, PortListener] = {}
+        self.outbound = Counters()
+        self.keys = AuthorizedKeys(settings.authorized_keys)
+        self.host_key = load_or_create_key(settings.host_key)
+        self.acceptor = StreamAcceptor()
+        self.tasks = TaskSet("relay")
+        self._ids = itertools.count(1)
+        self._ssh: list[asyncssh.SSHAcceptor] = []
+        self._http: Any = None
+        self.ssh_port = 0
+        self.http_port: int | None = None
+
+    # --- life cycle ---
+
+    async def __aenter__(self) -> Relay:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _ssh_options(self) -> dict[str, Any]:
+        t = self.settings.tunnel
+        return dict(
+            server_factory=lambda: RelaySession(self),
+            server_host_keys=[self.host_key],
+            process_factory=self._control,
+            encoding=None,
+            allow_pty=False, line_editor=False, agent_forwarding=False, x11_forwarding=False,
+            allow_scp=False, sftp_factory=None,
+            password_auth=False, kbdint_auth=False, public_key_auth=True,
+            keepalive_interval=t.keepalive_seconds, keepalive_count_max=t.keepalive_count_max,
+            encryption_algs=list(t.encryption_algs),
+            login_timeout=t.connect_timeout_seconds,
+        )
+
+    async def start(self) -> None:
+        s = self.settings
+        self.keys.refresh()
+        server = await asyncssh.listen(s.ssh_host, s.ssh_port, reuse_address=True,
+                                       **self._ssh_options())
+        self._ssh.append(server)
+        self.ssh_port = server.get_port()
+        self._ssh.append(await asyncssh.listen(tunnel=self.acceptor, **self._ssh_options()))
+        if s.http_port is not None:
+            from .websocket import start_http
+
+            self._http, self.http_port = await start_http(self, s.http_host, s.http_port)
+        self.tasks.start(self._expire_leases(), name="lease-expiry")
+        log.info(
+            "relay %s ready: ssh on %s, host key %s", __version__,
+            format_host_port(s.ssh_host, self.ssh_port), fingerprint(self.host_key),
+        )
+
+    async def close(self) -> None:
+        """Stop accepting, end every session, close every port: the cluster is left as found."""
+        await self.tasks.cancel_all()
+        for server in self._ssh:
+            server.close()
+        for session in list(self.sessions.values()):
+            session.conn.close()
+        if self._http is not None:
+            await self._http.cleanup()
+        for listener in list(self.ports.values()):
+            await listener.close()
+        self.ports.clear()
+        for server in self._ssh:
+            with contextlib.suppress(Exception):
+                await server.wait_closed()
+
+    # --- sessions ---
+
+    def new_session_id(self) -> str:
+        return f"s{next(self._ids)}"
+
+    def session_ended(self, session: RelaySession) -> None:
+        self.sessions.pop(session.id, None)
+        gone = self.table.drop_session(session.id)
+        for h in gone:
+            log.info("session %s ended: intercept %s on port %d no longer routed",
+                     session.id, h.claim.id, h.port)
+        self._close_idle_ports(gone)
+
+    # --- intercepts ---
+
+    async def register(self, session: RelaySession, claim: protocol.InterceptClaim,
+                       overwrite: bool) -> dict[str, Any]:
+        if claim.mode != "tcp":
+            raise RefusedError(f"intercept mode {claim.mode!r} is not supported by this relay")
+        now = asyncio.get_running_loop().time()
+        try:
+            holding, displaced = self.table.claim(
+                session.id, claim, now=now, ttl=self.settings.lease.ttl_seconds,
+                overwrite=overwrite,
+            )
+        except TableConflict as exc:
+            raise RefusedError(str(exc)) from None
+        for h in displaced:
+            log.info("intercept %s displaced by %s", h.claim.id, claim.id)
+        self._close_idle_ports(displaced)
+        if claim.port not in self.ports:
+            listener = PortListener(self, claim.port)
+            try:
+                await listener.start(self.settings.intercept_host)
+            except OSError as exc:
+                self.table.release(session.id, claim.id)
+                raise RefusedError(
+                    f"the relay cannot listen on port {claim.port}: {exc.strerror or exc}"
+                ) from None
+            self.ports[claim.port] = listener
+        log.info("session %s (%s) intercepts port %d as %s", session.id, session.owner,
+                 claim.port, claim.id)
+        return {"intercept_id": claim.id, "port": claim.port,
+                "lease_seconds": self.settings.lease.ttl_seconds}
+
+    def release(self, session: RelaySession, intercept_id: str) -> bool:
+        holding = self.table.release(session.id, intercept_id)
+        if holding is None:
+            return False
+        session.virtual.pop(holding.claim.listen_host, None)
+        self._close_idle_ports([holding])
+        log.info("intercept %s released", intercept_id)
+        return True
+
+    def _close_idle_ports(self, holdings: list[Holding]) -> None:
+        for port in {h.port for h in holdings}:
+            if not self.table.on_port(port) and port in self.ports:
+                listener = self.ports.pop(port)
+                listener.stop_accepting()  # at once: the port is free when we answer
+                self.tasks.start(listener.close(), name=f"close-port-{port}")
+
+    async def _expire_leases(self) -> None:
+        loop = asyncio.get_running_loop()
+        tick = self.settings.lease.ttl_seconds / 8
+        while True:
+            await asyncio.sleep(tick)
+            gone = self.table.expire(loop.time())
+            for h in gone:
+                log.warning("lease of intercept %s (session %s) expired: no longer routed",
+                            h.claim.id, h.session)
+            self._close_idle_ports(gone)
+
+    # --- outbound ---
+
+    async def connect_out(self, host: str, port: int) -> asyncssh.SSHTCPSession:
+        policy = self.settings.policy
+        reason = policy.check_name(host)
+        if reason:
+            self.outbound.fail(reason)
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, reason)
+        loop = asyncio.get_running_loop()
+        try:
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            reason = f"cannot resolve {host}: {exc.strerror or exc}"
+            self.outbound.fail(reason)
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, reason) from None
+        addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+        for address in addresses:
+            reason = policy.check_address(host, address)
+            if reason:
+                self.outbound.fail(reason)
+                raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, reason)
+        last: asyncssh.ChannelOpenError | None = None
+        for address in addresses:
+            try:
+                return await channel_then_socket(address, port, self.outbound,
+                                                 what=f"{host}:{port} at")
+            except asyncssh.ChannelOpenError as exc:
+                last = exc
+        assert last is not None
+        raise last
+
+    # --- control subsystem ---
+
+    async def _control(self, process: asyncssh.SSHServerProcess) -> None:
+        if process.subsystem != protocol.SUBSYSTEM:
+            process.stderr.write(b"this relay only serves the bridged-control subsystem\n")
+            process.exit(1)
+            return
+        session = self.session_of(process.channel.get_connection())
+        if session is None:
+            process.exit(1)
+            return
+        await ControlHandler(self, session).serve(process.stdin, process.stdout)
+        process.exit(0)
+
+    def session_of(self, conn: Any) -> RelaySession | None:
+        for session in self.sessions.values():
+            if session.conn is conn:
+                return session
+        return None
+
+    def stats(self) -> dict[str, Any]:
+        now = asyncio.get_running_loop().time()
+        return {
+            "version": __version__,
+            "sessions": [
+                {"id": s.id, "owner": s.owner, "agent": s.agent} for s in self.sessions.values()
+            ],
+            "intercepts": [
+                {"id": h.claim.id, "port": h.port, "session": h.session,
+                 "lease_left_seconds": round(h.expires_at - now, 1)}
+                for h in self.table.holdings()
+            ],
+            "ports": {str(p): listener.counters.snapshot() for p, listener in self.ports.items()},
+            "outbound": self.outbound.snapshot(),
+        }
+
+
+class RelaySession(asyncssh.SSHServer):
+    """One daemon's SSH connection to the relay."""
+
+    def __init__(self, relay: Relay) -> None:
+        self.relay = relay
+        self.id = relay.new_session_id()
+        self.owner = ""
+        self.agent = ""
+        self.conn: asyncssh.SSHServerConnection = None  # type: ignore[assignment]
+        self.virtual: dict[str, VirtualListener] = {}
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        self.conn = conn
+        self.relay.sessions[self.id] = self
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.relay.session_ended(self)
+        if exc is not None:
+            log.info("session %s (%s) lost: %s", self.id, self.owner or "-", exc)
+
+    # authentication: public keys only
+    def begin_auth(self, username: str) -> bool:
+        return True
+
+    def public_key_auth_supported(self) -> bool:
+        return True
+
+    def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        owner = self.relay.keys.allows(key)
+        if owner is None:
+            log.warning("refused key %s for %r: not authorized", fingerprint(key), username)
+            return False
+        self.owner = owner
+        return True
+
+    def auth_completed(self) -> None:
+        log.info("session %s: %s authenticated", self.id, self.owner)
+
+    # outbound: direct-tcpip
+    def connection_requested(self, dest_host: str, dest_port: int, orig_host: str,
+                             orig_port: int) -> Any:
+        t = self.relay.settings.tunnel
+        chan = self.conn.create_tcp_channel(window=t.window_bytes, max_pktsize=t.packet_bytes)
+        return chan, self.relay.connect_out(dest_host, dest_port)
+
+    # inbound: remote-forward requests for virtual listeners
+    def server_requested(self, listen_host: str, listen_port: int) -> Any:
+        if not listen_host.endswith(INTERCEPT_SUFFIX):
+            log.warning("session %s asked to bind %s: refused (only intercepts are served)",
+                        self.id, format_host_port(listen_host, listen_port))
+            return False
+        intercept_id = listen_host[: -len(INTERCEPT_SUFFIX)]
+        holding = next((h for h in self.relay.table.holdings()
+                        if h.claim.id == intercept_id and h.session == self.id), None)
+        if holding is None:
+            return False
+        listener = VirtualListener(self, listen_host, listen_port or holding.port)
+        self.virtual[listen_host] = listener
+        return listener
+
+
+class ControlHandler:
+    """Serves JSON-line requests of one session (see :mod:`bridged.protocol`)."""
+
+    def __init__(self, relay: Relay, session: RelaySession) -> None:
+        self.relay = relay
+        self.session = session
+
+    async def serve(self, reader: asyncssh.SSHReader, writer: asyncssh.SSHWriter) -> None:
+        while True:
+            try:
+                line = await reader.readline()
+            except (asyncssh.Error, asyncio.IncompleteReadError, ConnectionError):
+                return
+            if not line:
+                return
+            writer.write(protocol.encode(await self.answer(line)))
+
+    async def answer(self, line: bytes) -> protocol.Message:
+        try:
+            msg = protocol.decode(line)
+        except protocol.UnknownType as exc:
+            return protocol.Error(re=exc.request_id, code="unsupported", message=str(exc))
+        except Exception as exc:  # a broken line is answered, never fatal
+            return protocol.Error(re=0, code="protocol", message=str(exc))
+        if not isinstance(msg, protocol.Request):
+            return protocol.Error(re=0, code="protocol", message=f"{msg.type} is not a request")
+        try:
+            return protocol.Ok(re=msg.id, body=await self._handle(msg))
+        except RefusedError as exc:
+            return protocol.Error(re=msg.id, code="refused", message=str(exc))
+
+    async def _handle(self, msg: protocol.Request) -> dict[str, Any]:
+        relay, session = self.relay, self.session
+        if isinstance(msg, protocol.Hello):
+            if not protocol.compatible(msg.version):
+                raise RefusedError(
+                    f"protocol version {msg.version[0]}.x is not supported by this relay "
+                    f"(it speaks {protocol.VERSION[0]}.x): upgrade bridged or the relay"
+                )
+            session.agent = msg.agent
+            lease = relay.settings.lease
+            return {"version": list(protocol.VERSION), "relay": __version__,
+                    "session": session.id, "lease_seconds": lease.ttl_seconds,
+                    "renew_seconds": lease.renew_seconds}
+        if isinstance(msg, protocol.Register):
+            return await relay.register(session, msg.claim, msg.overwrite)
+        if isinstance(msg, protocol.Release):
+            return {"released": relay.release(session, msg.intercept_id)}
+        if isinstance(msg, protocol.Renew):
+            now = asyncio.get_running_loop().time()
+            lost = relay.table.renew(session.id, msg.intercept_ids, now=now,
+                                     ttl=relay.settings.lease.ttl_seconds)
+            return {"lost": lost}
+        if isinstance(msg, protocol.GetStats):
+            return relay.stats()
+        raise RefusedError(f"{msg.type} is not handled")

@@ -1,0 +1,106 @@
+"""The intercept table: which session holds which intercept, and until when.
+
+Rules:
+- an intercept without matchers holds its port exclusively: refused while others hold the port,
+  and others are refused while it holds it;
+- the same intercept id registered again (a daemon that reconnected) replaces its old holding,
+  whatever session held it: the id is the daemon's secret-free but stable identity;
+- a different exclusive holder can only be pushed out with ``overwrite``;
+- a holding whose lease was not renewed by ``expires_at`` routes nothing and is removed by
+  :meth:`InterceptTable.expire`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..protocol import InterceptClaim
+
+
+@dataclass
+class Holding:
+    claim: InterceptClaim
+    session: str
+    expires_at: float
+
+    @property
+    def port(self) -> int:
+        return self.claim.port
+
+
+class TableConflict(Exception):
+    """The claim cannot be granted; the message says by whom it is blocked."""
+
+
+class InterceptTable:
+    def __init__(self) -> None:
+        self._by_id: dict[str, Holding] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def holdings(self) -> list[Holding]:
+        return list(self._by_id.values())
+
+    def on_port(self, port: int) -> list[Holding]:
+        return [h for h in self._by_id.values() if h.port == port]
+
+    def claim(
+        self, session: str, claim: InterceptClaim, *, now: float, ttl: float,
+        overwrite: bool = False,
+    ) -> tuple[Holding, list[Holding]]:
+        """Grant ``claim`` to ``session``; returns the holding and the holdings it displaced."""
+        others = [h for h in self.on_port(claim.port) if h.claim.id != claim.id]
+        blocking = [h for h in others if h.claim.exclusive or claim.exclusive]
+        if blocking and not overwrite:
+            holder = blocking[0]
+            what = "the whole port" if holder.claim.exclusive else "per-request matchers"
+            raise TableConflict(
+                f"port {claim.port} is already intercepted ({what}, intercept "
+                f"{holder.claim.id!r}); leave it first, or use --overwrite to take it over"
+            )
+        displaced = []
+        for h in blocking:
+            displaced.append(self._by_id.pop(h.claim.id))
+        previous = self._by_id.get(claim.id)
+        if previous is not None and previous.port != claim.port:
+            displaced.append(previous)
+        holding = Holding(claim, session, now + ttl)
+        self._by_id[claim.id] = holding
+        return holding, displaced
+
+    def release(self, session: str, intercept_id: str) -> Holding | None:
+        holding = self._by_id.get(intercept_id)
+        if holding is None or holding.session != session:
+            return None
+        return self._by_id.pop(intercept_id)
+
+    def renew(self, session: str, ids: tuple[str, ...], *, now: float, ttl: float) -> list[str]:
+        """Extend the leases of ``ids``; returns the ids this session does not hold (lost)."""
+        lost = []
+        for intercept_id in ids:
+            holding = self._by_id.get(intercept_id)
+            if holding is None or holding.session != session:
+                lost.append(intercept_id)
+            else:
+                holding.expires_at = now + ttl
+        return lost
+
+    def drop_session(self, session: str) -> list[Holding]:
+        gone = [h for h in self._by_id.values() if h.session == session]
+        for h in gone:
+            del self._by_id[h.claim.id]
+        return gone
+
+    def expire(self, now: float) -> list[Holding]:
+        gone = [h for h in self._by_id.values() if h.expires_at <= now]
+        for h in gone:
+            del self._by_id[h.claim.id]
+        return gone
+
+    def route_port(self, port: int, now: float) -> Holding | None:
+        """The live exclusive holder of a whole-port intercept, if any."""
+        for h in self.on_port(port):
+            if h.claim.exclusive and h.expires_at > now:
+                return h
+        return None

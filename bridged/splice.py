@@ -1,0 +1,256 @@
+"""Splicing one TCP connection to one SSH channel: the data path of every forward and intercept.
+
+Both directions stream with back-pressure and no buffering of our own:
+- socket → channel: when the channel's send window fills, asyncssh calls ``pause_writing`` on the
+  channel side and we stop reading the socket until ``resume_writing``;
+- channel → socket: when the socket's write buffer passes its high-water mark asyncio calls
+  ``pause_writing`` on the socket side and we stop reading the channel, which stops the window
+  updates, which stops the peer.
+Half-close is honoured both ways (EOF becomes ``write_eof`` on the other side); the pair is closed
+once both directions have ended, or at once when either side is reset.
+
+Two shapes cover all four cases of the tunnel:
+- :func:`socket_then_channel` for listeners (daemon forwards, relay whole-port intercepts): a
+  socket was accepted, a channel is then opened for it. The socket is *not read* until the
+  channel is open: reading early would pile the whole stream up in memory.
+- :func:`channel_then_socket` for channel requests (relay direct-tcpip, daemon intercepts): the
+  TCP connection is made first, so that a refused or denied destination becomes a clean channel
+  open failure with a reason, not an open-then-closed channel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import asyncssh
+
+from .errors import BridgedError
+
+log = logging.getLogger(__name__)
+
+#: opens a channel for a connection accepted from ``peer`` (host, port): given the session factory,
+#: open it, or raise asyncssh.Error / OSError / BridgedError with the reason
+OpenChannel = Callable[[Callable[[], asyncssh.SSHTCPSession], tuple[str, int]], Awaitable[Any]]
+
+
+@dataclass
+class Counters:
+    """Per forward or intercept; read by ``bridged status``."""
+
+    connections: int = 0  # accepted or requested in all
+    active: int = 0
+    failed: int = 0
+    bytes_sent: int = 0  # socket → channel
+    bytes_received: int = 0  # channel → socket
+    last_error: str = ""
+
+    def snapshot(self) -> dict[str, int | str]:
+        return dict(self.__dict__)
+
+    def fail(self, reason: str) -> None:
+        self.failed += 1
+        self.last_error = reason
+
+
+class Pipe(asyncio.Protocol):
+    """The socket side of a splice; :class:`ChannelSide` forwards the channel's events here."""
+
+    def __init__(self, counters: Counters) -> None:
+        self.counters = counters
+        self.transport: asyncio.Transport | None = None
+        self.chan: asyncssh.SSHTCPChannel | None = None
+        self._early: list[bytes] = []  # read before the channel opened (uvloop reads eagerly)
+        self._socket_eof = False
+        self._chan_eof = False
+        self._done = False
+        counters.connections += 1
+        counters.active += 1
+
+    # --- socket events ---
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.chan is None:
+            self.transport.pause_reading()  # type: ignore[union-attr]
+
+    def data_received(self, data: bytes) -> None:
+        chan = self.chan
+        if chan is None:
+            self._early.append(data)
+            self.transport.pause_reading()  # type: ignore[union-attr]
+            return
+        self.counters.bytes_sent += len(data)
+        chan.write(data)
+
+    def eof_received(self) -> bool:
+        self._socket_eof = True
+        if self.chan is not None:
+            self.chan.write_eof()
+            self._close_if_done()
+        return True  # keep the socket open for the other direction
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._finish()
+        if self.chan is not None:
+            self.chan.close()
+
+    def pause_writing(self) -> None:
+        if self.chan is not None:
+            self.chan.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.chan is not None:
+            self.chan.resume_reading()
+
+    # --- channel events (via ChannelSide) ---
+
+    def channel_open(self, chan: asyncssh.SSHTCPChannel) -> None:
+        self.chan = chan
+        if self.transport is None or self.transport.is_closing():
+            chan.close()
+            return
+        for data in self._early:
+            self.counters.bytes_sent += len(data)
+            chan.write(data)
+        self._early.clear()
+        if self._socket_eof:
+            chan.write_eof()
+        else:
+            self.transport.resume_reading()
+
+    def channel_data(self, data: bytes) -> None:
+        self.counters.bytes_received += len(data)
+        self.transport.write(data)  # type: ignore[union-attr]
+
+    def channel_eof(self) -> bool:
+        self._chan_eof = True
+        transport = self.transport
+        if transport is not None and transport.can_write_eof():
+            transport.write_eof()
+        self._close_if_done()
+        return True
+
+    def channel_lost(self, exc: Exception | None) -> None:
+        if self.transport is not None:
+            if exc is not None:
+                self.transport.abort()
+            else:
+                self.transport.close()
+
+    def fail(self, reason: str) -> None:
+        """The channel could not be opened: drop the socket at once and count why."""
+        self.counters.fail(reason)
+        if self.transport is not None:
+            self.transport.abort()
+        self._finish()
+
+    # --- helpers ---
+
+    def _close_if_done(self) -> None:
+        if self._socket_eof and self._chan_eof:
+            if self.transport is not None:
+                self.transport.close()
+            if self.chan is not None:
+                self.chan.close()
+
+    def _finish(self) -> None:
+        if not self._done:
+            self._done = True
+            self.counters.active -= 1
+
+
+class ChannelSide(asyncssh.SSHTCPSession):
+    """The channel side of a splice: a thin forwarder into :class:`Pipe`."""
+
+    def __init__(self, pipe: Pipe) -> None:
+        self.pipe = pipe
+
+    def connection_made(self, chan: asyncssh.SSHTCPChannel) -> None:  # type: ignore[override]
+        self.pipe.channel_open(chan)
+
+    def data_received(self, data: bytes, datatype: Any) -> None:  # type: ignore[override]
+        self.pipe.channel_data(data)
+
+    def eof_received(self) -> bool:
+        return self.pipe.channel_eof()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.pipe.channel_lost(exc)
+
+    def pause_writing(self) -> None:
+        if self.pipe.transport is not None:
+            self.pipe.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.pipe.transport is not None:
+            self.pipe.transport.resume_reading()
+
+
+def socket_then_channel(open_channel: OpenChannel, counters: Counters) -> Callable[[], Pipe]:
+    """A protocol factory for a listener whose every accepted connection gets a new channel.
+
+    A failure to open the channel (relay unreachable, destination denied, no live intercept)
+    closes the accepted socket at once and is counted with its reason.
+    """
+
+    def factory() -> Pipe:
+        pipe = Pipe(counters)
+        # runs after connection_made (same loop iteration), so the peer address is known
+        task = asyncio.ensure_future(_open(pipe))
+        _tasks.add(task)
+        task.add_done_callback(_tasks.discard)
+        return pipe
+
+    async def _open(pipe: Pipe) -> None:
+        peer = ("", 0)
+        if pipe.transport is not None:
+            info = pipe.transport.get_extra_info("peername")
+            if isinstance(info, tuple):
+                peer = (str(info[0]), int(info[1]))
+        try:
+            await open_channel(lambda: ChannelSide(pipe), peer)
+        except (asyncssh.Error, OSError, BridgedError) as exc:
+            reason = describe(exc)
+            log.info("channel open failed: %s", reason)
+            pipe.fail(reason)
+
+    return factory
+
+
+def describe(exc: BaseException) -> str:
+    """A one-line reason for a failed channel, as the other side or the OS gave it."""
+    if isinstance(exc, asyncssh.ChannelOpenError):
+        return exc.reason or "refused by the relay"
+    if isinstance(exc, asyncssh.Error):
+        return exc.reason or type(exc).__name__
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    return str(exc)
+
+
+# tasks that open channels: held here so they are not garbage-collected while running
+_tasks: set[asyncio.Task[None]] = set()
+
+
+async def channel_then_socket(
+    host: str, port: int, counters: Counters, *, what: str
+) -> ChannelSide:
+    """Connect to ``host:port`` for an incoming channel; a failure refuses the channel."""
+    loop = asyncio.get_running_loop()
+    pipe = Pipe(counters)
+    try:
+        await loop.create_connection(lambda: pipe, host, port)
+    except OSError as exc:
+        reason = f"cannot connect to {what} {host}:{port}: {exc.strerror or exc}"
+        counters.fail(reason)
+        pipe._finish()
+        raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, reason) from None
+    return ChannelSide(pipe)
