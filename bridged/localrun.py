@@ -76,6 +76,7 @@ class RelayProcess(_Process):
         self.host_key_fingerprint = ""
 
     def authorize(self, public_key_line: str) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
         existing = self.authorized_keys.read_text() if self.authorized_keys.exists() else ""
         if public_key_line not in existing:
             with self.authorized_keys.open("a") as f:

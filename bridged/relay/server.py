@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import secrets
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -223,7 +224,8 @@ class Relay:
     # --- sessions ---
 
     def new_session_id(self) -> str:
-        return f"s{next(self._ids)}"
+        # unique across relay restarts too, so logs and status never confuse two sessions
+        return f"s{next(self._ids)}-{secrets.token_hex(3)}"
 
     def session_ended(self, session: RelaySession) -> None:
         self.sessions.pop(session.id, None)

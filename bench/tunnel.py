@@ -1,0 +1,860 @@
+"""Benchmark of bridged's data path beside raw loopback TCP and OpenSSH ``ssh -L``, same run.
+
+Paths (each to the same echo/sink server, which runs in its own process on uvloop):
+
+- ``tcp``        plain loopback TCP, the floor;
+- ``openssh``    ``ssh -L`` through Debian's ``sshd``, started here on a free port with its own
+                 keys and config (aes128-gcm@openssh.com both ways); skipped if sshd is absent;
+- ``bridged``    a real relay and daemon (bridged.localrun), tcp carrier, a forward;
+- ``bridged-ws`` the same over the websocket carrier.
+
+Measured, per path: one-stream upload and download and an 8-stream upload (MB/s = bytes / s /
+1e6), request/response round trips of 100 bytes (p50/p99, µs), time to open a forwarded stream
+(connect + first byte echoed), 1000 concurrent streams (open all, echo one message on each), the
+tunnel processes' RSS (VmRSS) after those, and the CPU seconds each tunnel process spent per GB
+moved. Load generators use blocking sockets in threads of this process (whose own event loop is
+idle meanwhile) and, for the 1000 streams, a private uvloop in a thread.
+
+Usage::
+
+    .venv/bin/python bench/tunnel.py            # full run, a table (≈ 1–2 min)
+    .venv/bin/python bench/tunnel.py --quick    # shorter
+    .venv/bin/python bench/tunnel.py --json     # the table, then one JSON object on the last line
+    .venv/bin/python bench/tunnel.py --profile /tmp/prof   # + py-spy of daemon and relay
+
+This is a benchmark, not a test: it never fails on a slow result; it exits non-zero only when a
+path cannot be set up or a transfer is wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import getpass
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+MiB = 1024 * 1024
+CHUNK = 1 * MiB
+SSHD = "/usr/sbin/sshd"
+CIPHER = "aes128-gcm@openssh.com"
+TIMEOUT = 60.0
+
+
+def log(msg: str) -> None:
+    print(f"# {msg}", file=sys.stderr, flush=True)
+
+
+# ============================================================================================
+# the echo / sink / source server (runs as `tunnel.py --serve` in its own process)
+# ============================================================================================
+#
+# The first byte of a connection chooses what it is:
+#   b"E"                 echo everything back;
+#   b"S" + u64 N         sink: read N bytes, then answer u64 N;
+#   b"D" + u64 N         source: send N bytes.
+
+
+def serve() -> None:
+    import uvloop
+
+    payload = memoryview(os.urandom(CHUNK))
+
+    class Conn(asyncio.BufferedProtocol):
+        def __init__(self) -> None:
+            self.view = memoryview(bytearray(CHUNK))
+            self.head = b""
+            self.mode = b""
+            self.left = 0
+            self.total = 0
+            self.paused = False
+
+        def connection_made(self, transport: Any) -> None:
+            self.t = transport
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+        def get_buffer(self, sizehint: int) -> memoryview:
+            return self.view
+
+        def buffer_updated(self, n: int) -> None:
+            data = self.view[:n]
+            if not self.mode:
+                self.head += bytes(data)
+                need = 1 if self.head[:1] == b"E" else 9
+                if len(self.head) < need:
+                    return
+                self.mode, rest = self.head[:1], self.head[need:]
+                if self.mode in (b"S", b"D"):
+                    self.left = self.total = int.from_bytes(self.head[1:9], "big")
+                if self.mode == b"E":
+                    if rest:
+                        self.t.write(rest)
+                    return
+                if self.mode == b"D":
+                    self.send_more()
+                    return
+                data = memoryview(rest)
+                n = len(rest)
+            if self.mode == b"E":
+                self.t.write(bytes(data))
+            elif self.mode == b"S":
+                self.left -= n
+                if self.left <= 0 and self.total:
+                    self.t.write(self.total.to_bytes(8, "big"))
+                    self.total = 0
+
+        def send_more(self) -> None:
+            while self.left > 0 and not self.paused:
+                k = min(CHUNK, self.left)
+                self.t.write(payload[:k])
+                self.left -= k
+
+        def pause_writing(self) -> None:
+            self.paused = True
+            if self.mode == b"E":
+                self.t.pause_reading()
+
+        def resume_writing(self) -> None:
+            self.paused = False
+            if self.mode == b"E":
+                self.t.resume_reading()
+            elif self.mode == b"D":
+                self.send_more()
+
+        def eof_received(self) -> bool:
+            return False
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(Conn, "127.0.0.1", 0, backlog=4096)
+        port = server.sockets[0].getsockname()[1]
+        print(json.dumps({"port": port}), flush=True)
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
+
+    uvloop.run(main())
+
+
+# ============================================================================================
+# load generators (blocking sockets; called in threads)
+# ============================================================================================
+
+
+def _connect(port: int) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return s
+
+
+def _recv_exact(s: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = s.recv(n - len(buf))
+        if not chunk:
+            raise ConnectionError(f"closed after {len(buf)} of {n} bytes")
+        buf += chunk
+    return bytes(buf)
+
+
+_PAYLOAD = memoryview(os.urandom(CHUNK))
+
+
+def upload(port: int, nbytes: int, barrier: threading.Barrier | None = None
+           ) -> tuple[float, float]:
+    """Send ``nbytes`` to the sink; (start, end) perf_counter of the transfer."""
+    with _connect(port) as s:
+        if barrier is not None:
+            barrier.wait()
+        t0 = time.perf_counter()
+        s.sendall(b"S" + nbytes.to_bytes(8, "big"))
+        left = nbytes
+        while left:
+            k = min(CHUNK, left)
+            s.sendall(_PAYLOAD[:k])
+            left -= k
+        got = int.from_bytes(_recv_exact(s, 8), "big")
+        t1 = time.perf_counter()
+    if got != nbytes:
+        raise AssertionError(f"sink counted {got} bytes, sent {nbytes}")
+    return t0, t1
+
+
+def download(port: int, nbytes: int) -> float:
+    """Receive ``nbytes`` from the source; seconds."""
+    buf = memoryview(bytearray(CHUNK))
+    with _connect(port) as s:
+        t0 = time.perf_counter()
+        s.sendall(b"D" + nbytes.to_bytes(8, "big"))
+        left = nbytes
+        while left:
+            n = s.recv_into(buf, min(CHUNK, left))
+            if not n:
+                raise ConnectionError(f"source closed with {left} bytes to go")
+            left -= n
+        return time.perf_counter() - t0
+
+
+def upload_parallel(port: int, streams: int, per_stream: int) -> float:
+    """Aggregate seconds for ``streams`` concurrent uploads (first start to last end)."""
+    barrier = threading.Barrier(streams)
+    results: list[tuple[float, float]] = []
+    errors: list[BaseException] = []
+
+    def one() -> None:
+        try:
+            results.append(upload(port, per_stream, barrier))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+            barrier.abort()
+
+    threads = [threading.Thread(target=one) for _ in range(streams)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return max(e for _, e in results) - min(s for s, _ in results)
+
+
+def round_trips(port: int, count: int, size: int = 100, warmup: int = 200) -> list[float]:
+    """Ping-pong ``size``-byte messages on one connection; µs per round trip."""
+    msg = os.urandom(size)
+    out: list[float] = []
+    with _connect(port) as s:
+        s.sendall(b"E")
+        for i in range(warmup + count):
+            t0 = time.perf_counter()
+            s.sendall(msg)
+            got = 0
+            while got < size:
+                chunk = s.recv(size - got)
+                if not chunk:
+                    raise ConnectionError("echo closed")
+                got += len(chunk)
+            if i >= warmup:
+                out.append((time.perf_counter() - t0) * 1e6)
+    return out
+
+
+def open_times(port: int, count: int) -> list[float]:
+    """µs from connect() to the first byte echoed, one fresh connection at a time."""
+    out: list[float] = []
+    for _ in range(count):
+        t0 = time.perf_counter()
+        s = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.sendall(b"Ex")
+        if s.recv(1) != b"x":
+            raise ConnectionError("no echo")
+        out.append((time.perf_counter() - t0) * 1e6)
+        s.close()
+    return out
+
+
+def concurrent(port: int, n: int, on_all_open: Callable[[], Any]) -> dict[str, Any]:
+    """Open ``n`` streams at once, echo 32 bytes on each; ``on_all_open`` runs (while all are
+    still open) after the last echo. Runs a private uvloop in the calling thread."""
+    import uvloop
+
+    async def main() -> dict[str, Any]:
+        msg = b"E" + b"m" * 32
+        writers: list[asyncio.StreamWriter] = []
+        failures: list[str] = []
+
+        async def one() -> float:
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writers.append(writer)
+                writer.write(msg)
+                await reader.readexactly(32)
+            except (OSError, asyncio.IncompleteReadError) as exc:
+                failures.append(type(exc).__name__)
+            return time.perf_counter()
+
+        t0 = time.perf_counter()
+        ends = await asyncio.wait_for(asyncio.gather(*(one() for _ in range(n))), TIMEOUT)
+        seconds = max(ends) - t0
+        ends_sorted = sorted(e - t0 for e in ends)
+        extra = on_all_open()
+        for w in writers:
+            w.close()
+        for w in writers:
+            with contextlib.suppress(OSError):
+                await w.wait_closed()
+        return {"seconds": seconds, "p50_seconds": ends_sorted[len(ends_sorted) // 2],
+                "failures": len(failures), "after": extra}
+
+    return uvloop.run(main())
+
+
+# ============================================================================================
+# /proc helpers
+# ============================================================================================
+
+
+def rss_mib(pid: int, field: str = "VmRSS") -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _stat(pid: int) -> tuple[int, float] | None:
+    """(ppid, cpu seconds) of one process."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = raw[raw.rfind(")") + 2:].split()
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of ``pid`` and its live descendants (sshd forks a child per connection)."""
+    stats: dict[int, tuple[int, float]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            st = _stat(int(entry))
+            if st is not None:
+                stats[int(entry)] = st
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        if p in stats:
+            total += stats[p][1]
+        todo += [c for c, (pp, _) in stats.items() if pp == p]
+    return total
+
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(round(q / 100 * (len(s) - 1))))]
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+# ============================================================================================
+# the paths
+# ============================================================================================
+
+
+@dataclass
+class Path_:
+    name: str
+    port: int
+    #: tunnel processes: label -> pid (RSS and CPU are read from these)
+    procs: dict[str, int] = field(default_factory=dict)
+    note: str = ""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def echo_works(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+            s.settimeout(2)
+            s.sendall(b"Eok")
+            return _recv_exact(s, 2) == b"ok"
+    except OSError:
+        return False
+
+
+class OpenSSH:
+    """sshd on 127.0.0.1 with its own host key, client key, config; and ``ssh -N -L``."""
+
+    def __init__(self, workdir: Path, target_port: int) -> None:
+        self.dir = workdir
+        self.target_port = target_port
+        self.sshd: subprocess.Popen[bytes] | None = None
+        self.ssh: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Path_:
+        d = self.dir
+        d.mkdir(parents=True, exist_ok=True)
+        for name in ("host_key", "client_key"):
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)],
+                           check=True, stdin=subprocess.DEVNULL)
+        shutil.copy(d / "client_key.pub", d / "authorized_keys")
+        os.chmod(d / "authorized_keys", 0o600)
+        if os.geteuid() == 0:
+            Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privsep directory
+        port = free_port()
+        (d / "sshd_config").write_text(f"""\
+Port {port}
+ListenAddress 127.0.0.1
+HostKey {d / 'host_key'}
+PidFile {d / 'sshd.pid'}
+AuthorizedKeysFile {d / 'authorized_keys'}
+StrictModes no
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+PermitRootLogin prohibit-password
+AllowTcpForwarding yes
+PermitOpen any
+UseDNS no
+Compression no
+Ciphers {CIPHER}
+ClientAliveInterval 0
+LogLevel ERROR
+""")
+        log_file = (d / "sshd.log").open("ab")
+        self.sshd = subprocess.Popen([SSHD, "-D", "-e", "-f", str(d / "sshd_config")],
+                                     stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file)
+        log_file.close()
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                    if s.recv(4) == b"SSH-":
+                        break
+            except OSError:
+                pass
+            if self.sshd.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"sshd did not start: {(d / 'sshd.log').read_text()[-300:]}")
+            time.sleep(0.05)
+        local = free_port()
+        log_file = (d / "ssh.log").open("ab")
+        self.ssh = subprocess.Popen(
+            ["ssh", "-F", "/dev/null", "-N", "-T", "-x", "-a",
+             "-L", f"127.0.0.1:{local}:127.0.0.1:{self.target_port}",
+             "-p", str(port), "-i", str(d / "client_key"),
+             "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none", "-o", "BatchMode=yes",
+             "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+             "-o", f"Ciphers={CIPHER}", "-o", "Compression=no", "-o", "ControlMaster=no",
+             "-o", "ExitOnForwardFailure=yes", "-o", "LogLevel=ERROR",
+             f"{getpass.getuser()}@127.0.0.1"],
+            stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file)
+        log_file.close()
+        deadline = time.monotonic() + 15
+        while not echo_works(local):
+            if self.ssh.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"ssh -L did not come up: {(d / 'ssh.log').read_text()[-300:]}")
+            time.sleep(0.05)
+        return Path_("openssh", local, {"ssh": self.ssh.pid, "sshd": self.sshd.pid},
+                     note=f"OpenSSH ssh -L via sshd, {CIPHER}")
+
+    def stop(self) -> None:
+        for p in (self.ssh, self.sshd):
+            if p is not None and p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(5)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+
+
+class Bridged:
+    """A real relay and daemon (bridged.localrun) and one forward to the server."""
+
+    def __init__(self, workdir: Path, target_port: int, carrier: str) -> None:
+        self.dir = workdir
+        self.target_port = target_port
+        self.carrier = carrier
+        self.relay: Any = None
+        self.daemon: Any = None
+
+    async def start(self) -> Path_:
+        from bridged.control.client import ControlClient
+        from bridged.localrun import DaemonProcess, RelayProcess
+
+        token = secrets.token_hex(16) if self.carrier == "ws" else None
+        self.relay = RelayProcess(self.dir / "relay", http_port=0 if token else None, token=token)
+        await self.relay.start()
+        self.daemon = DaemonProcess(self.dir / "daemon")
+        await self.daemon.start()
+        client = ControlClient(self.daemon.socket)
+
+        async def call(method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+            return await asyncio.to_thread(client.request, method, path, body)
+
+        status = await call("GET", "status")
+        self.relay.authorize(status["daemon"]["client_key"])
+        body: dict[str, Any] = {"url": self.relay.url if token is None else self.relay.ws_url}
+        if token:
+            body["token"] = token
+        await call("POST", "bridges", body)
+        fwd = await call("POST", "forwards", {"target": f"127.0.0.1:{self.target_port}",
+                                             "name": "bench"})
+        port = int(fwd["local_port"])
+        if not await asyncio.to_thread(echo_works, port):
+            raise RuntimeError(f"bridged {self.carrier} forward does not echo")
+        name = "bridged" if self.carrier == "tcp" else "bridged-ws"
+        return Path_(name, port, {"daemon": self.daemon.pid, "relay": self.relay.pid},
+                     note=f"bridged, {self.carrier} carrier")
+
+    async def stop(self) -> None:
+        for p in (self.daemon, self.relay):
+            if p is not None:
+                with contextlib.suppress(Exception):
+                    await p.stop()
+
+
+# ============================================================================================
+# the run
+# ============================================================================================
+
+
+@dataclass
+class Plan:
+    reps: int
+    upload_bytes: int
+    parallel_streams: int
+    parallel_bytes_each: int
+    rtt_count: int
+    open_count: int
+    concurrent_n: int
+    concurrent_reps: int
+
+    @classmethod
+    def make(cls, quick: bool) -> Plan:
+        if quick:
+            return cls(reps=1, upload_bytes=64 * MiB, parallel_streams=8,
+                       parallel_bytes_each=16 * MiB, rtt_count=1000, open_count=50,
+                       concurrent_n=1000, concurrent_reps=1)
+        return cls(reps=3, upload_bytes=256 * MiB, parallel_streams=8,
+                   parallel_bytes_each=64 * MiB, rtt_count=2000, open_count=200,
+                   concurrent_n=1000, concurrent_reps=2)
+
+
+async def measure(paths: list[Path_], plan: Plan, profile_dir: Path | None
+                  ) -> dict[str, dict[str, Any]]:
+    res: dict[str, dict[str, Any]] = {p.name: {"note": p.note} for p in paths}
+    samples: dict[str, dict[str, list[float]]] = {p.name: {} for p in paths}
+    cpu: dict[str, dict[str, float]] = {p.name: {k: 0.0 for k in p.procs} for p in paths}
+    moved: dict[str, int] = {p.name: 0 for p in paths}
+
+    def add(p: Path_, key: str, value: float) -> None:
+        samples[p.name].setdefault(key, []).append(value)
+
+    for p in paths:
+        res[p.name]["idle_rss_mib"] = {k: rss_mib(pid) for k, pid in p.procs.items()}
+
+    # throughput: interleave the paths in each repetition so drifts hit all alike
+    for rep in range(plan.reps):
+        for p in paths:
+            before = {k: tree_cpu(pid) for k, pid in p.procs.items()}
+            t0, t1 = await asyncio.to_thread(upload, p.port, plan.upload_bytes)
+            add(p, "upload_mbps", plan.upload_bytes / (t1 - t0) / 1e6)
+            secs = await asyncio.to_thread(download, p.port, plan.upload_bytes)
+            add(p, "download_mbps", plan.upload_bytes / secs / 1e6)
+            total = plan.parallel_streams * plan.parallel_bytes_each
+            secs = await asyncio.to_thread(upload_parallel, p.port, plan.parallel_streams,
+                                           plan.parallel_bytes_each)
+            add(p, "parallel_mbps", total / secs / 1e6)
+            for k, pid in p.procs.items():
+                cpu[p.name][k] += tree_cpu(pid) - before[k]
+            moved[p.name] += 2 * plan.upload_bytes + total
+        log(f"throughput repetition {rep + 1}/{plan.reps} done")
+
+    for rep in range(plan.reps):
+        for p in paths:
+            rtts = await asyncio.to_thread(round_trips, p.port, plan.rtt_count)
+            add(p, "rtt_p50_us", pct(rtts, 50))
+            add(p, "rtt_p99_us", pct(rtts, 99))
+            opens = await asyncio.to_thread(open_times, p.port, plan.open_count)
+            add(p, "open_p50_us", pct(opens, 50))
+            add(p, "open_p99_us", pct(opens, 99))
+    log("round trips and stream opens done")
+
+    for rep in range(plan.concurrent_reps):
+        for p in paths:
+            def after(p: Path_ = p) -> dict[str, float | None]:
+                return {k: rss_mib(pid) for k, pid in p.procs.items()}
+
+            out = await asyncio.to_thread(concurrent, p.port, plan.concurrent_n, after)
+            add(p, "concurrent_seconds", out["seconds"])
+            add(p, "concurrent_p50_seconds", out["p50_seconds"])
+            res[p.name]["concurrent_failures"] = (
+                res[p.name].get("concurrent_failures", 0) + out["failures"])
+            res[p.name]["rss_after_concurrent_mib"] = out["after"]
+            await asyncio.sleep(0.5)  # let the tunnel close the streams
+    log(f"{plan.concurrent_n} concurrent streams done")
+
+    for p in paths:
+        for key, values in samples[p.name].items():
+            res[p.name][key] = median(values)
+        gb = moved[p.name] / 1e9
+        res[p.name]["cpu_seconds_per_gb"] = {k: round(v / gb, 3) for k, v in cpu[p.name].items()}
+        res[p.name]["peak_rss_mib"] = {k: rss_mib(pid, "VmHWM") for k, pid in p.procs.items()}
+
+    if profile_dir is not None:
+        await profile(paths, plan, profile_dir)
+    return res
+
+
+async def profile(paths: list[Path_], plan: Plan, out: Path) -> None:
+    """py-spy record of the tunnel processes during one long upload and one download per path."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(spy).exists():
+        log("py-spy not found: pip install py-spy (skipping --profile)")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    for p in paths:
+        if not p.name.startswith("bridged"):
+            continue
+        for direction in ("upload", "download"):
+            spies = []
+            for label, pid in p.procs.items():
+                base = out / f"{p.name}-{direction}-{label}"
+                spies.append(subprocess.Popen(
+                    [spy, "record", "--pid", str(pid), "--rate", "250", "--native",
+                     "--format", "raw", "-o", f"{base}.txt"],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            await asyncio.sleep(1.0)  # py-spy attaches
+            nbytes = 4 * plan.upload_bytes
+            if direction == "upload":
+                await asyncio.to_thread(upload, p.port, nbytes)
+            else:
+                await asyncio.to_thread(download, p.port, nbytes)
+            for s in spies:
+                s.send_signal(signal.SIGINT)
+            for s in spies:
+                s.wait(30)
+            log(f"profiled {p.name} {direction}: {out}/{p.name}-{direction}-*.txt")
+    for f in sorted(out.glob("*.txt")):
+        summary = summarize_raw(f)
+        (f.with_suffix(".top")).write_text(summary)
+
+
+def summarize_raw(path: Path, top: int = 25) -> str:
+    """Self and inclusive time per function from py-spy's raw (collapsed) output."""
+    self_t: dict[str, int] = {}
+    incl: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = [f for f in stack.split(";") if f]
+        if not frames:
+            continue
+        leaf = frames[-1].split(" (")[0] + " (" + frames[-1].split(" (")[-1] if " (" in frames[-1] else frames[-1]
+        self_t[leaf] = self_t.get(leaf, 0) + n
+        for f in set(frames):
+            incl[f] = incl.get(f, 0) + n
+    lines = [f"{path.name}: {total} samples", "", "self:"]
+    for f, n in sorted(self_t.items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(f"  {100 * n / max(total, 1):5.1f}%  {f}")
+    lines += ["", "inclusive:"]
+    for f, n in sorted(incl.items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(f"  {100 * n / max(total, 1):5.1f}%  {f}")
+    return "\n".join(lines) + "\n"
+
+
+# ============================================================================================
+# output
+# ============================================================================================
+
+ROWS = [
+    ("upload_mbps", "upload 1 stream, MB/s", "{:.0f}", "higher"),
+    ("parallel_mbps", "upload 8 streams, MB/s (aggregate)", "{:.0f}", "higher"),
+    ("download_mbps", "download 1 stream, MB/s", "{:.0f}", "higher"),
+    ("rtt_p50_us", "round trip 100 B p50, µs", "{:.0f}", "lower"),
+    ("rtt_p99_us", "round trip 100 B p99, µs", "{:.0f}", "lower"),
+    ("open_p50_us", "open stream p50 (connect+echo), µs", "{:.0f}", "lower"),
+    ("open_p99_us", "open stream p99, µs", "{:.0f}", "lower"),
+    ("concurrent_seconds", "1000 concurrent: all open+echoed, s", "{:.3f}", "lower"),
+    ("concurrent_p50_seconds", "1000 concurrent: half done by, s", "{:.3f}", "lower"),
+]
+
+
+def fmt_procs(d: dict[str, Any] | None, unit: str = "") -> str:
+    if not d:
+        return "-"
+    return " ".join(f"{k} {v:.1f}{unit}" if isinstance(v, float) else f"{k} -"
+                    for k, v in d.items())
+
+
+def table(res: dict[str, dict[str, Any]]) -> str:
+    names = list(res)
+    ratio_of = "openssh" if "openssh" in res else None
+    head = ["metric", *names] + (["bridged/openssh"] if ratio_of and "bridged" in res else [])
+    rows = [head]
+    for key, label, f, _ in ROWS:
+        row = [label]
+        for n in names:
+            v = res[n].get(key)
+            row.append(f.format(v) if isinstance(v, (int, float)) else "-")
+        if len(head) > len(row):
+            a, b = res["bridged"].get(key), res["openssh"].get(key)
+            row.append(f"{a / b:.2f}x" if a and b else "-")
+        rows.append(row)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines = []
+    for i, r in enumerate(rows):
+        lines.append("  ".join(c.ljust(widths[j]) if j == 0 else c.rjust(widths[j])
+                               for j, c in enumerate(r)))
+        if i == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    lines.append("")
+    for n in names:
+        r = res[n]
+        if not r.get("cpu_seconds_per_gb"):
+            continue
+        lines.append(f"{n:<11} CPU s/GB: {fmt_procs(r.get('cpu_seconds_per_gb'))};  "
+                     f"RSS MiB idle: {fmt_procs(r.get('idle_rss_mib'))}, with 1000 open: "
+                     f"{fmt_procs(r.get('rss_after_concurrent_mib'))}, peak: "
+                     f"{fmt_procs(r.get('peak_rss_mib'))}"
+                     + (f";  failed streams: {r['concurrent_failures']}"
+                        if r.get("concurrent_failures") else ""))
+    return "\n".join(lines)
+
+
+def summary(res: dict[str, dict[str, Any]], seconds: float, quick: bool,
+            skipped: dict[str, str]) -> dict[str, Any]:
+    b = res.get("bridged", {})
+    o = res.get("openssh")
+
+    def ratio(key: str) -> float | None:
+        if not o or not b.get(key) or not o.get(key):
+            return None
+        return round(b[key] / o[key], 3)
+
+    rss = (b.get("rss_after_concurrent_mib") or {}).get("daemon")
+    out = {
+        "throughput_ratio_vs_openssh": ratio("upload_mbps"),
+        "rtt_p50_ratio_vs_openssh": ratio("rtt_p50_us"),
+        "concurrent_1000_seconds": round(b["concurrent_seconds"], 3)
+        if "concurrent_seconds" in b else None,
+        "daemon_rss_mib": round(rss, 1) if rss is not None else None,
+        "parallel_ratio_vs_openssh": ratio("parallel_mbps"),
+        "download_ratio_vs_openssh": ratio("download_mbps"),
+        "rtt_p99_ratio_vs_openssh": ratio("rtt_p99_us"),
+        "open_p50_ratio_vs_openssh": ratio("open_p50_us"),
+    }
+    tp, rt = out["throughput_ratio_vs_openssh"], out["rtt_p50_ratio_vs_openssh"]
+    cs, dr = out["concurrent_1000_seconds"], out["daemon_rss_mib"]
+    out["targets_met"] = {
+        "throughput_ratio_ge_0.9": None if tp is None else tp >= 0.9,
+        "rtt_p50_ratio_le_1.5": None if rt is None else rt <= 1.5,
+        "concurrent_1000_lt_0.5s": None if cs is None else cs < 0.5,
+        "daemon_rss_lt_100mib": None if dr is None else dr < 100,
+    }
+
+    def rounded(v: Any) -> Any:
+        if isinstance(v, float):
+            return round(v, 3)
+        if isinstance(v, dict):
+            return {k: rounded(x) for k, x in v.items()}
+        return v
+
+    out["paths"] = {n: rounded(r) for n, r in res.items()}
+    out["skipped"] = skipped
+    out["quick"] = quick
+    out["cpus"] = os.cpu_count()
+    out["seconds"] = round(seconds, 1)
+    return out
+
+
+async def run(args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    plan = Plan.make(args.quick)
+    wanted = args.paths.split(",")
+    skipped: dict[str, str] = {}
+    with tempfile.TemporaryDirectory(prefix="bridged-bench-") as tmp:
+        work = Path(tmp)
+        server = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--serve"],
+                                  stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        assert server.stdout is not None
+        target = int(json.loads(server.stdout.readline())["port"])
+        paths: list[Path_] = []
+        openssh: OpenSSH | None = None
+        bridges: list[Bridged] = []
+        try:
+            if "tcp" in wanted:
+                paths.append(Path_("tcp", target, {"server": server.pid}, "loopback TCP"))
+            if "openssh" in wanted:
+                if not Path(SSHD).exists() or not shutil.which("ssh"):
+                    msg = (f"{SSHD} or ssh not found: skipping the OpenSSH column "
+                           "(apt-get install -y openssh-server openssh-client)")
+                    log(msg)
+                    skipped["openssh"] = msg
+                else:
+                    openssh = OpenSSH(work / "openssh", target)
+                    paths.append(await asyncio.to_thread(openssh.start))
+            for carrier, name in (("tcp", "bridged"), ("ws", "bridged-ws")):
+                if name in wanted:
+                    b = Bridged(work / name, target, carrier)
+                    bridges.append(b)
+                    paths.append(await b.start())
+            log("paths ready: " + ", ".join(f"{p.name} on :{p.port}" for p in paths))
+            res = await measure(paths, plan, Path(args.profile) if args.profile else None)
+        finally:
+            for b in bridges:
+                await b.stop()
+            if openssh is not None:
+                openssh.stop()
+            server.terminate()
+            server.wait()
+    elapsed = time.monotonic() - started
+    print(f"bridged tunnel benchmark ({'quick' if args.quick else 'full'}, "
+          f"{os.cpu_count()} CPUs, {elapsed:.0f}s); medians of {plan.reps} repetitions")
+    print(table(res))
+    out = summary(res, elapsed, args.quick, skipped)
+    print()
+    print("targets: " + ", ".join(f"{k} {'ok' if v else ('-' if v is None else 'MISSED')}"
+                                  for k, v in out["targets_met"].items()))
+    if args.json:
+        print(json.dumps(out))
+    return 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="fewer bytes and repetitions")
+    ap.add_argument("--json", action="store_true", help="one JSON object on the last line")
+    ap.add_argument("--paths", default="tcp,openssh,bridged,bridged-ws",
+                    help="comma-separated subset of tcp,openssh,bridged,bridged-ws")
+    ap.add_argument("--profile", metavar="DIR",
+                    help="after the measurements, py-spy record the bridged processes during a "
+                    "long upload and download into DIR (raw stacks and a .top summary)")
+    ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.serve:
+        serve()
+        return 0
+    return asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

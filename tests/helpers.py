@@ -1,0 +1,62 @@
+"""Helpers for the tests: a handle on a daemon process, free ports, polling with a deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from bridged.control.client import ControlClient
+from bridged.localrun import DaemonProcess
+
+__all__ = ["Daemon", "DaemonProcess", "eventually", "free_port"]
+
+
+@dataclass
+class Daemon:
+    """A daemon process and the control client that reaches it."""
+
+    process: DaemonProcess
+    client: ControlClient
+
+    async def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        return await asyncio.to_thread(self.client.request, method, path, body)
+
+    async def status(self) -> dict[str, Any]:
+        return await self.call("GET", "status")  # type: ignore[no-any-return]
+
+    async def public_key(self) -> str:
+        return str((await self.status())["daemon"]["client_key"])
+
+    def cli(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+        """Run the real ``bridged`` CLI against this daemon."""
+        return subprocess.run(
+            [sys.executable, "-m", "bridged", *args], env=self.process.env,
+            capture_output=True, text=True, timeout=120, check=check,
+        )
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def eventually(check: Callable[[], Awaitable[Any]], *, within: float = 30.0,
+                     what: str = "condition") -> Any:
+    """Poll ``check`` until it returns a truthy value (there is no event to await across
+    processes); fails the test with ``what`` after ``within`` seconds."""
+    deadline = asyncio.get_running_loop().time() + within
+    last: Any = None
+    while asyncio.get_running_loop().time() < deadline:
+        last = await check()
+        if last:
+            return last
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out after {within}s waiting for {what} (last: {last!r})")
+
