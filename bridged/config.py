@@ -53,7 +53,8 @@ class Backoff:
 
     def delay(self, attempt: int, rand: float) -> float:
         """Delay before retry ``attempt`` (0-based); ``rand`` in [0, 1) supplies the jitter."""
-        ceiling = min(self.max_seconds, self.first_seconds * self.factor**attempt)
+        # the exponent is bounded: a relay away for days must not overflow a float
+        ceiling = min(self.max_seconds, self.first_seconds * self.factor ** min(attempt, 64))
         # "equal jitter": at least half the ceiling, so retries never stampede at ~0 s
         return ceiling / 2 + ceiling / 2 * rand
 
@@ -166,12 +167,25 @@ def parse_carrier(text: str) -> CarrierSpec:
         if parts.scheme == "tcp":
             raise ConfigError(f"bad relay address {text!r}: tcp:// needs a port")
         port = 443 if parts.scheme == "wss" else 80
-    return CarrierSpec(parts.scheme, parse_host(parts.hostname), parse_port(port), parts.path or "/")
+    host = parse_host(parts.hostname)
+    return CarrierSpec(parts.scheme, host, parse_port(port), parts.path or "/")
 
 
 # --- forwards and intercepts ----------------------------------------------------------------------
 
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
+
+
+def default_name(text: str) -> str:
+    """A valid name made from anything (an address, an FQDN): what users get when they give none."""
+    name = re.sub(r"[^a-z0-9._-]+", "-", text.lower()).strip("-._")
+    name = re.sub(r"-{2,}", "-", name)
+    if len(name) > 63:  # keep the start (the service) and make the cut unique
+        import hashlib
+
+        digest = hashlib.sha256(text.encode()).hexdigest()[:8]
+        name = f"{name[:54].rstrip('-._')}-{digest}"
+    return name or "x"
 
 
 def parse_name(text: str, what: str = "name") -> str:
@@ -200,7 +214,7 @@ class ForwardSpec:
     ) -> ForwardSpec:
         host, port = parse_host_port(target)
         if name is None:
-            name = f"{host}-{port}".replace(":", "-")
+            name = default_name(f"{host}-{port}")
         return cls(
             name=parse_name(name, "forward name"),
             remote_host=host,

@@ -138,9 +138,11 @@ class DaemonProcess(_Process):
 
     name = "daemon"
 
-    def __init__(self, home: Path, *, log_path: Path | None = None) -> None:
+    def __init__(self, home: Path, *, log_path: Path | None = None,
+                 extra_args: tuple[str, ...] = ()) -> None:
         self.home = home
         self.log_path = log_path or home / "daemon.log"
+        self.extra_args = extra_args
 
     @property
     def env(self) -> dict[str, str]:
@@ -164,6 +166,7 @@ class DaemonProcess(_Process):
         try:
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "bridged", "daemon", "--ready-fd", str(write_fd),
+                *self.extra_args,
                 stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
                 pass_fds=(write_fd,), env=self.env,
             )

@@ -1,4 +1,5 @@
-"""The control protocol between daemon and relay: JSON lines on the SSH subsystem ``bridged-control``.
+"""The control protocol between daemon and relay: JSON lines on the SSH subsystem
+``bridged-control``.
 
 Pure: messages are frozen dataclasses, ``encode`` turns one into a line of bytes and ``decode``
 turns a line back into a message. No I/O happens here, so both ends and the tests share it.

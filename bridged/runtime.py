@@ -33,7 +33,7 @@ def tune_malloc() -> None:
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
-    """Run on uvloop when it is installed (it is a dependency; the fallback is for odd platforms)."""
+    """Run on uvloop (a dependency; plain asyncio only where it cannot be installed)."""
     tune_malloc()
     try:
         import uvloop

@@ -12,7 +12,7 @@ from typing import Any
 from bridged.control.client import ControlClient
 from bridged.localrun import DaemonProcess
 
-__all__ = ["Daemon", "DaemonProcess", "eventually", "free_port"]
+__all__ = ["Daemon", "DaemonProcess", "eventually", "free_port", "port_closed"]
 
 
 @dataclass
@@ -60,3 +60,13 @@ async def eventually(check: Callable[[], Awaitable[Any]], *, within: float = 30.
         await asyncio.sleep(0.05)
     raise AssertionError(f"timed out after {within}s waiting for {what} (last: {last!r})")
 
+
+
+async def port_closed(port: int) -> bool:
+    """True when nothing accepts connections on 127.0.0.1:``port`` any more."""
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+    except ConnectionRefusedError:
+        return True
+    writer.close()
+    return False

@@ -19,7 +19,7 @@ class Carrier(abc.ABC):
     ) -> tuple[asyncio.BaseTransport, asyncio.BaseProtocol]:
         """Open the stream and attach a protocol; raise :class:`~bridged.errors.CarrierError`."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook
         """Nothing to release by default: each stream belongs to its SSH connection."""
 
     async def wait_closed(self) -> None:

@@ -85,9 +85,12 @@ def register(app: typer.Typer) -> None:
                                      "bridge": bridge})
             for t in targets
         ]
-        emit(results, json_out, lambda rs: [typer.echo(
-            f"{r['remote_host']}:{r['remote_port']} → {r['local_host']}:{r['local_port']}"
-            f"  ({r['name']})") for r in rs])
+        def human(rs: list[dict[str, Any]]) -> None:
+            for r in rs:
+                typer.echo(f"{r['remote_host']}:{r['remote_port']} → "
+                           f"{r['local_host']}:{r['local_port']}  ({r['name']})")
+
+        emit(results, json_out, human)
 
     @app.command()
     @handles_errors

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from ..config import parse_host_port
+from ..config import LeaseSettings, TunnelSettings, parse_host_port
+from ..errors import ConfigError
 from .output import handles_errors
 
 LogLevel = Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")]
@@ -22,11 +24,14 @@ def register(app: typer.Typer) -> None:
     @handles_errors
     def daemon(
         ready_fd: Annotated[int | None, typer.Option(hidden=True)] = None,
+        keepalive_seconds: Annotated[
+            float, typer.Option(help="SSH keepalive interval; 3 missed = relay dead.")
+        ] = TunnelSettings.keepalive_seconds,
         log_level: LogLevel = "info",
         log_format: LogFormat = "text",
     ) -> None:
         """Run the daemon in the foreground (other commands start it when needed)."""
-        from ..daemon.app import Daemon
+        from ..daemon.app import Daemon, DaemonSettings
         from ..runtime import run, setup_logging
 
         setup_logging(log_level, log_format)
@@ -36,8 +41,10 @@ def register(app: typer.Typer) -> None:
                 os.write(ready_fd, b"ready\n")
                 os.close(ready_fd)
 
+        tunnel = replace(TunnelSettings(), keepalive_seconds=_positive(keepalive_seconds))
+
         async def main() -> None:
-            await Daemon().run(ready)
+            await Daemon(DaemonSettings(tunnel=tunnel)).run(ready)
 
         run(main())
 
@@ -60,6 +67,12 @@ def register(app: typer.Typer) -> None:
         intercept_host: Annotated[
             str, typer.Option(help="Address intercepted ports listen on.")
         ] = "0.0.0.0",
+        lease_seconds: Annotated[
+            float, typer.Option(help="An intercept not renewed for this long stops routing.")
+        ] = LeaseSettings.ttl_seconds,
+        keepalive_seconds: Annotated[
+            float, typer.Option(help="SSH keepalive interval; 3 missed = daemon gone.")
+        ] = TunnelSettings.keepalive_seconds,
         deny: Annotated[list[str] | None, typer.Option(help="Extra CIDR/host pattern to deny.")]
             = None,
         allow: Annotated[
@@ -79,12 +92,17 @@ def register(app: typer.Typer) -> None:
 
         setup_logging(log_level, log_format)
         ssh_host, ssh_port = parse_host_port(ssh_listen, allow_zero=True)
-        http_host, http_port = parse_host_port(http_listen, allow_zero=True) if http_listen else ("", None)
+        http_host, http_port = (
+            parse_host_port(http_listen, allow_zero=True) if http_listen else ("", None)
+        )
         settings = RelaySettings(
             host_key=host_key, authorized_keys=authorized_keys, ssh_host=ssh_host,
             ssh_port=ssh_port, http_host=http_host or "127.0.0.1", http_port=http_port,
             token_file=token_file, intercept_host=intercept_host,
             policy=DestinationPolicy.parse(deny=tuple(deny or ()), allow=tuple(allow or ())),
+            lease=LeaseSettings(ttl_seconds=_positive(lease_seconds),
+                                renew_seconds=_positive(lease_seconds) / 4),
+            tunnel=replace(TunnelSettings(), keepalive_seconds=_positive(keepalive_seconds)),
         )
 
         async def main() -> None:
@@ -112,3 +130,9 @@ def register(app: typer.Typer) -> None:
         ok = run_demo(json_out=json_out)
         sys.stdout.flush()
         raise typer.Exit(0 if ok else 1)
+
+
+def _positive(seconds: float) -> float:
+    if not seconds > 0:
+        raise ConfigError(f"bad duration {seconds}: expected a number of seconds above 0")
+    return seconds

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -54,6 +53,18 @@ def make_app(daemon: Daemon) -> web.Application:
     @routes.get(f"{API}/status")
     async def status(request: web.Request) -> web.Response:
         return web.json_response(daemon.status())
+
+    @routes.get(f"{API}/bridges")
+    async def bridges(request: web.Request) -> web.Response:
+        return web.json_response(daemon.status()["bridges"])
+
+    @routes.get(f"{API}/forwards")
+    async def forwards(request: web.Request) -> web.Response:
+        return web.json_response(daemon.status()["forwards"])
+
+    @routes.get(f"{API}/intercepts")
+    async def intercepts(request: web.Request) -> web.Response:
+        return web.json_response(daemon.status()["intercepts"])
 
     @routes.post(f"{API}/bridges")
     async def connect(request: web.Request) -> web.Response:
@@ -138,7 +149,3 @@ def _answers(path: Path) -> bool:
         except OSError:
             return False
     return True
-
-
-def dumps(data: Any) -> str:
-    return json.dumps(data, indent=2, sort_keys=True)

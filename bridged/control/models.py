@@ -7,8 +7,16 @@ from typing import Any
 
 from ..config import CarrierSpec, ForwardSpec, InterceptSpec, parse_carrier, parse_name
 from ..errors import (
-    BridgedError, CarrierError, ConfigError, Conflict, ControlError, HostKeyMismatch,
-    NotFound, RefusedError, SessionError, from_code,
+    BridgedError,
+    CarrierError,
+    ConfigError,
+    Conflict,
+    ControlError,
+    HostKeyMismatch,
+    NotFound,
+    RefusedError,
+    SessionError,
+    from_code,
 )
 
 API = "/v1"

@@ -16,7 +16,7 @@ from typing import Any
 from .. import __version__, paths
 from ..config import CarrierSpec, ForwardSpec, InterceptSpec, TunnelSettings
 from ..control.api import ControlServer
-from ..errors import Conflict, ConfigError, NotFound
+from ..errors import ConfigError, Conflict, NotFound
 from ..keys import PinnedHostKeys, fingerprint, load_or_create_key, public_line
 from .bridge import Bridge, Forward, Intercept
 

@@ -22,7 +22,12 @@ from .. import protocol
 from ..carriers import Carrier, carrier_for
 from ..config import Backoff, CarrierSpec, ForwardSpec, InterceptSpec, TunnelSettings
 from ..errors import (
-    BridgedError, CarrierError, Conflict, HostKeyMismatch, RefusedError, SessionError,
+    BridgedError,
+    CarrierError,
+    Conflict,
+    HostKeyMismatch,
+    RefusedError,
+    SessionError,
 )
 from ..keys import PinnedHostKeys, fingerprint
 from ..splice import Counters, channel_then_socket, socket_then_channel
@@ -133,7 +138,7 @@ class Bridge:
             )
         except asyncssh.HostKeyNotVerifiable as exc:
             if client.mismatch:
-                seen, pinned = client.mismatch
+                seen, _ = client.mismatch
                 raise HostKeyMismatch(
                     f"the relay at {self.spec.url} presented host key {seen}, not the key "
                     f"pinned on first contact; refusing to connect",
@@ -296,7 +301,7 @@ class Bridge:
                         f"({exc.strerror or exc})", hint="choose another with --local-port",
                     ) from None
         assert forward.server is not None
-        forward.local_port = forward.server.sockets[0].getsockname()[1]
+        forward.local_port = forward.server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
         self.forwards[spec.name] = forward
         log.info("bridge %s: forward %s: %s:%d → %s:%d", self.name, spec.name, spec.local_host,
                  forward.local_port, spec.remote_host, spec.remote_port)
@@ -365,7 +370,7 @@ class Bridge:
             intercept.listener.close()
             intercept.listener = None
         try:
-            await control.call(protocol.Release, intercept_id=intercept.claim.id, timeout=5)
+            await control.call(protocol.Release, intercept_id=intercept.claim.id, wait=5)
         except RefusedError:
             pass
 

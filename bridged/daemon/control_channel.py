@@ -32,14 +32,14 @@ class ControlChannel:
             raise SessionError(f"the relay has no control subsystem: {exc.reason}") from exc
         return cls(writer, reader)
 
-    async def call(self, make: Any, timeout: float = 15.0, **fields: Any) -> dict[str, Any]:
+    async def call(self, make: Any, wait: float = 15.0, **fields: Any) -> dict[str, Any]:
         """Send ``make(id=..., **fields)``; the answer's body, or RefusedError."""
         request_id = next(self._ids)
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
         try:
             self._writer.write(protocol.encode(make(id=request_id, **fields)))
-            return await asyncio.wait_for(future, timeout)
+            return await asyncio.wait_for(future, wait)
         except TimeoutError:
             raise SessionError("the relay did not answer a control request in time") from None
         finally:

@@ -243,7 +243,7 @@ class Relay:
             raise RefusedError(f"intercept mode {claim.mode!r} is not supported by this relay")
         now = asyncio.get_running_loop().time()
         try:
-            holding, displaced = self.table.claim(
+            _, displaced = self.table.claim(
                 session.id, claim, now=now, ttl=self.settings.lease.ttl_seconds,
                 overwrite=overwrite,
             )
