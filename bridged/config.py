@@ -72,28 +72,41 @@ class LeaseSettings:
 
 # --- addresses ---------------------------------------------------------------------------------
 
-_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?$")
+_HOSTNAME = re.compile(r"(?=.{1,253}\Z)[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?")
 
 
 def parse_port(text: str | int, what: str = "port", *, allow_zero: bool = False) -> int:
-    try:
-        port = int(text)
-    except (TypeError, ValueError):
-        raise ConfigError(f"bad {what} {text!r}: expected a number from 1 to 65535") from None
     low = 0 if allow_zero else 1
+    wrong = ConfigError(f"bad {what} {text!r}: expected a number from {low} to 65535")
+    if isinstance(text, bool):
+        raise wrong
+    if isinstance(text, str):
+        # int() would also take "+80", "8_0" and non-ASCII digits
+        if not (text.isascii() and text.isdigit()):
+            raise wrong
+        port = int(text)
+    elif isinstance(text, int):
+        port = text
+    else:
+        raise wrong
     if not low <= port <= 65535:
-        raise ConfigError(f"bad {what} {text!r}: expected a number from {low} to 65535")
+        raise wrong
     return port
 
 
 def parse_host(text: str) -> str:
     """A host name or an IP address (IPv6 with or without brackets)."""
-    host = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+    bracketed = text.startswith("[") and text.endswith("]")
+    host = text[1:-1] if bracketed else text
     try:
-        return str(ipaddress.ip_address(host))
+        ip = ipaddress.ip_address(host)
     except ValueError:
-        pass
-    if not _HOSTNAME.match(host):
+        ip = None
+    if ip is not None and (ip.version == 6 or not bracketed):
+        return str(ip)
+    last_label = host.rstrip(".").rsplit(".", 1)[-1]
+    if bracketed or not _HOSTNAME.fullmatch(host) or last_label.isdigit():
+        # brackets hold IPv6 only; an all-digit last label is a mistyped IPv4 address
         raise ConfigError(f"bad host {text!r}: expected a host name or an IP address")
     return host.lower()
 
@@ -147,7 +160,11 @@ class CarrierSpec:
 
 
 def parse_carrier(text: str) -> CarrierSpec:
-    parts = urlsplit(text.strip())
+    try:
+        parts = urlsplit(text.strip())
+        hostname = parts.hostname
+    except ValueError:
+        raise ConfigError(f"bad relay address {text!r}: not a URL") from None
     if parts.scheme not in CARRIER_SCHEMES:
         raise ConfigError(
             f"bad relay address {text!r}: expected tcp://HOST:PORT, ws://HOST:PORT/PATH "
@@ -160,14 +177,15 @@ def parse_carrier(text: str) -> CarrierSpec:
     try:
         port = parts.port
     except ValueError:
-        raise ConfigError(f"bad relay address {text!r}: the port is not a number") from None
-    if not parts.hostname:
+        raise ConfigError(
+            f"bad relay address {text!r}: expected a port from 1 to 65535") from None
+    if not hostname:
         raise ConfigError(f"bad relay address {text!r}: no host")
     if port is None:
         if parts.scheme == "tcp":
             raise ConfigError(f"bad relay address {text!r}: tcp:// needs a port")
         port = 443 if parts.scheme == "wss" else 80
-    host = parse_host(parts.hostname)
+    host = parse_host(hostname)
     return CarrierSpec(parts.scheme, host, parse_port(port), parts.path or "/")
 
 
@@ -189,7 +207,7 @@ def default_name(text: str) -> str:
 
 
 def parse_name(text: str, what: str = "name") -> str:
-    if not _NAME.match(text):
+    if not isinstance(text, str) or not _NAME.fullmatch(text):
         raise ConfigError(
             f"bad {what} {text!r}: use lower-case letters, digits, '.', '_' and '-' (at most 63)"
         )

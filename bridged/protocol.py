@@ -18,6 +18,7 @@ Compatibility rules (so a newer daemon can talk to an older relay and back):
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar
 
@@ -141,19 +142,33 @@ def decode(line: bytes | str) -> Message:
         raise ProtocolError(f"control message is not JSON: {exc}") from None
     if not isinstance(data, dict) or not isinstance(data.get("type"), str):
         raise ProtocolError("control message is not an object with a type")
+    request_id = data.get("id")
+    request_id = request_id if _is_int(request_id) else 0
     cls = MESSAGES.get(data["type"])
     if cls is None:
-        raise UnknownType(data["type"], data.get("id"))
+        raise UnknownType(data["type"], request_id)
     try:
         return _build(cls, data)
-    except (TypeError, ValueError) as exc:
-        raise ProtocolError(f"bad {data['type']} message: {exc}") from None
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        error = BadMessage(f"bad {data['type']} message: {exc!s}")
+        error.request_id = request_id  # so the answer reaches the waiting request
+        raise error from None
 
 
-class UnknownType(ProtocolError):
-    def __init__(self, type_: str, request_id: Any) -> None:
+class BadMessage(ProtocolError):
+    """A line that parsed as JSON but is not a valid message; carries the request id if any."""
+
+    request_id: int = 0
+
+
+class UnknownType(BadMessage):
+    def __init__(self, type_: str, request_id: int) -> None:
         super().__init__(f"unsupported control message type {type_!r}")
-        self.request_id = request_id if isinstance(request_id, int) else 0
+        self.request_id = request_id
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _build(cls: type[Message], data: dict[str, Any]) -> Message:
@@ -162,28 +177,34 @@ def _build(cls: type[Message], data: dict[str, Any]) -> Message:
     if "version" in kwargs:
         major, minor = kwargs["version"]
         kwargs["version"] = (int(major), int(minor))
-    if "claim" in kwargs:
-        kwargs["claim"] = _claim(kwargs["claim"])
+    if cls is Register:
+        kwargs["claim"] = _claim(kwargs.get("claim"))
     if "intercept_ids" in kwargs:
         kwargs["intercept_ids"] = tuple(str(i) for i in kwargs["intercept_ids"])
     for name in ("id", "re"):
-        if name in kwargs and not isinstance(kwargs[name], int):
+        if name in kwargs and not _is_int(kwargs[name]):
             raise ValueError(f"{name} must be an integer")
     return cls(**kwargs)
+
+
+_CLAIM_ID = re.compile(r"[A-Za-z0-9_-]{1,63}")
 
 
 def _claim(data: Any) -> InterceptClaim:
     if not isinstance(data, dict):
         raise ValueError("claim must be an object")
+    raw_matchers = data.get("matchers", [])
+    if not isinstance(raw_matchers, list) or not all(isinstance(m, dict) for m in raw_matchers):
+        raise ValueError("matchers must be a list of objects")
     matchers = tuple(
         Matcher(**{k: str(v) for k, v in m.items() if k in ("kind", "op", "name", "value")})
-        for m in data.get("matchers", ())
+        for m in raw_matchers
     )
-    port = int(data["port"])
-    if not 1 <= port <= 65535:
-        raise ValueError(f"port {port} out of range")
-    claim_id = str(data["id"])
-    if not claim_id or len(claim_id) > 63 or not all(c.isalnum() or c in "-_" for c in claim_id):
+    port = data.get("port")
+    if not _is_int(port) or not 1 <= port <= 65535:
+        raise ValueError(f"port {port!r} is not a number from 1 to 65535")
+    claim_id = data.get("id")
+    if not isinstance(claim_id, str) or not _CLAIM_ID.fullmatch(claim_id):
         raise ValueError(f"bad intercept id {claim_id!r}")
     return InterceptClaim(id=claim_id, port=port, mode=str(data.get("mode", "tcp")),
                           matchers=matchers)

@@ -52,9 +52,11 @@ def error_from_body(status: int, body: Any) -> BridgedError:
 
 
 def _field(body: dict[str, Any], name: str, kind: type, default: Any = None) -> Any:
-    value = body.get(name, default)
-    if value is not None and not isinstance(value, kind):
-        raise ConfigError(f"field {name!r} must be a {kind.__name__}")
+    value = body.get(name)
+    if value is None:  # absent and JSON null both mean: the default
+        return default
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ConfigError(f"field {name!r} must be a {'number' if kind is int else kind.__name__}")
     return value
 
 

@@ -55,6 +55,8 @@ class DestinationPolicy:
     def check_address(self, host: str, address: str) -> str | None:
         """A reason to refuse connecting to ``address`` (resolved from ``host``), or None."""
         ip = ipaddress.ip_address(address.split("%", 1)[0])
+        if ip.version == 6 and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped  # ::ffff:169.254.169.254 reaches 169.254.169.254 on dual stack
         for net in self.deny_nets:
             if ip in net:
                 return f"destination {host} ({ip}) is denied by the relay's policy ({net})"

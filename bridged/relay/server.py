@@ -445,6 +445,8 @@ class ControlHandler:
             msg = protocol.decode(line)
         except protocol.UnknownType as exc:
             return protocol.Error(re=exc.request_id, code="unsupported", message=str(exc))
+        except protocol.BadMessage as exc:
+            return protocol.Error(re=exc.request_id, code="protocol", message=str(exc))
         except Exception as exc:  # a broken line is answered, never fatal
             return protocol.Error(re=0, code="protocol", message=str(exc))
         if not isinstance(msg, protocol.Request):

@@ -50,6 +50,7 @@ class InterceptTable:
         overwrite: bool = False,
     ) -> tuple[Holding, list[Holding]]:
         """Grant ``claim`` to ``session``; returns the holding and the holdings it displaced."""
+        self.expire(now)  # an expired holding blocks nobody, swept or not
         others = [h for h in self.on_port(claim.port) if h.claim.id != claim.id]
         blocking = [h for h in others if h.claim.exclusive or claim.exclusive]
         if blocking and not overwrite:

@@ -1,4 +1,4 @@
-"""bridged.config: what users type becomes specs, or a one-line ConfigError saying what was expected."""
+"""bridged.config: what users type becomes specs, or a one-line ConfigError naming the expected."""
 
 import pytest
 
@@ -7,6 +7,7 @@ from bridged.config import (
     CarrierSpec,
     ForwardSpec,
     InterceptSpec,
+    default_name,
     format_host_port,
     parse_carrier,
     parse_host,
@@ -68,20 +69,10 @@ def test_parse_port_rejects_with_expected_range(text, kwargs, message):
     assert config_error(parse_port, text, **kwargs) == message
 
 
-@pytest.mark.xfail(
-    reason="bug: a non-number with allow_zero=True says 'from 1 to 65535' although 0 is allowed "
-    "(config.py:81 hard-codes 1)",
-    strict=True,
-)
 def test_parse_port_non_number_with_allow_zero_names_zero_as_lowest():
     assert "from 0 to 65535" in config_error(parse_port, "x", allow_zero=True)
 
 
-@pytest.mark.xfail(
-    reason="bug: int() also accepts '8_0', '+80' and non-ASCII digits, so these bad forms "
-    "become port 80 (config.py:79)",
-    strict=True,
-)
 @pytest.mark.parametrize("text", ["8_0", "+80", "\u0668\u0660"])
 def test_parse_port_rejects_forms_int_happens_to_accept(text):
     config_error(parse_port, text)
@@ -123,31 +114,16 @@ def test_parse_host_rejects_nonsense(text):
     )
 
 
-@pytest.mark.xfail(
-    reason="bug: _HOSTNAME uses '$', which also matches before a trailing newline, so the "
-    "newline is kept in the returned host (config.py:74,95; use \\Z or fullmatch)",
-    strict=True,
-)
 @pytest.mark.parametrize("text", ["example.com\n", "127.0.0.1\n"])
 def test_parse_host_rejects_trailing_newline(text):
     config_error(parse_host, text)
 
 
-@pytest.mark.xfail(
-    reason="bug: an invalid IPv4 address falls through to the host name regex and is accepted "
-    "as a name (config.py:95); an all-numeric last label is not a host name",
-    strict=True,
-)
 @pytest.mark.parametrize("text", ["10.0.0.300", "256.1.1.1"])
 def test_parse_host_rejects_invalid_ipv4(text):
     config_error(parse_host, text)
 
 
-@pytest.mark.xfail(
-    reason="bug: brackets are stripped from anything, so '[example.com]' is accepted although "
-    "brackets are only for IPv6 (config.py:90)",
-    strict=True,
-)
 @pytest.mark.parametrize("text", ["[example.com]", "[10.0.0.5]"])
 def test_parse_host_brackets_only_around_ipv6(text):
     config_error(parse_host, text)
@@ -270,8 +246,8 @@ def test_carrier_url_of_tcp_has_no_path():
         ("ws://relay:80/?a=b", "put no credentials in the URL (use --token)"),
         ("tcp://relay", "tcp:// needs a port"),
         ("tcp://relay/", "tcp:// needs a port"),
-        ("tcp://relay:http", "the port is not a number"),
-        ("tcp://relay:-1", "the port is not a number"),
+        ("tcp://relay:http", "expected a port from 1 to 65535"),
+        ("tcp://relay:-1", "expected a port from 1 to 65535"),
         ("tcp://:2222", "no host"),
         ("ws:///path", "no host"),
         ("tcp://relay:0", "expected a number from 1 to 65535"),
@@ -288,21 +264,11 @@ def test_parse_carrier_message_quotes_the_url():
     )
 
 
-@pytest.mark.xfail(
-    reason="bug: urlsplit's .port raises ValueError for out-of-range ports too, and the message "
-    "then says 'the port is not a number' (config.py:161-162)",
-    strict=True,
-)
 @pytest.mark.parametrize("text", ["tcp://relay:70000", "wss://relay:65536/x"])
 def test_parse_carrier_out_of_range_port_names_the_range(text):
     assert "65535" in config_error(parse_carrier, text)
 
 
-@pytest.mark.xfail(
-    reason="bug: urlsplit raises ValueError for malformed brackets, which escapes parse_carrier "
-    "instead of becoming a ConfigError (config.py:149)",
-    strict=True,
-)
 @pytest.mark.parametrize("text", ["tcp://[::1:2222", "wss://[relay]:443/x"])
 def test_parse_carrier_malformed_brackets_is_config_error(text):
     config_error(parse_carrier, text)
@@ -331,11 +297,6 @@ def test_parse_name_message_names_what():
     assert config_error(parse_name, "X", "bridge name").startswith("bad bridge name 'X':")
 
 
-@pytest.mark.xfail(
-    reason="bug: _NAME uses '$', which also matches before a trailing newline, so 'web\\n' is "
-    "accepted and returned with the newline (config.py:174,178; use \\Z or fullmatch)",
-    strict=True,
-)
 def test_parse_name_rejects_trailing_newline():
     config_error(parse_name, "web\n")
 
@@ -349,12 +310,13 @@ def test_parse_name_rejects_trailing_newline():
         ("db.ns.svc:5432", {}, ForwardSpec("db.ns.svc-5432", "db.ns.svc", 5432, "127.0.0.1", 0)),
         ("DB:5432", {}, ForwardSpec("db-5432", "db", 5432, "127.0.0.1", 0)),
         ("10.0.0.5:80", {}, ForwardSpec("10.0.0.5-80", "10.0.0.5", 80, "127.0.0.1", 0)),
-        ("[fd00::1]:80", {}, ForwardSpec("fd00--1-80", "fd00::1", 80, "127.0.0.1", 0)),
+        ("[fd00::1]:80", {}, ForwardSpec("fd00-1-80", "fd00::1", 80, "127.0.0.1", 0)),
         ("db:5432", {"name": "pg"}, ForwardSpec("pg", "db", 5432, "127.0.0.1", 0)),
         ("db:5432", {"local_port": 15432}, ForwardSpec("db-5432", "db", 5432, "127.0.0.1", 15432)),
         ("db:5432", {"local_port": 0}, ForwardSpec("db-5432", "db", 5432, "127.0.0.1", 0)),
         ("db:5432", {"local_host": "[::1]"}, ForwardSpec("db-5432", "db", 5432, "::1", 0)),
-        ("db:5432", {"local_host": "LocalHost"}, ForwardSpec("db-5432", "db", 5432, "localhost", 0)),
+        ("db:5432", {"local_host": "LocalHost"},
+         ForwardSpec("db-5432", "db", 5432, "localhost", 0)),
     ],
 )
 def test_forward_spec_parse(target, kwargs, expected):
@@ -372,7 +334,8 @@ def test_forward_spec_local_port_zero_is_the_default():
         ("5432", {}, "expected HOST:PORT"),
         ("db:0", {}, "bad port '0'"),
         ("db:5432", {"name": "PG"}, "bad forward name 'PG'"),
-        ("db:5432", {"local_port": 70000}, "bad local port 70000: expected a number from 0 to 65535"),
+        ("db:5432", {"local_port": 70000},
+         "bad local port 70000: expected a number from 0 to 65535"),
         ("db:5432", {"local_port": -1}, "bad local port -1: expected a number from 0 to 65535"),
         ("db:5432", {"local_host": "no such host"}, "bad host 'no such host'"),
     ],
@@ -381,20 +344,52 @@ def test_forward_spec_parse_rejects(target, kwargs, expected):
     assert expected in config_error(ForwardSpec.parse, target, **kwargs)
 
 
-@pytest.mark.xfail(
-    reason="bug: the default name is derived from the target without making it a valid name: "
-    "'[::1]:80' gives '--1-80' and a long service FQDN gives more than 63 characters, so a user "
-    "who typed no name gets 'bad forward name' (config.py:202-203)",
-    strict=True,
-)
 @pytest.mark.parametrize(
-    "target",
-    ["[::1]:80", "[::ffff:10.0.0.5]:80",
-     "payments-api-gateway-internal.payments-production.svc.cluster.local:8080"],
+    ("target", "name"),
+    [
+        ("[::1]:80", "1-80"),
+        ("[2001:DB8::1]:443", "2001-db8-1-443"),
+        ("[fe80::1%eth0]:80", "fe80-1-eth0-80"),
+    ],
 )
-def test_forward_spec_default_name_is_always_valid(target):
-    spec = ForwardSpec.parse(target)
-    assert parse_name(spec.name) == spec.name
+def test_forward_spec_default_name_of_ipv6_target_is_valid(target, name):
+    assert ForwardSpec.parse(target).name == name
+
+
+LONG_FQDN = "payments-api-gateway-internal.payments-production.svc.cluster.local"
+
+
+def test_forward_spec_default_name_of_long_fqdn_keeps_the_service_and_fits():
+    name = ForwardSpec.parse(f"{LONG_FQDN}:8080").name
+    assert parse_name(name) == name
+    assert len(name) <= 63
+    assert name.startswith("payments-api-gateway-internal.")
+    assert name != ForwardSpec.parse(f"{LONG_FQDN}:8081").name
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["::1-80", "fd00::1-80", "DB.ns-5432", "My_Host-80", "", "---", "...", "a b/c?d",
+     "\u00e9t\u00e9-1", "a" * 63, "a" * 64, "a" * 200, f"{LONG_FQDN}-8080", "-x-", "_x_"],
+)
+def test_default_name_is_always_a_valid_name(text):
+    name = default_name(text)
+    assert parse_name(name) == name
+
+
+@pytest.mark.parametrize(
+    ("text", "name"),
+    [("db-5432", "db-5432"), ("DB.ns-5432", "db.ns-5432"), ("fd00::1-80", "fd00-1-80"),
+     ("a" * 63, "a" * 63)],
+)
+def test_default_name_keeps_valid_text_and_replaces_the_rest(text, name):
+    assert default_name(text) == name
+
+
+def test_default_name_cuts_long_text_uniquely():
+    one, two = default_name("a" * 100), default_name("a" * 99 + "b")
+    assert len(one) <= 63 and len(two) <= 63
+    assert one != two
 
 
 # --- InterceptSpec.parse -----------------------------------------------------------------------
@@ -483,12 +478,8 @@ def test_backoff_custom_settings(attempt, ceiling):
     assert backoff.delay(attempt, 0.999999) < ceiling
 
 
-@pytest.mark.xfail(
-    reason="bug: factor**attempt overflows a float at attempt ~1024 (about 6 h of retries at the "
-    "30 s cap) and raises OverflowError, which kills the reconnect loop in daemon/bridge.py:186 "
-    "(config.py:56)",
-    strict=True,
-)
-@pytest.mark.parametrize("attempt", [1024, 5000])
+@pytest.mark.parametrize("attempt", [64, 1024, 5000, 10**6])
 def test_backoff_stays_capped_for_very_many_attempts(attempt):
+    # a relay away for days: factor**attempt must not overflow into an OverflowError
     assert Backoff().delay(attempt, 0.0) == pytest.approx(15.0)
+    assert Backoff().delay(attempt, 0.999999) <= 30.0
