@@ -61,7 +61,7 @@ class ControlClient:
             except (FileNotFoundError, ConnectionRefusedError) as exc:
                 raise DaemonNotRunning(
                     f"the bridged daemon is not running (no answer on {self.path})",
-                    hint="start it with 'bridged daemon' or any command without --no-start",
+                    hint="start it with 'bridged daemon', or let 'bridged connect' start it",
                 ) from exc
             except TimeoutError as exc:
                 raise ControlError(f"the daemon did not answer within {self.timeout:.0f}s") \

@@ -150,7 +150,7 @@ class Bridge:
             raise SessionError(
                 f"the relay at {self.spec.url} refused this machine's key "
                 f"{fingerprint(self.client_key)}",
-                hint="add the public key (bridged status --json shows it) to the relay's "
+                hint="add the public key that 'bridged status --json' shows to the relay's "
                 "authorized keys",
             ) from exc
         except (asyncssh.Error, OSError, TimeoutError) as exc:
@@ -186,7 +186,9 @@ class Bridge:
                     self.state, self.last_error = "failed", str(exc)
                     log.error("bridge %s: %s", self.name, exc)
                     return  # never retry an impersonated relay
-                except BridgedError as exc:
+                except Exception as exc:  # anything else is transient too: never stop retrying
+                    if not isinstance(exc, BridgedError):
+                        log.exception("bridge %s: unexpected error while connecting", self.name)
                     self.state, self.last_error = "reconnecting", str(exc)
                     delay = self.backoff.delay(attempt, random.random())
                     attempt += 1
@@ -246,6 +248,8 @@ class Bridge:
                 await self._register(i)
 
     async def wait_connected(self) -> asyncssh.SSHClientConnection:
+        if self.state == "failed":
+            raise CarrierError(f"not connected to the relay: {self.last_error}")
         if self.conn is None:
             try:
                 await asyncio.wait_for(self._connected.wait(), self.wait_relay_seconds)
