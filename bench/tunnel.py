@@ -17,7 +17,7 @@ idle meanwhile) and, for the 1000 streams, a private uvloop in a thread.
 
 Usage::
 
-    .venv/bin/python bench/tunnel.py            # full run, a table (≈ 1–2 min)
+    .venv/bin/python bench/tunnel.py            # full run, a table (about 75 s)
     .venv/bin/python bench/tunnel.py --quick    # shorter
     .venv/bin/python bench/tunnel.py --json     # the table, then one JSON object on the last line
     .venv/bin/python bench/tunnel.py --profile /tmp/prof   # + py-spy of daemon and relay
@@ -78,10 +78,12 @@ def serve() -> None:
     import uvloop
 
     payload = memoryview(os.urandom(CHUNK))
+    # one receive buffer for all connections: every read is consumed (or copied) at once
+    shared = memoryview(bytearray(CHUNK))
 
     class Conn(asyncio.BufferedProtocol):
         def __init__(self) -> None:
-            self.view = memoryview(bytearray(CHUNK))
+            self.view = shared
             self.head = b""
             self.mode = b""
             self.left = 0
@@ -338,6 +340,17 @@ def _stat(pid: int) -> tuple[int, float] | None:
     return int(fields[1]), (int(fields[11]) + int(fields[12])) / _TICK
 
 
+def _precise_cpu(pid: int, fallback: float) -> float:
+    """CPU seconds of all threads of ``pid`` from schedstat (ns), else the tick-based value."""
+    try:
+        total = 0
+        for task in os.listdir(f"/proc/{pid}/task"):
+            total += int(Path(f"/proc/{pid}/task/{task}/schedstat").read_text().split()[0])
+        return total / 1e9
+    except (OSError, ValueError, IndexError):
+        return fallback
+
+
 def tree_cpu(pid: int) -> float:
     """CPU seconds of ``pid`` and its live descendants (sshd forks a child per connection)."""
     stats: dict[int, tuple[int, float]] = {}
@@ -350,14 +363,33 @@ def tree_cpu(pid: int) -> float:
     while todo:
         p = todo.pop()
         if p in stats:
-            total += stats[p][1]
+            total += _precise_cpu(p, stats[p][1])
         todo += [c for c, (pp, _) in stats.items() if pp == p]
     return total
 
 
+def machine_busy() -> float:
+    """CPU seconds all CPUs of the machine spent busy since boot."""
+    f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
+    return (sum(f) - f[3] - f[4]) / _TICK
+
+
+def tcp_counters() -> dict[str, int]:
+    """Kernel TCP counters of this network namespace that say SYNs were dropped and retried."""
+    try:
+        lines = Path("/proc/net/netstat").read_text().splitlines()
+    except OSError:
+        return {}
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            table = dict(zip(names.split()[1:], map(int, values.split()[1:]), strict=False))
+            return {k: table.get(k, 0) for k in ("ListenOverflows", "TCPSynRetrans")}
+    return {}
+
+
 def pct(values: list[float], q: float) -> float:
     s = sorted(values)
-    return s[min(len(s) - 1, int(round(q / 100 * (len(s) - 1))))]
+    return s[min(len(s) - 1, round(q / 100 * (len(s) - 1)))]
 
 
 def median(values: list[float]) -> float:
@@ -542,16 +574,18 @@ class Plan:
     open_count: int
     concurrent_n: int
     concurrent_reps: int
+    #: round trips and stream opens are cheap and the noisiest (CPU placement): more repetitions
+    latency_reps: int
 
     @classmethod
     def make(cls, quick: bool) -> Plan:
         if quick:
             return cls(reps=1, upload_bytes=64 * MiB, parallel_streams=8,
                        parallel_bytes_each=16 * MiB, rtt_count=1000, open_count=50,
-                       concurrent_n=1000, concurrent_reps=1)
+                       concurrent_n=1000, concurrent_reps=1, latency_reps=2)
         return cls(reps=3, upload_bytes=256 * MiB, parallel_streams=8,
                    parallel_bytes_each=64 * MiB, rtt_count=2000, open_count=200,
-                   concurrent_n=1000, concurrent_reps=2)
+                   concurrent_n=1000, concurrent_reps=2, latency_reps=5)
 
 
 async def measure(paths: list[Path_], plan: Plan, profile_dir: Path | None
@@ -564,6 +598,7 @@ async def measure(paths: list[Path_], plan: Plan, profile_dir: Path | None
     def add(p: Path_, key: str, value: float) -> None:
         samples[p.name].setdefault(key, []).append(value)
 
+    busy0, ours0, wall0 = machine_busy(), tree_cpu(os.getpid()), time.monotonic()
     for p in paths:
         res[p.name]["idle_rss_mib"] = {k: rss_mib(pid) for k, pid in p.procs.items()}
 
@@ -584,22 +619,39 @@ async def measure(paths: list[Path_], plan: Plan, profile_dir: Path | None
             moved[p.name] += 2 * plan.upload_bytes + total
         log(f"throughput repetition {rep + 1}/{plan.reps} done")
 
-    for rep in range(plan.reps):
+    # CPU µs each tunnel process spends per round trip / per stream (open, echo, close): far
+    # steadier than the wall-clock latencies, which depend on where the scheduler puts things
+    lat_cpu: dict[str, dict[str, list[float]]] = {p.name: {} for p in paths}
+    for _ in range(plan.latency_reps):
         for p in paths:
-            rtts = await asyncio.to_thread(round_trips, p.port, plan.rtt_count)
+            before = {k: tree_cpu(pid) for k, pid in p.procs.items()}
+            rtts = await asyncio.to_thread(round_trips, p.port, plan.rtt_count, 100, 200)
+            mid = {k: tree_cpu(pid) for k, pid in p.procs.items()}
             add(p, "rtt_p50_us", pct(rtts, 50))
             add(p, "rtt_p99_us", pct(rtts, 99))
             opens = await asyncio.to_thread(open_times, p.port, plan.open_count)
+            await asyncio.sleep(0.05)  # the last close reaches the tunnel
+            end = {k: tree_cpu(pid) for k, pid in p.procs.items()}
             add(p, "open_p50_us", pct(opens, 50))
             add(p, "open_p99_us", pct(opens, 99))
+            for k in p.procs:
+                lat_cpu[p.name].setdefault(f"rtt_{k}", []).append(
+                    (mid[k] - before[k]) * 1e6 / (plan.rtt_count + 200))
+                lat_cpu[p.name].setdefault(f"open_{k}", []).append(
+                    (end[k] - mid[k]) * 1e6 / plan.open_count)
     log("round trips and stream opens done")
 
-    for rep in range(plan.concurrent_reps):
+    for _ in range(plan.concurrent_reps):
         for p in paths:
             def after(p: Path_ = p) -> dict[str, float | None]:
                 return {k: rss_mib(pid) for k, pid in p.procs.items()}
 
+            before_c = tcp_counters()
             out = await asyncio.to_thread(concurrent, p.port, plan.concurrent_n, after)
+            after_c = tcp_counters()
+            for k, v in after_c.items():
+                key = f"concurrent_{k}"
+                res[p.name][key] = res[p.name].get(key, 0) + v - before_c.get(k, 0)
             add(p, "concurrent_seconds", out["seconds"])
             add(p, "concurrent_p50_seconds", out["p50_seconds"])
             res[p.name]["concurrent_failures"] = (
@@ -613,15 +665,24 @@ async def measure(paths: list[Path_], plan: Plan, profile_dir: Path | None
             res[p.name][key] = median(values)
         gb = moved[p.name] / 1e9
         res[p.name]["cpu_seconds_per_gb"] = {k: round(v / gb, 3) for k, v in cpu[p.name].items()}
+        res[p.name]["cpu_us_per_round_trip"] = {
+            k: round(median(lat_cpu[p.name][f"rtt_{k}"]), 1) for k in p.procs}
+        res[p.name]["cpu_us_per_stream"] = {
+            k: round(median(lat_cpu[p.name][f"open_{k}"]), 1) for k in p.procs}
         res[p.name]["peak_rss_mib"] = {k: rss_mib(pid, "VmHWM") for k, pid in p.procs.items()}
 
+    # CPU the rest of the machine used meanwhile (other jobs make every number noisy)
+    other = (machine_busy() - busy0) - (tree_cpu(os.getpid()) - ours0)
+    res["_meta"] = {"other_load_cpus": round(max(0.0, other) / (time.monotonic() - wall0), 2)}
+
     if profile_dir is not None:
-        await profile(paths, plan, profile_dir)
+        await asyncio.to_thread(profile, paths, plan, profile_dir)
     return res
 
 
-async def profile(paths: list[Path_], plan: Plan, out: Path) -> None:
-    """py-spy record of the tunnel processes during one long upload and one download per path."""
+def profile(paths: list[Path_], plan: Plan, out: Path) -> None:
+    """py-spy record of the tunnel processes during one long upload and one download per path
+    (blocking: run it in a thread)."""
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(spy).exists():
         log("py-spy not found: pip install py-spy (skipping --profile)")
@@ -635,44 +696,48 @@ async def profile(paths: list[Path_], plan: Plan, out: Path) -> None:
             for label, pid in p.procs.items():
                 base = out / f"{p.name}-{direction}-{label}"
                 spies.append(subprocess.Popen(
-                    [spy, "record", "--pid", str(pid), "--rate", "250", "--native",
+                    [spy, "record", "--pid", str(pid), "--rate", "500",
                      "--format", "raw", "-o", f"{base}.txt"],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-            await asyncio.sleep(1.0)  # py-spy attaches
+            time.sleep(1.0)  # py-spy attaches
             nbytes = 4 * plan.upload_bytes
             if direction == "upload":
-                await asyncio.to_thread(upload, p.port, nbytes)
+                upload(p.port, nbytes)
             else:
-                await asyncio.to_thread(download, p.port, nbytes)
+                download(p.port, nbytes)
             for s in spies:
                 s.send_signal(signal.SIGINT)
             for s in spies:
                 s.wait(30)
             log(f"profiled {p.name} {direction}: {out}/{p.name}-{direction}-*.txt")
     for f in sorted(out.glob("*.txt")):
-        summary = summarize_raw(f)
-        (f.with_suffix(".top")).write_text(summary)
+        f.with_suffix(".top").write_text(summarize_raw(f))
 
 
-def summarize_raw(path: Path, top: int = 25) -> str:
-    """Self and inclusive time per function from py-spy's raw (collapsed) output."""
+#: leaf frames py-spy reports for a thread that is waiting, not working
+_IDLE_LEAVES = ("Runner.run (asyncio/runners.py", "_worker (concurrent/futures/thread.py",
+                "run (uvloop/__init__.py", "select (selectors.py", "wait (threading.py")
+
+
+def summarize_raw(path: Path, top: int = 30) -> str:
+    """Self and inclusive shares per function of the *working* samples in py-spy's raw output."""
     self_t: dict[str, int] = {}
     incl: dict[str, int] = {}
-    total = 0
+    total = idle = 0
     for line in path.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
-        if not stack or not count.isdigit():
+        frames = [f for f in stack.split(";") if f]
+        if not frames or not count.isdigit():
             continue
         n = int(count)
-        total += n
-        frames = [f for f in stack.split(";") if f]
-        if not frames:
+        if frames[-1].startswith(_IDLE_LEAVES):
+            idle += n
             continue
-        leaf = frames[-1].split(" (")[0] + " (" + frames[-1].split(" (")[-1] if " (" in frames[-1] else frames[-1]
-        self_t[leaf] = self_t.get(leaf, 0) + n
+        total += n
+        self_t[frames[-1]] = self_t.get(frames[-1], 0) + n
         for f in set(frames):
             incl[f] = incl.get(f, 0) + n
-    lines = [f"{path.name}: {total} samples", "", "self:"]
+    lines = [f"{path.name}: {total} working samples ({idle} idle ones left out)", "", "self:"]
     for f, n in sorted(self_t.items(), key=lambda kv: -kv[1])[:top]:
         lines.append(f"  {100 * n / max(total, 1):5.1f}%  {f}")
     lines += ["", "inclusive:"]
@@ -706,7 +771,7 @@ def fmt_procs(d: dict[str, Any] | None, unit: str = "") -> str:
 
 
 def table(res: dict[str, dict[str, Any]]) -> str:
-    names = list(res)
+    names = [n for n in res if not n.startswith("_")]
     ratio_of = "openssh" if "openssh" in res else None
     head = ["metric", *names] + (["bridged/openssh"] if ratio_of and "bridged" in res else [])
     rows = [head]
@@ -732,11 +797,17 @@ def table(res: dict[str, dict[str, Any]]) -> str:
         if not r.get("cpu_seconds_per_gb"):
             continue
         lines.append(f"{n:<11} CPU s/GB: {fmt_procs(r.get('cpu_seconds_per_gb'))};  "
-                     f"RSS MiB idle: {fmt_procs(r.get('idle_rss_mib'))}, with 1000 open: "
+                     f"CPU µs per round trip: {fmt_procs(r.get('cpu_us_per_round_trip'))}, "
+                     f"per stream (open+echo+close): {fmt_procs(r.get('cpu_us_per_stream'))}")
+        lines.append(f"{'':<11} RSS MiB idle: {fmt_procs(r.get('idle_rss_mib'))}, with 1000 open: "
                      f"{fmt_procs(r.get('rss_after_concurrent_mib'))}, peak: "
                      f"{fmt_procs(r.get('peak_rss_mib'))}"
                      + (f";  failed streams: {r['concurrent_failures']}"
                         if r.get("concurrent_failures") else ""))
+    drops = [f"{n} {r.get('concurrent_ListenOverflows', 0)}/{r.get('concurrent_TCPSynRetrans', 0)}"
+             for n, r in res.items() if not n.startswith("_")]
+    lines.append("1000 concurrent, kernel listen-queue overflows / SYN retransmits (all reps): "
+                 + ", ".join(drops))
     return "\n".join(lines)
 
 
@@ -778,12 +849,26 @@ def summary(res: dict[str, dict[str, Any]], seconds: float, quick: bool,
             return {k: rounded(x) for k, x in v.items()}
         return v
 
-    out["paths"] = {n: rounded(r) for n, r in res.items()}
+    meta = res.get("_meta", {})
+    out["other_load_cpus"] = meta.get("other_load_cpus")
+    out["paths"] = {n: rounded(r) for n, r in res.items() if not n.startswith("_")}
     out["skipped"] = skipped
     out["quick"] = quick
     out["cpus"] = os.cpu_count()
     out["seconds"] = round(seconds, 1)
     return out
+
+
+def start_server() -> tuple[subprocess.Popen[bytes], int]:
+    """The echo/sink/source server in its own process; (process, port)."""
+    server = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--serve"],
+                              stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    assert server.stdout is not None
+    return server, int(json.loads(server.stdout.readline())["port"])
+
+
+def openssh_installed() -> bool:
+    return Path(SSHD).exists() and shutil.which("ssh") is not None
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -793,10 +878,7 @@ async def run(args: argparse.Namespace) -> int:
     skipped: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="bridged-bench-") as tmp:
         work = Path(tmp)
-        server = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--serve"],
-                                  stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
-        assert server.stdout is not None
-        target = int(json.loads(server.stdout.readline())["port"])
+        server, target = await asyncio.to_thread(start_server)
         paths: list[Path_] = []
         openssh: OpenSSH | None = None
         bridges: list[Bridged] = []
@@ -804,7 +886,7 @@ async def run(args: argparse.Namespace) -> int:
             if "tcp" in wanted:
                 paths.append(Path_("tcp", target, {"server": server.pid}, "loopback TCP"))
             if "openssh" in wanted:
-                if not Path(SSHD).exists() or not shutil.which("ssh"):
+                if not await asyncio.to_thread(openssh_installed):
                     msg = (f"{SSHD} or ssh not found: skipping the OpenSSH column "
                            "(apt-get install -y openssh-server openssh-client)")
                     log(msg)
@@ -828,8 +910,13 @@ async def run(args: argparse.Namespace) -> int:
             server.wait()
     elapsed = time.monotonic() - started
     print(f"bridged tunnel benchmark ({'quick' if args.quick else 'full'}, "
-          f"{os.cpu_count()} CPUs, {elapsed:.0f}s); medians of {plan.reps} repetitions")
+          f"{os.cpu_count()} CPUs, {elapsed:.0f}s); medians of {plan.reps} repetitions "
+          f"({plan.latency_reps} for latencies, {plan.concurrent_reps} for 1000 concurrent)")
     print(table(res))
+    other = res.get("_meta", {}).get("other_load_cpus")
+    if other is not None:
+        print(f"other load on the machine during the run: {other:.2f} CPUs"
+              + ("  (NOISY: numbers are not reliable)" if other > 0.15 else ""))
     out = summary(res, elapsed, args.quick, skipped)
     print()
     print("targets: " + ", ".join(f"{k} {'ok' if v else ('-' if v is None else 'MISSED')}"

@@ -39,6 +39,9 @@ class TunnelSettings:
     )
     #: seconds an SSH handshake may take before the attempt counts as failed
     connect_timeout_seconds: float = 15.0
+    #: listen backlog of forward and intercept ports: asyncio's default (100) drops a burst of
+    #: connections (a test suite, a load test), which the kernel retries only after 1 s, 3 s, ...
+    listen_backlog: int = 4096
 
 
 @dataclass(frozen=True)

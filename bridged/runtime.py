@@ -35,6 +35,9 @@ def tune_malloc() -> None:
 def run(coro: Coroutine[Any, Any, T]) -> T:
     """Run on uvloop (a dependency; plain asyncio only where it cannot be installed)."""
     tune_malloc()
+    from . import sshtune
+
+    sshtune.apply()
     try:
         import uvloop
     except ImportError:

@@ -36,8 +36,9 @@ class StreamTransport(asyncio.Transport):
     #: bytes queued for sending above which the protocol is asked to pause writing
     high_water = 4 * 1024 * 1024
     low_water = 1024 * 1024
-    #: largest single message we send, bytes: bounds the peer's per-message memory
-    max_message = 1024 * 1024
+    #: largest single message we send, bytes: bounds the peer's per-message memory, and keeps
+    #: asyncssh's input-buffer slicing (which grows with each delivered chunk) cheap
+    max_message = 256 * 1024
 
     def __init__(self, stream: MessageStream, protocol: asyncio.Protocol) -> None:
         super().__init__()
@@ -68,7 +69,7 @@ class StreamTransport(asyncio.Transport):
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._closing or not data:
             return
-        self._queue.append(bytes(data))
+        self._queue.append(data if isinstance(data, bytes) else bytes(data))
         self._queued += len(data)
         self._wake_writer.set()
         if not self._writing_paused and self._queued > self.high_water:

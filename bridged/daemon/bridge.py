@@ -296,7 +296,8 @@ class Bridge:
         for port in ports:
             try:
                 forward.server = await loop.create_server(
-                    protocol_factory, spec.local_host, port, reuse_address=True)
+                    protocol_factory, spec.local_host, port, reuse_address=True,
+                    backlog=t.listen_backlog)
                 break
             except OSError as exc:
                 if spec.local_port:

@@ -117,7 +117,7 @@ class PortListener:
         loop = asyncio.get_running_loop()
         self.server = await loop.create_server(
             socket_then_channel(self._open, self.counters), host, self.port,
-            reuse_address=True,
+            reuse_address=True, backlog=self.relay.settings.tunnel.listen_backlog,
         )
 
     async def _open(self, factory: Any, peer: tuple[str, int]) -> None:
