@@ -1,0 +1,111 @@
+"""A connection to one cluster and namespace, resolved like kubectl resolves it.
+
+Kubeconfig: ``$KUBECONFIG`` (several files, merged, first wins), else ``~/.kube/config``, else
+the in-cluster service account (the relay itself). Context: ``--context`` or the current one.
+Namespace: ``--namespace``, else the context's, else ``default``. Token, client-certificate and
+exec-plugin users work through kubernetes-asyncio's loader.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kubernetes_asyncio import client, config
+from kubernetes_asyncio.client.exceptions import ApiException
+from kubernetes_asyncio.config.config_exception import ConfigException
+from kubernetes_asyncio.config.kube_config import KubeConfigMerger
+
+from ..errors import ConfigError, KubeError
+
+
+@dataclass(frozen=True)
+class KubeTarget:
+    """What the user asked for; None means: as kubectl would choose."""
+
+    context: str | None = None
+    namespace: str | None = None
+
+
+def kubeconfig_paths() -> str:
+    return os.environ.get("KUBECONFIG") or str(Path.home() / ".kube" / "config")
+
+
+class Kube:
+    """An API client bound to a context and namespace. Close it (``async with``)."""
+
+    def __init__(self, api: client.ApiClient, context: str, namespace: str) -> None:
+        self.api = api
+        self.context = context
+        self.namespace = namespace
+        self.core = client.CoreV1Api(api)
+        self.apps = client.AppsV1Api(api)
+        self.rbac = client.RbacAuthorizationV1Api(api)
+
+    @classmethod
+    async def connect(cls, target: KubeTarget = KubeTarget()) -> Kube:
+        paths = kubeconfig_paths()
+        existing = [p for p in paths.split(os.pathsep) if p and Path(p).expanduser().exists()]
+        configuration = client.Configuration()
+        if existing:
+            merged = KubeConfigMerger(os.pathsep.join(existing))
+            if merged.config is None:
+                raise ConfigError(f"no kubeconfig found in {paths}")
+            try:
+                loader = await config.load_kube_config_from_dict(
+                    merged.config.value, context=target.context,
+                    client_configuration=configuration,
+                )
+            except ConfigException as exc:
+                raise ConfigError(f"kubeconfig: {exc}") from exc
+            current = loader.current_context
+            context = str(current["name"])
+            namespace = target.namespace or current["context"].get("namespace") or "default"
+        elif os.environ.get("KUBERNETES_SERVICE_HOST"):
+            config.load_incluster_config(client_configuration=configuration)
+            context = "in-cluster"
+            ns_file = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+            namespace = target.namespace or (
+                ns_file.read_text().strip() if ns_file.exists() else "default")
+        else:
+            raise ConfigError(
+                f"no kubeconfig at {paths}",
+                hint="set KUBECONFIG or run where kubectl works, or give a tcp:// or ws:// URL",
+            )
+        return cls(client.ApiClient(configuration), context, str(namespace))
+
+    async def __aenter__(self) -> Kube:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self.api.close()
+
+    @property
+    def configuration(self) -> client.Configuration:
+        return self.api.configuration
+
+
+def translate(exc: ApiException, doing: str) -> KubeError:
+    """One line from the API's Status object: what failed, why, and what to do."""
+    import json
+
+    reason, message = exc.reason or "", ""
+    try:
+        status: dict[str, Any] = json.loads(exc.body or "{}")
+        reason = status.get("reason") or reason
+        message = status.get("message") or ""
+    except ValueError:
+        pass
+    hint = None
+    if exc.status == 403:
+        hint = "your kube user lacks an RBAC right (bridged doctor lists what is needed)"
+    elif exc.status == 401:
+        hint = "your kube credentials were refused: log in again"
+    error = KubeError(f"{doing}: {message or reason or exc.status}", hint=hint)
+    error.status = exc.status  # type: ignore[attr-defined]
+    return error
