@@ -142,8 +142,8 @@ def decode(line: bytes | str) -> Message:
         raise ProtocolError(f"control message is not JSON: {exc}") from None
     if not isinstance(data, dict) or not isinstance(data.get("type"), str):
         raise ProtocolError("control message is not an object with a type")
-    request_id = data.get("id")
-    request_id = request_id if _is_int(request_id) else 0
+    raw_id = data.get("id")
+    request_id = raw_id if isinstance(raw_id, int) and not isinstance(raw_id, bool) else 0
     cls = MESSAGES.get(data["type"])
     if cls is None:
         raise UnknownType(data["type"], request_id)
@@ -201,7 +201,7 @@ def _claim(data: Any) -> InterceptClaim:
         for m in raw_matchers
     )
     port = data.get("port")
-    if not _is_int(port) or not 1 <= port <= 65535:
+    if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
         raise ValueError(f"port {port!r} is not a number from 1 to 65535")
     claim_id = data.get("id")
     if not isinstance(claim_id, str) or not _CLAIM_ID.fullmatch(claim_id):

@@ -66,7 +66,7 @@ def apply() -> bool:
 
     gcm = cipher.GCMCipher
     mac_size = 16
-    AESGCM = cipher.AESGCM  # noqa: N806 - the library's name
+    AESGCM = cipher.AESGCM
 
     def _aead(self: Any) -> Any:
         state = self.__dict__.get("_bridged_aead")

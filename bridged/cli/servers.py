@@ -64,6 +64,12 @@ def register(app: typer.Typer) -> None:
         authorized_keys: Annotated[
             Path, typer.Option(help="File or folder of authorized public keys.")
         ] = Path("/etc/bridged/authorized_keys"),
+        host_key_secret: Annotated[
+            str | None, typer.Option(help="In a cluster: Secret that keeps the host key.")
+        ] = None,
+        publish_configmap: Annotated[
+            str | None, typer.Option(help="In a cluster: ConfigMap to publish the host key in.")
+        ] = None,
         intercept_host: Annotated[
             str, typer.Option(help="Address intercepted ports listen on.")
         ] = "0.0.0.0",
@@ -113,6 +119,14 @@ def register(app: typer.Typer) -> None:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, stop.set)
+            if host_key_secret or publish_configmap:
+                if not (host_key_secret and publish_configmap):
+                    raise ConfigError("--host-key-secret and --publish-configmap go together")
+                from ..kube.client import Kube
+                from ..kube.hostkey import load_or_publish
+
+                async with await Kube.connect() as kube:
+                    await load_or_publish(kube, host_key_secret, publish_configmap, host_key)
             async with Relay(settings) as r:
                 print(json.dumps({"event": "ready", "ssh_port": r.ssh_port,
                                   "http_port": r.http_port,

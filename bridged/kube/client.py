@@ -29,8 +29,11 @@ class KubeTarget:
     namespace: str | None = None
 
 
-def kubeconfig_paths() -> str:
-    return os.environ.get("KUBECONFIG") or str(Path.home() / ".kube" / "config")
+def kubeconfig_paths() -> tuple[str, list[str]]:
+    """What is searched (as kubectl would) and which of those files exist."""
+    paths = os.environ.get("KUBECONFIG") or str(Path.home() / ".kube" / "config")
+    existing = [p for p in paths.split(os.pathsep) if p and os.path.exists(os.path.expanduser(p))]
+    return paths, existing
 
 
 class Kube:
@@ -46,8 +49,7 @@ class Kube:
 
     @classmethod
     async def connect(cls, target: KubeTarget = KubeTarget()) -> Kube:
-        paths = kubeconfig_paths()
-        existing = [p for p in paths.split(os.pathsep) if p and Path(p).expanduser().exists()]
+        paths, existing = kubeconfig_paths()
         configuration = client.Configuration()
         if existing:
             merged = KubeConfigMerger(os.pathsep.join(existing))
@@ -60,15 +62,13 @@ class Kube:
                 )
             except ConfigException as exc:
                 raise ConfigError(f"kubeconfig: {exc}") from exc
-            current = loader.current_context
+            current: Any = loader.current_context
             context = str(current["name"])
             namespace = target.namespace or current["context"].get("namespace") or "default"
         elif os.environ.get("KUBERNETES_SERVICE_HOST"):
             config.load_incluster_config(client_configuration=configuration)
             context = "in-cluster"
-            ns_file = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
-            namespace = target.namespace or (
-                ns_file.read_text().strip() if ns_file.exists() else "default")
+            namespace = target.namespace or _incluster_namespace()
         else:
             raise ConfigError(
                 f"no kubeconfig at {paths}",
@@ -109,3 +109,11 @@ def translate(exc: ApiException, doing: str) -> KubeError:
     error = KubeError(f"{doing}: {message or reason or exc.status}", hint=hint)
     error.status = exc.status  # type: ignore[attr-defined]
     return error
+
+
+def _incluster_namespace() -> str:
+    try:
+        with open("/var/run/secrets/kubernetes.io/serviceaccount/namespace") as f:
+            return f.read().strip() or "default"
+    except OSError:
+        return "default"

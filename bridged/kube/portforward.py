@@ -46,7 +46,7 @@ async def open_websocket(kube: Kube, pod: str, port: int) -> aiohttp.ClientWebSo
     core = client.CoreV1Api(ws_api)
     try:
         ws = await core.connect_get_namespaced_pod_portforward(
-            pod, kube.namespace, ports=str(port), _preload_content=False)
+            pod, kube.namespace, ports=port, _preload_content=False)
     except ApiException as exc:
         await ws_api.close()
         raise translate(exc, f"cannot port-forward to pod {pod}") from exc
@@ -58,7 +58,7 @@ async def open_websocket(kube: Kube, pod: str, port: int) -> aiohttp.ClientWebSo
         await ws_api.close()
         raise CarrierError(f"cannot reach the API server for a port-forward: {exc}") from exc
     ws._bridged_api = ws_api  # type: ignore[attr-defined]  # closed with the websocket
-    return ws  # type: ignore[no-any-return]
+    return ws  # type: ignore[return-value]
 
 
 async def close_websocket(ws: aiohttp.ClientWebSocketResponse) -> None:

@@ -1,0 +1,146 @@
+"""The objects bridged creates in a namespace, as plain dicts (pure: no I/O, no client).
+
+Every object carries ``app.kubernetes.io/managed-by=bridged`` and the version that made it, so
+``bridged clean`` finds exactly what is ours and an older relay is recognised as such.
+
+The relay's rights (Role ``bridged-relay``), each for one reason:
+- ``secrets`` get/update on ``bridged-relay-host-key`` only: the relay keeps its SSH host key
+  there, so restarts and rolling updates keep the key the daemons pinned;
+- ``configmaps`` get/update on ``bridged-relay`` only: the relay publishes its public host key
+  there for daemons to pin.
+Both objects are created (empty) by ``bridged connect``, so the relay needs no ``create`` right,
+which RBAC could not restrict by name. Authorized developer keys reach the relay as a mounted
+Secret volume: the kubelet reads it, the relay needs no right for it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import __version__
+
+RELAY = "bridged-relay"
+HOST_KEY_SECRET = "bridged-relay-host-key"
+AUTHORIZED_KEYS_SECRET = "bridged-authorized-keys"
+PUBLISHED_CONFIGMAP = "bridged-relay"
+SSH_PORT = 2222
+HTTP_PORT = 8080
+DEFAULT_IMAGE = f"bridged/relay:{__version__}"
+
+MANAGED_BY = "app.kubernetes.io/managed-by"
+VERSION_LABEL = "app.kubernetes.io/version"
+NAME_LABEL = "app.kubernetes.io/name"
+SELECTOR = f"{NAME_LABEL}={RELAY},{MANAGED_BY}=bridged"
+
+
+def labels(version: str = __version__) -> dict[str, str]:
+    return {NAME_LABEL: RELAY, MANAGED_BY: "bridged", VERSION_LABEL: version}
+
+
+def _meta(name: str, namespace: str) -> dict[str, Any]:
+    return {"name": name, "namespace": namespace, "labels": labels()}
+
+
+def service_account(namespace: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(RELAY, namespace),
+            "automountServiceAccountToken": True}
+
+
+def role(namespace: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+        "metadata": _meta(RELAY, namespace),
+        "rules": [
+            {"apiGroups": [""], "resources": ["secrets"], "resourceNames": [HOST_KEY_SECRET],
+             "verbs": ["get", "update"]},
+            {"apiGroups": [""], "resources": ["configmaps"],
+             "resourceNames": [PUBLISHED_CONFIGMAP], "verbs": ["get", "update"]},
+        ],
+    }
+
+
+def role_binding(namespace: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": _meta(RELAY, namespace),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": RELAY},
+        "subjects": [{"kind": "ServiceAccount", "name": RELAY, "namespace": namespace}],
+    }
+
+
+def empty_secret(name: str, namespace: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": _meta(name, namespace), "data": {}}
+
+
+def published_configmap(namespace: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(PUBLISHED_CONFIGMAP,
+                                                                        namespace), "data": {}}
+
+
+def deployment(namespace: str, image: str = DEFAULT_IMAGE, replicas: int = 1) -> dict[str, Any]:
+    probe = {"httpGet": {"path": "/healthz", "port": HTTP_PORT}, "periodSeconds": 5}
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": _meta(RELAY, namespace),
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {NAME_LABEL: RELAY, MANAGED_BY: "bridged"}},
+            "strategy": {"type": "RollingUpdate",
+                         "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "template": {
+                "metadata": {"labels": labels()},
+                "spec": {
+                    "serviceAccountName": RELAY,
+                    "automountServiceAccountToken": True,
+                    "securityContext": {"runAsNonRoot": True, "runAsUser": 10001,
+                                        "runAsGroup": 10001, "fsGroup": 10001,
+                                        "seccompProfile": {"type": "RuntimeDefault"}},
+                    "containers": [{
+                        "name": "relay",
+                        "image": image,
+                        "imagePullPolicy": "IfNotPresent",
+                        "args": [
+                            # SSH on loopback only: the API server's port-forward dials it
+                            # inside the pod; nothing else in the cluster can reach it
+                            "--ssh-listen", f"127.0.0.1:{SSH_PORT}",
+                            "--http-listen", f"0.0.0.0:{HTTP_PORT}",
+                            "--host-key", "/var/run/bridged/ssh_host_ed25519_key",
+                            "--host-key-secret", HOST_KEY_SECRET,
+                            "--publish-configmap", PUBLISHED_CONFIGMAP,
+                            "--authorized-keys", "/etc/bridged/authorized-keys",
+                        ],
+                        "ports": [{"name": "ssh", "containerPort": SSH_PORT},
+                                  {"name": "http", "containerPort": HTTP_PORT}],
+                        "resources": {"requests": {"cpu": "50m", "memory": "64Mi"},
+                                      "limits": {"memory": "256Mi"}},
+                        "securityContext": {"readOnlyRootFilesystem": True,
+                                            "allowPrivilegeEscalation": False,
+                                            "capabilities": {"drop": ["ALL"]}},
+                        "readinessProbe": probe,
+                        "livenessProbe": {**probe, "initialDelaySeconds": 5,
+                                          "failureThreshold": 6},
+                        "volumeMounts": [
+                            {"name": "authorized-keys", "mountPath": "/etc/bridged/authorized-keys",
+                             "readOnly": True},
+                            {"name": "run", "mountPath": "/var/run/bridged"},
+                        ],
+                    }],
+                    "volumes": [
+                        {"name": "authorized-keys",
+                         "secret": {"secretName": AUTHORIZED_KEYS_SECRET, "defaultMode": 0o440}},
+                        {"name": "run", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
+                    ],
+                },
+            },
+        },
+    }
+
+
+def key_entry_name(fingerprint: str, user: str) -> str:
+    """The authorized-keys Secret's data key for one developer's public key: stable per key,
+    readable, and a valid Secret key (alphanumerics, '-', '_', '.')."""
+    import hashlib
+
+    digest = hashlib.sha256(fingerprint.encode()).hexdigest()[:12]
+    safe_user = "".join(c if c.isalnum() or c in "-_." else "-" for c in user)[:40] or "user"
+    return f"{safe_user}-{digest}.pub"
