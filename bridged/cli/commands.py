@@ -10,7 +10,7 @@ import typer
 from ..config import parse_carrier
 from ..control.client import ControlClient, ensure_daemon
 from ..errors import ConfigError
-from .output import emit, handles_errors, human_bytes, table
+from .output import emit, handles_errors, human_bytes, table, with_progress
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document for scripts.")]
 BridgeOpt = Annotated[
@@ -32,7 +32,14 @@ def register(app: typer.Typer) -> None:
     @app.command()
     @handles_errors
     def connect(
-        url: Annotated[str, typer.Argument(help="Relay address: tcp://HOST:PORT or ws(s)://HOST/ssh")],
+        url: Annotated[str | None, typer.Argument(
+            help="Relay address tcp://HOST:PORT or ws(s)://HOST/ssh; none: the kube context's"
+        )] = None,
+        context: Annotated[str | None, typer.Option(help="Kube context (default: current).")]
+            = None,
+        namespace: Annotated[str | None, typer.Option(
+            "--namespace", "-n", help="Namespace (default: the context's).")] = None,
+        relay_image: Annotated[str | None, typer.Option(help="Relay image to deploy.")] = None,
         name: Annotated[str | None, typer.Option(help="Name of this bridge.")] = None,
         token_file: Annotated[
             Path | None, typer.Option(help="File with the websocket carrier's bearer token.")
@@ -40,8 +47,15 @@ def register(app: typer.Typer) -> None:
         no_start: NoStartOpt = False,
         json_out: JsonOpt = False,
     ) -> None:
-        """Connect to a relay (the daemon keeps the connection up)."""
-        parse_carrier(url)  # bad input fails here, before a daemon is started for it
+        """Connect to a relay (the daemon keeps the connection up).
+
+        Without URL: the relay of the kube context and namespace, deployed if it is not there,
+        reached through the API server's port-forward.
+        """
+        if url is not None:
+            parse_carrier(url)  # bad input fails here, before a daemon is started for it
+            if context or namespace or relay_image:
+                raise ConfigError("--context, --namespace and --relay-image go without a URL")
         token = None
         if token_file is not None:
             try:
@@ -49,8 +63,10 @@ def register(app: typer.Typer) -> None:
             except OSError as exc:
                 raise ConfigError(f"cannot read the token file {token_file}: {exc.strerror}") \
                     from None
-        body: dict[str, Any] = {"url": url, "name": name, "token": token}
-        bridge = _client(no_start).post("bridges", body)
+        body: dict[str, Any] = {"url": url, "name": name, "token": token, "context": context,
+                                "namespace": namespace, "relay_image": relay_image}
+        client = _client(no_start)
+        bridge = with_progress(client, lambda: client.post("bridges", body), quiet=json_out)
         emit(bridge, json_out, lambda b: typer.echo(
             f"connected to {b['relay']} as bridge {b['name']!r} (session {b['session']})"))
 

@@ -77,3 +77,42 @@ def human_bytes(n: int) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     return f"{n} B"
+
+
+def with_progress(client: Any, request: Callable[[], Any], *, quiet: bool = False) -> Any:
+    """Run a long request while showing the step the daemon reports for it: a spinner on a
+    terminal, one line per new step otherwise (CI logs), nothing with ``--json``."""
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        future = pool.submit(request)
+        if quiet:
+            return future.result()
+        shown = ""
+        spinner = None
+        if sys.stderr.isatty():
+            from rich.console import Console
+
+            spinner = Console(stderr=True).status("connecting")
+            spinner.start()
+        try:
+            while True:
+                try:
+                    return future.result(timeout=0.25)
+                except concurrent.futures.TimeoutError:
+                    pass
+                try:
+                    steps = [b.get("step") for b in client.get("status")["bridges"]
+                             if b.get("state") == "connecting"]
+                except BridgedError:
+                    continue
+                step = next((s for s in steps if s), "")
+                if step and step != shown:
+                    shown = step
+                    if spinner is not None:
+                        spinner.update(step)
+                    else:
+                        sys.stderr.write(f"bridged: {step}\n")
+        finally:
+            if spinner is not None:
+                spinner.stop()

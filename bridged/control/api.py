@@ -69,7 +69,11 @@ def make_app(daemon: Daemon) -> web.Application:
     @routes.post(f"{API}/bridges")
     async def connect(request: web.Request) -> web.Response:
         req = ConnectRequest.parse(await _body(request))
-        bridge = await daemon.connect(req.spec, name=req.name, token=req.token)
+        if req.spec is not None:
+            bridge = await daemon.connect(req.spec, name=req.name, token=req.token)
+        else:
+            bridge = await daemon.connect_kube(req.context, req.namespace, name=req.name,
+                                               image=req.relay_image)
         return web.json_response(bridge.to_dict(), status=201)
 
     @routes.delete(f"{API}/bridges/{{name}}")

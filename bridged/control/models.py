@@ -62,18 +62,30 @@ def _field(body: dict[str, Any], name: str, kind: type, default: Any = None) -> 
 
 @dataclass(frozen=True)
 class ConnectRequest:
-    spec: CarrierSpec
+    """A relay at a URL (``spec``), or else the relay of a kube context and namespace."""
+
+    spec: CarrierSpec | None
     name: str | None
-    token: str | None
+    token: str | None = None
+    context: str | None = None
+    namespace: str | None = None
+    relay_image: str | None = None
 
     @classmethod
     def parse(cls, body: dict[str, Any]) -> ConnectRequest:
         url = _field(body, "url", str)
-        if not url:
-            raise ConfigError("missing relay address: give tcp://HOST:PORT or ws(s)://HOST/PATH")
         name = _field(body, "name", str)
-        return cls(parse_carrier(url), parse_name(name, "bridge name") if name else None,
-                   _field(body, "token", str))
+        namespace = _field(body, "namespace", str)
+        if namespace is not None:
+            parse_name(namespace, "namespace")
+        return cls(
+            parse_carrier(url) if url else None,
+            parse_name(name, "bridge name") if name else None,
+            token=_field(body, "token", str),
+            context=_field(body, "context", str),
+            namespace=namespace,
+            relay_image=_field(body, "relay_image", str),
+        )
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import getpass
 import logging
 import os
 import secrets
@@ -14,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__, paths
-from ..config import CarrierSpec, ForwardSpec, InterceptSpec, TunnelSettings
+from ..carriers import carrier_for
+from ..config import CarrierSpec, ForwardSpec, InterceptSpec, TunnelSettings, default_name
 from ..control.api import ControlServer
 from ..errors import ConfigError, Conflict, NotFound
 from ..keys import PinnedHostKeys, fingerprint, load_or_create_key, public_line
@@ -47,6 +49,8 @@ class Daemon:
             pub.write_text(public_line(self.client_key) + "\n")
         self.pins = PinnedHostKeys(self.settings.pinned_keys)
         self.bridges: dict[str, Bridge] = {}
+        #: bridges being set up, with the step they are at (shown by status while they wait)
+        self.connecting: dict[str, str] = {}
         self.started = time.time()
         self._stop = asyncio.Event()
         self._api = ControlServer(self, self.settings.socket)
@@ -101,19 +105,81 @@ class Daemon:
 
     async def connect(self, spec: CarrierSpec, *, name: str | None = None,
                       token: str | None = None) -> Bridge:
+        """A bridge to a relay at a URL (tcp://, ws://, wss://)."""
+        target = {"relay": spec.url}
         async with self._lock:
             name = name or "default"
-            existing = self.bridges.get(name)
+            existing = self._existing(name, target)
             if existing is not None:
-                if existing.spec == spec:
-                    return existing  # idempotent
-                raise Conflict(f"bridge {name!r} is already connected to {existing.spec.url}",
-                               hint="disconnect it first, or give another --name")
-            bridge = Bridge(name, spec, client_key=self.client_key, pins=self.pins,
-                            token=token, tunnel=self.settings.tunnel)
+                return existing
+            bridge = Bridge(name, spec.url, carrier_for(spec, token=token),
+                            client_key=self.client_key, pins=self.pins,
+                            tunnel=self.settings.tunnel, target=target)
             await bridge.start()
             self.bridges[name] = bridge
             return bridge
+
+    async def connect_kube(self, context: str | None, namespace: str | None, *,
+                           name: str | None = None, image: str | None = None) -> Bridge:
+        """A bridge to the relay of a kube context and namespace, deployed if needed, reached
+        through the API server's port-forward."""
+        from ..carriers.kube import KubeCarrier
+        from ..kube import manifests
+        from ..kube.client import Kube, KubeTarget
+        from ..kube.relay import ensure_relay
+
+        async with self._lock:
+            kube = await Kube.connect(KubeTarget(context, namespace))
+            try:
+                relay = f"kube://{kube.context}/{kube.namespace}"
+                target = {"relay": relay}
+                name = name or default_name(f"{kube.context}-{kube.namespace}")
+                existing = self._existing(name, target)
+                if existing is not None:
+                    await kube.close()
+                    return existing
+                self.connecting[name] = "starting"
+
+                def progress(step: str) -> None:
+                    self.connecting[name] = step
+                    log.info("bridge %s: %s", name, step)
+
+                info = await ensure_relay(
+                    kube, public_key_line=public_line(self.client_key),
+                    key_entry=self.key_entry, image=image or manifests.DEFAULT_IMAGE,
+                    progress=progress,
+                )
+                progress("connecting through the API server's port-forward")
+                bridge = Bridge(
+                    name, relay, KubeCarrier(kube, manifests.SELECTOR, manifests.SSH_PORT),
+                    client_key=self.client_key, pins=self.pins,
+                    published_host_key=info.host_key, tunnel=self.settings.tunnel,
+                    target=target,
+                )
+                bridge.on_close = kube.close
+                await bridge.start()
+            except BaseException:
+                await kube.close()
+                raise
+            finally:
+                self.connecting.pop(name or "", None)
+            self.bridges[name] = bridge
+            return bridge
+
+    @property
+    def key_entry(self) -> str:
+        from ..kube.manifests import key_entry_name
+
+        return key_entry_name(fingerprint(self.client_key), getpass.getuser())
+
+    def _existing(self, name: str, target: dict[str, Any]) -> Bridge | None:
+        existing = self.bridges.get(name)
+        if existing is None:
+            return None
+        if existing.target == target:
+            return existing  # idempotent
+        raise Conflict(f"bridge {name!r} is already connected to {existing.relay}",
+                       hint="disconnect it first, or give another --name")
 
     async def disconnect(self, name: str | None) -> None:
         async with self._lock:
@@ -163,7 +229,12 @@ class Daemon:
                 "client_key": public_line(self.client_key),
                 "client_key_fingerprint": fingerprint(self.client_key),
             },
-            "bridges": [b.to_dict() for b in self.bridges.values()],
+            "bridges": [b.to_dict() for b in self.bridges.values()] + [
+                {"name": n, "relay": "", "carrier": "kube", "state": "connecting", "step": step,
+                 "last_error": "", "connects": 0, "connected_since": None,
+                 "relay_version": None, "session": None}
+                for n, step in self.connecting.items()
+            ],
             "forwards": [f.to_dict() for b in self.bridges.values() for f in b.forwards.values()],
             "intercepts": [
                 i.to_dict() for b in self.bridges.values() for i in b.intercepts.values()

@@ -19,8 +19,8 @@ from typing import Any
 import asyncssh
 
 from .. import protocol
-from ..carriers import Carrier, carrier_for
-from ..config import Backoff, CarrierSpec, ForwardSpec, InterceptSpec, TunnelSettings
+from ..carriers import Carrier
+from ..config import Backoff, ForwardSpec, InterceptSpec, TunnelSettings
 from ..errors import (
     BridgedError,
     CarrierError,
@@ -38,15 +38,22 @@ log = logging.getLogger(__name__)
 
 
 class _PinningClient(asyncssh.SSHClient):
-    """Checks the relay's host key against the pin (made on first contact)."""
+    """Checks the relay's host key: against the key the relay published in the cluster (when
+    there is one), and against the pin made on first contact."""
 
-    def __init__(self, pins: PinnedHostKeys, relay: str) -> None:
+    def __init__(self, pins: PinnedHostKeys, relay: str, published: str | None) -> None:
         self.pins = pins
         self.relay = relay
+        self.published = published
         self.mismatch: tuple[str, str] | None = None
 
     def validate_host_public_key(self, host: str, addr: str, port: int,
                                  key: asyncssh.SSHKey) -> bool:
+        if self.published is not None:
+            expected = asyncssh.import_public_key(self.published)
+            if expected.public_data != key.public_data:
+                self.mismatch = (fingerprint(key), self.published)
+                return False
         ok, pinned = self.pins.check(self.relay, key)
         if not ok:
             self.mismatch = (fingerprint(key), pinned or "")
@@ -93,19 +100,22 @@ class Bridge:
     wait_relay_seconds = 10.0
 
     def __init__(
-        self, name: str, spec: CarrierSpec, *, client_key: asyncssh.SSHKey,
-        pins: PinnedHostKeys, token: str | None = None,
+        self, name: str, relay: str, carrier: Carrier, *, client_key: asyncssh.SSHKey,
+        pins: PinnedHostKeys, published_host_key: str | None = None,
         tunnel: TunnelSettings | None = None, backoff: Backoff | None = None,
-        carrier: Carrier | None = None,
+        target: dict[str, Any] | None = None,
     ) -> None:
         self.name = name
-        self.spec = spec
-        self.token = token
+        #: who the relay is, for pins, status and messages: a URL, or kube://CONTEXT/NAMESPACE
+        self.relay = relay
+        self.carrier = carrier
+        #: what the user asked for, to tell a repeated connect from a conflicting one
+        self.target = target or {"relay": relay}
+        self.published_host_key = published_host_key
         self.client_key = client_key
         self.pins = pins
         self.tunnel = tunnel or TunnelSettings()
         self.backoff = backoff or Backoff()
-        self.carrier = carrier or carrier_for(spec, token=token)
         self.forwards: dict[str, Forward] = {}
         self.intercepts: dict[str, Intercept] = {}
         self.conn: asyncssh.SSHClientConnection | None = None
@@ -116,17 +126,19 @@ class Bridge:
         self.connected_since: float | None = None
         self.relay_info: dict[str, Any] = {}
         self._connected = asyncio.Event()
+        #: called once the bridge is closed (e.g. to close its API client)
+        self.on_close: Any = None
         self._tasks = TaskSet(f"bridge:{name}")
         self._stopping = False
 
     # --- the connection ---
 
     async def _connect_once(self) -> asyncssh.SSHClientConnection:
-        client = _PinningClient(self.pins, self.spec.url)
+        client = _PinningClient(self.pins, self.relay, self.published_host_key)
         t = self.tunnel
         try:
             conn = await asyncssh.connect(
-                self.spec.host, self.spec.port, tunnel=self.carrier,
+                "bridged-relay", 22, tunnel=self.carrier,  # the carrier knows where it goes
                 client_factory=lambda: client, username="bridged",
                 client_keys=[self.client_key], known_hosts=lambda h, a, p: ([], [], []),
                 agent_path=None, agent_forwarding=False, password_auth=False,
@@ -137,10 +149,16 @@ class Bridge:
                 connect_timeout=t.connect_timeout_seconds,
             )
         except asyncssh.HostKeyNotVerifiable as exc:
+            if client.mismatch and client.mismatch[1] == self.published_host_key:
+                raise HostKeyMismatch(
+                    f"the relay at {self.relay} presented host key {client.mismatch[0]}, not "
+                    f"the key the relay published in the cluster; refusing to connect",
+                    hint="something else answers the relay's port: check the relay pods",
+                ) from exc
             if client.mismatch:
                 seen, _ = client.mismatch
                 raise HostKeyMismatch(
-                    f"the relay at {self.spec.url} presented host key {seen}, not the key "
+                    f"the relay at {self.relay} presented host key {seen}, not the key "
                     f"pinned on first contact; refusing to connect",
                     hint=f"if the relay was re-created on purpose, remove its entry from "
                     f"{self.pins.path}",
@@ -148,7 +166,7 @@ class Bridge:
             raise SessionError(f"relay host key not accepted: {exc.reason}") from exc
         except asyncssh.PermissionDenied as exc:
             raise SessionError(
-                f"the relay at {self.spec.url} refused this machine's key "
+                f"the relay at {self.relay} refused this machine's key "
                 f"{fingerprint(self.client_key)}",
                 hint="add the public key that 'bridged status --json' shows to the relay's "
                 "authorized keys",
@@ -157,7 +175,7 @@ class Bridge:
             if isinstance(exc, BridgedError):
                 raise
             reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
-            raise CarrierError(f"cannot connect to the relay at {self.spec.url}: {reason}") \
+            raise CarrierError(f"cannot connect to the relay at {self.relay}: {reason}") \
                 from exc
         try:
             control = await ControlChannel.open(conn)
@@ -209,7 +227,7 @@ class Bridge:
         self.connected_since = time.time()
         self._connected.set()
         log.info("bridge %s: connected to %s (relay %s, session %s)", self.name,
-                 self.spec.url, self.relay_info.get("relay"), self.relay_info.get("session"))
+                 self.relay, self.relay_info.get("relay"), self.relay_info.get("session"))
         for intercept in list(self.intercepts.values()):
             await self._register(intercept)
 
@@ -224,7 +242,7 @@ class Bridge:
         if not self._stopping:
             self.state = "reconnecting"
             log.warning("bridge %s: connection to %s lost; reconnecting", self.name,
-                        self.spec.url)
+                        self.relay)
 
     async def _renew_leases(self) -> None:
         interval = float(self.relay_info.get("renew_seconds", 2.0))
@@ -276,6 +294,8 @@ class Bridge:
         if self.control is not None:
             self.control.close()
         self.conn = None
+        if self.on_close is not None:
+            await self.on_close()
 
     # --- forwards ---
 
@@ -383,8 +403,10 @@ class Bridge:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "name": self.name, "relay": self.spec.url, "carrier": self.spec.scheme,
-            "state": self.state, "last_error": self.last_error, "connects": self.connects,
+            "name": self.name, "relay": self.relay,
+            "carrier": self.relay.split("://", 1)[0],
+            "state": self.state, "step": None, "last_error": self.last_error,
+            "connects": self.connects,
             "connected_since": self.connected_since,
             "relay_version": self.relay_info.get("relay"),
             "session": self.relay_info.get("session"),

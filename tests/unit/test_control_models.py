@@ -122,12 +122,20 @@ def test_connect_request_parse(body, expected):
     assert ConnectRequest.parse(body) == expected
 
 
+@pytest.mark.parametrize("body", [{}, {"url": ""}, {"url": None}])
+def test_connect_request_without_url_means_the_kube_context(body):
+    assert ConnectRequest.parse(body) == ConnectRequest(None, None)
+
+
+def test_connect_request_kube_fields():
+    req = ConnectRequest.parse({"context": "dev", "namespace": "team-a", "relay_image": "r:1"})
+    assert (req.spec, req.context, req.namespace, req.relay_image) == (None, "dev", "team-a", "r:1")
+
+
 @pytest.mark.parametrize(
     ("body", "expected"),
     [
-        ({}, "missing relay address: give tcp://HOST:PORT or ws(s)://HOST/PATH"),
-        ({"url": ""}, "missing relay address"),
-        ({"url": None}, "missing relay address"),
+        ({"namespace": "Not_A_Namespace"}, "bad namespace"),
         ({"url": 5}, "field 'url' must be a str"),
         ({"url": ["tcp://relay:1"]}, "field 'url' must be a str"),
         ({"url": "tcp://relay:1", "name": 5}, "field 'name' must be a str"),
