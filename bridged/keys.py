@@ -17,14 +17,20 @@ import asyncssh
 from .errors import ConfigError
 
 
-def load_or_create_key(path: Path) -> asyncssh.SSHKey:
-    """The ed25519 private key at ``path``; made (mode 0600) if the file does not exist."""
+def load_or_create_key(path: Path, comment: str | None = None) -> asyncssh.SSHKey:
+    """The ed25519 private key at ``path``; made (mode 0600) if the file does not exist. The
+    comment names its owner in the relay's logs (default: user@host)."""
     if path.exists():
         try:
             return asyncssh.read_private_key(str(path))
         except (OSError, asyncssh.KeyImportError) as exc:
             raise ConfigError(f"cannot read the SSH key {path}: {exc}") from exc
-    key = asyncssh.generate_private_key("ssh-ed25519", comment="bridged")
+    if comment is None:
+        import getpass
+        import socket
+
+        comment = f"{getpass.getuser()}@{socket.gethostname()}"
+    key = asyncssh.generate_private_key("ssh-ed25519", comment=comment)
     write_private(path, key.export_private_key())
     return key
 

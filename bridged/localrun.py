@@ -91,6 +91,7 @@ class RelayProcess(_Process):
             "--host-key", str(self.host_key_path),
             "--authorized-keys", str(self.authorized_keys),
             "--intercept-host", "127.0.0.1",
+            "--allow-loopback",  # the "cluster" services of local runs live on loopback
             *self.extra_args,
         ]
         if self.http_port is not None:

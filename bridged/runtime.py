@@ -46,6 +46,12 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
 
 
 def setup_logging(level: str = "info", fmt: str = "text") -> None:
+    from .errors import ConfigError
+
+    if level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError(f"bad log level {level!r}: expected debug, info, warning or error")
+    if fmt not in ("text", "json"):
+        raise ConfigError(f"bad log format {fmt!r}: expected text or json")
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(_JsonFormatter())

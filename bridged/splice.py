@@ -60,8 +60,11 @@ class Counters:
 class Pipe(asyncio.Protocol):
     """The socket side of a splice; :class:`ChannelSide` forwards the channel's events here."""
 
-    def __init__(self, counters: Counters) -> None:
+    def __init__(self, counters: Counters, live: set[Pipe] | None = None) -> None:
         self.counters = counters
+        self._live = live
+        if live is not None:
+            live.add(self)
         self.transport: asyncio.Transport | None = None
         self.chan: asyncssh.SSHTCPChannel | None = None
         self._early: list[bytes] = []  # read before the channel opened (uvloop reads eagerly)
@@ -165,6 +168,16 @@ class Pipe(asyncio.Protocol):
         if not self._done:
             self._done = True
             self.counters.active -= 1
+            if self._live is not None:
+                self._live.discard(self)
+
+    def abort(self) -> None:
+        """Cut both sides now (the forward or intercept it belongs to was removed)."""
+        if self.transport is not None:
+            self.transport.abort()
+        if self.chan is not None:
+            self.chan.abort()
+        self._finish()
 
 
 class ChannelSide(asyncssh.SSHTCPSession):
@@ -194,15 +207,18 @@ class ChannelSide(asyncssh.SSHTCPSession):
             self.pipe.transport.resume_reading()
 
 
-def socket_then_channel(open_channel: OpenChannel, counters: Counters) -> Callable[[], Pipe]:
+def socket_then_channel(
+    open_channel: OpenChannel, counters: Counters, live: set[Pipe] | None = None
+) -> Callable[[], Pipe]:
     """A protocol factory for a listener whose every accepted connection gets a new channel.
 
     A failure to open the channel (relay unreachable, destination denied, no live intercept)
-    closes the accepted socket at once and is counted with its reason.
+    closes the accepted socket at once and is counted with its reason. ``live`` collects the
+    open pipes, so their owner can cut them when it goes away.
     """
 
     def factory() -> Pipe:
-        pipe = Pipe(counters)
+        pipe = Pipe(counters, live)
         # runs after connection_made (same loop iteration), so the peer address is known
         task = asyncio.ensure_future(_open(pipe))
         _tasks.add(task)
@@ -241,16 +257,25 @@ _tasks: set[asyncio.Task[None]] = set()
 
 
 async def channel_then_socket(
-    host: str, port: int, counters: Counters, *, what: str
+    host: str, port: int, counters: Counters, *, what: str,
+    conn: asyncssh.SSHClientConnection | asyncssh.SSHServerConnection, connect_seconds: float,
 ) -> ChannelSide:
-    """Connect to ``host:port`` for an incoming channel; a failure refuses the channel."""
+    """Connect to ``host:port`` for an incoming channel on ``conn``; a failure refuses it."""
     loop = asyncio.get_running_loop()
     pipe = Pipe(counters)
     try:
-        await loop.create_connection(lambda: pipe, host, port)
-    except OSError as exc:
-        reason = f"cannot connect to {what} {host}:{port}: {exc.strerror or exc}"
+        async with asyncio.timeout(connect_seconds):
+            transport, _ = await loop.create_connection(lambda: pipe, host, port)
+    except (OSError, TimeoutError) as exc:
+        detail = f"no answer in {connect_seconds:.0f}s" if isinstance(exc, TimeoutError) else (
+            exc.strerror or str(exc))
+        reason = f"cannot connect to {what} {host}:{port}: {detail}"
         counters.fail(reason)
         pipe._finish()
         raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, reason) from None
+    if conn.is_closed():
+        # the SSH connection ended while we connected: asyncssh will drop the session
+        # without a word, so the socket must not outlive this moment
+        transport.abort()
+        raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, "SSH connection closed")
     return ChannelSide(pipe)

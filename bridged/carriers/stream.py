@@ -52,10 +52,11 @@ class StreamTransport(asyncio.Transport):
         self._reading.set()
         self._closing = False
         self._writing_paused = False
-        self._lost = False
+        #: resolved once the protocol was told and the stream is closed
         self.closed = asyncio.get_running_loop().create_future()
         self._reader = asyncio.create_task(self._read_loop(), name="carrier-reader")
         self._writer = asyncio.create_task(self._write_loop(), name="carrier-writer")
+        self._supervisor = asyncio.create_task(self._supervise(), name="carrier")
         protocol.connection_made(self)
 
     # --- asyncio.Transport ---
@@ -102,53 +103,57 @@ class StreamTransport(asyncio.Transport):
             self._wake_writer.set()
 
     def abort(self) -> None:
+        """Drop what is queued and close now; connection_lost follows, as in asyncio."""
         self._closing = True
         self._queue.clear()
         self._queued = 0
         self._reader.cancel()
         self._writer.cancel()
 
-    # --- the two pumps ---
+    # --- the two pumps and their supervisor ---
 
     async def _read_loop(self) -> None:
-        exc: BaseException | None = None
-        try:
-            while True:
-                await self._reading.wait()
-                data = await self._stream.recv()
-                if data is None:
-                    break
-                if data:
-                    self._protocol.data_received(data)
-        except asyncio.CancelledError:
-            pass
-        except Exception as e:  # a carrier failure ends the SSH connection with its reason
-            exc = e
-        self._closing = True
-        self._writer.cancel()
-        await self._lose(exc)
+        while True:
+            await self._reading.wait()
+            data = await self._stream.recv()
+            if data is None:
+                return  # the peer closed
+            if data:
+                self._protocol.data_received(data)
 
     async def _write_loop(self) -> None:
-        exc: BaseException | None = None
-        try:
-            while True:
-                await self._wake_writer.wait()
-                self._wake_writer.clear()
-                while self._queue:
-                    chunk = self._take()
-                    await self._stream.send(chunk)
-                    if self._writing_paused and self._queued <= self.low_water:
-                        self._writing_paused = False
-                        self._protocol.resume_writing()
-                if self._closing:
-                    break
-        except asyncio.CancelledError:
-            pass
-        except Exception as e:
-            exc = e
+        while True:
+            await self._wake_writer.wait()
+            self._wake_writer.clear()
+            while self._queue:
+                chunk = self._take()
+                await self._stream.send(chunk)
+                if self._writing_paused and self._queued <= self.low_water:
+                    self._writing_paused = False
+                    self._protocol.resume_writing()
+            if self._closing:
+                return  # close(): everything queued was sent
+
+    async def _supervise(self) -> None:
+        """The first pump to end ends the transport: the protocol hears of it exactly once,
+        then the stream is closed (shielded, so a cancelled pump cannot skip it)."""
+        pumps = {self._reader, self._writer}
+        done, pending = await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
         self._closing = True
-        self._reader.cancel()
-        await self._lose(exc)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        exc: BaseException | None = None
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                exc = task.exception()
+        try:
+            self._protocol.connection_lost(exc)  # type: ignore[arg-type]
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._stream.close())
+            if not self.closed.done():
+                self.closed.set_result(None)
 
     def _take(self) -> bytes:
         """Up to ``max_message`` bytes from the queue, as one message."""
@@ -170,15 +175,3 @@ class StreamTransport(asyncio.Transport):
             chunk = b"".join(parts)
         self._queued -= len(chunk)
         return chunk
-
-    async def _lose(self, exc: BaseException | None) -> None:
-        if self._lost:
-            return
-        self._lost = True
-        with contextlib.suppress(Exception):
-            await self._stream.close()
-        try:
-            self._protocol.connection_lost(exc)  # type: ignore[arg-type]
-        finally:
-            if not self.closed.done():
-                self.closed.set_result(None)

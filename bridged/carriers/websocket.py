@@ -84,7 +84,15 @@ class WebSocketCarrier(Carrier):
         except (aiohttp.ClientError, OSError) as exc:
             await session.close()
             raise CarrierError(f"cannot reach the relay at {self.description}: {exc}") from exc
+        except BaseException:  # cancelled by the SSH connect timeout: release the socket
+            await session.close()
+            raise
         extra = {"peername": (self.spec.host, self.spec.port)}
-        protocol = protocol_factory()
-        transport = StreamTransport(AiohttpMessages(ws, extra, session.close), protocol)  # type: ignore[arg-type]
+        try:
+            protocol = protocol_factory()
+            transport = StreamTransport(AiohttpMessages(ws, extra, session.close), protocol)  # type: ignore[arg-type]
+        except BaseException:
+            await ws.close()
+            await session.close()
+            raise
         return transport, protocol

@@ -17,6 +17,7 @@ app = typer.Typer(
     help="Run one service of a Kubernetes application on your laptop, as if in the cluster.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
     add_completion=True,
 )
 commands.register(app)
@@ -30,4 +31,32 @@ def version() -> None:
 
 
 def main() -> None:
-    app(prog_name="bridged")
+    """Run the CLI. Usage errors too are one line (and JSON with ``--json``), exit code 2.
+
+    Typer's click (vendored or not) is met by duck typing: a usage error is an exception with
+    ``format_message`` and an ``exit_code`` of 2.
+    """
+    import sys
+
+    from ..errors import ConfigError
+    from .output import fail
+
+    try:
+        code = app(prog_name="bridged", standalone_mode=False)
+    except Exception as exc:
+        kind = type(exc).__name__
+        if kind == "NoArgsIsHelpError":  # plain `bridged`: the help is the answer
+            sys.stdout.write(exc.format_message() + "\n")  # type: ignore[attr-defined]
+            sys.exit(2)
+        if kind == "Abort":
+            sys.exit(130)
+        if not (hasattr(exc, "format_message") and getattr(exc, "exit_code", None) == 2):
+            raise
+        ctx = getattr(exc, "ctx", None)
+        command = ctx.command_path if ctx is not None else "bridged"
+        try:
+            fail(ConfigError(exc.format_message(), hint=f"see {command} --help"),
+                 "--json" in sys.argv)
+        except typer.Exit as done:
+            sys.exit(done.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from ..config import LeaseSettings, TunnelSettings, parse_host_port
-from ..errors import ConfigError
+from ..errors import ConfigError, Conflict
 from .output import handles_errors
 
 LogLevel = Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")]
@@ -79,6 +79,8 @@ def register(app: typer.Typer) -> None:
         keepalive_seconds: Annotated[
             float, typer.Option(help="SSH keepalive interval; 3 missed = daemon gone.")
         ] = TunnelSettings.keepalive_seconds,
+        allow_loopback: Annotated[bool, typer.Option(
+            help="Let daemons reach the relay's loopback (local runs; never in a pod).")] = False,
         deny: Annotated[list[str] | None, typer.Option(help="Extra CIDR/host pattern to deny.")]
             = None,
         allow: Annotated[
@@ -105,7 +107,8 @@ def register(app: typer.Typer) -> None:
             host_key=host_key, authorized_keys=authorized_keys, ssh_host=ssh_host,
             ssh_port=ssh_port, http_host=http_host or "127.0.0.1", http_port=http_port,
             token_file=token_file, intercept_host=intercept_host,
-            policy=DestinationPolicy.parse(deny=tuple(deny or ()), allow=tuple(allow or ())),
+            policy=DestinationPolicy.parse(deny=tuple(deny or ()), allow=tuple(allow or ()),
+                                           allow_loopback=allow_loopback),
             lease=LeaseSettings(ttl_seconds=_positive(lease_seconds),
                                 renew_seconds=_positive(lease_seconds) / 4),
             tunnel=replace(TunnelSettings(), keepalive_seconds=_positive(keepalive_seconds)),
@@ -127,7 +130,14 @@ def register(app: typer.Typer) -> None:
 
                 async with await Kube.connect() as kube:
                     await load_or_publish(kube, host_key_secret, publish_configmap, host_key)
-            async with Relay(settings) as r:
+            relay = Relay(settings)
+            try:
+                await relay.start()
+            except OSError as exc:
+                await relay.close()
+                raise Conflict(f"the relay cannot listen: {exc.strerror or exc}",
+                               hint="is another relay running on that port?") from None
+            async with relay as r:
                 print(json.dumps({"event": "ready", "ssh_port": r.ssh_port,
                                   "http_port": r.http_port,
                                   "host_key": fingerprint(r.host_key)}), flush=True)

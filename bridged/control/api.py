@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import stat
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -123,12 +124,13 @@ class ControlServer:
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(self.path.parent, 0o700)
-        if self.path.exists():
+        _private_folder(self.path.parent)
+        if os.path.lexists(self.path):
+            if not stat.S_ISSOCK(os.lstat(self.path).st_mode):
+                raise ControlError(f"{self.path} exists and is not a socket: not touching it")
             if _answers(self.path):
                 raise ControlError(f"a bridged daemon is already running on {self.path}")
-            self.path.unlink()
+            self.path.unlink()  # a crashed daemon's socket
         self._runner = web.AppRunner(make_app(self.daemon), access_log=None)
         await self._runner.setup()
         old_umask = os.umask(0o177)  # the socket is born 0600: no window with wider rights
@@ -143,6 +145,24 @@ class ControlServer:
             await self._runner.cleanup()
             self._runner = None
         self.path.unlink(missing_ok=True)
+
+
+def _private_folder(folder: Path) -> None:
+    """The socket's folder: made 0700, or, if it exists, ours and closed to others. Never
+    change the rights of a folder we did not make (think BRIDGED_SOCKET=/tmp/x.sock)."""
+    try:
+        folder.mkdir(parents=True, mode=0o700)
+        os.chmod(folder, 0o700)  # mkdir's mode is masked by the umask
+        return
+    except FileExistsError:
+        pass
+    st = os.stat(folder)
+    if st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise ControlError(
+            f"the folder of the control socket, {folder}, is not private to this user "
+            f"(mode {stat.S_IMODE(st.st_mode):o})",
+            hint="use a folder only you can open, e.g. under $XDG_RUNTIME_DIR",
+        )
 
 
 def _answers(path: Path) -> bool:

@@ -30,7 +30,7 @@ from ..errors import (
     SessionError,
 )
 from ..keys import PinnedHostKeys, fingerprint
-from ..splice import Counters, channel_then_socket, socket_then_channel
+from ..splice import Counters, Pipe, channel_then_socket, socket_then_channel
 from ..tasks import TaskSet
 from .control_channel import ControlChannel
 
@@ -67,6 +67,8 @@ class Forward:
     local_port: int
     counters: Counters = field(default_factory=Counters)
     server: asyncio.AbstractServer | None = None
+    #: connections being spliced now: cut when the forward is removed
+    live: set[Pipe] = field(default_factory=set)
 
     def to_dict(self) -> dict[str, Any]:
         s = self.spec
@@ -179,6 +181,7 @@ class Bridge:
                 from exc
         try:
             control = await ControlChannel.open(conn)
+            control.on_closed = conn.abort  # no control, no leases: reconnect
             self.relay_info = await control.call(
                 protocol.Hello, version=protocol.VERSION, agent=f"bridged-daemon/{_version()}"
             )
@@ -193,6 +196,10 @@ class Bridge:
         self.conn = await self._connect_once()
         await self._on_connected()
         self._tasks.start(self._run(), name="connection")
+
+    #: seconds a connection must last before the backoff starts again from its first step; a
+    #: relay that accepts and drops at once is retried ever more slowly, not in a tight loop
+    stable_seconds = 10.0
 
     async def _run(self) -> None:
         attempt = 0
@@ -213,12 +220,20 @@ class Bridge:
                     log.warning("bridge %s: %s; retrying in %.1fs", self.name, exc, delay)
                     await asyncio.sleep(delay)
                     continue
-                await self._on_connected()
-            attempt = 0
+                try:
+                    await self._on_connected()
+                except Exception:  # whatever failed, the loop must live on and reconnect
+                    log.exception("bridge %s: setting up the connection failed", self.name)
+                    self.conn.abort()
             conn = self.conn
+            up_since = asyncio.get_running_loop().time()
             renewer = self._tasks.start(self._renew_leases(), name="leases")
-            await conn.wait_closed()
-            renewer.cancel()
+            try:
+                await conn.wait_closed()
+            finally:
+                renewer.cancel()
+            if asyncio.get_running_loop().time() - up_since >= self.stable_seconds:
+                attempt = 0
             self._on_lost()
 
     async def _on_connected(self) -> None:
@@ -251,11 +266,14 @@ class Bridge:
             active = [i for i in self.intercepts.values() if i.state == "active"]
             pending = [i for i in self.intercepts.values() if i.state != "active"]
             if active and self.control is not None:
-                try:
+                try:  # an answer later than the next renewal is as good as none
                     body = await self.control.call(
-                        protocol.Renew, intercept_ids=tuple(i.claim.id for i in active))
+                        protocol.Renew, intercept_ids=tuple(i.claim.id for i in active),
+                        wait=interval)
                 except BridgedError as exc:
                     log.warning("bridge %s: lease renewal failed: %s", self.name, exc)
+                    for i in active:
+                        i.state, i.error = "pending", f"lease renewal failed: {exc}"
                     continue
                 lost = set(body.get("lost", ()))
                 for i in active:
@@ -310,7 +328,7 @@ class Bridge:
                 window=t.window_bytes, max_pktsize=t.packet_bytes,
             )
 
-        protocol_factory = socket_then_channel(open_channel, forward.counters)
+        protocol_factory = socket_then_channel(open_channel, forward.counters, forward.live)
         loop = asyncio.get_running_loop()
         ports = [spec.local_port] if spec.local_port else [spec.remote_port, 0]
         for port in ports:
@@ -338,7 +356,9 @@ class Bridge:
 
     async def _close_forward(self, forward: Forward) -> None:
         if forward.server is not None:
-            forward.server.close()
+            forward.server.close()  # no new connections
+            for pipe in list(forward.live):  # and none left carrying traffic unseen
+                pipe.abort()
             await forward.server.wait_closed()
 
     # --- intercepts ---
@@ -366,7 +386,8 @@ class Bridge:
                 intercept.listener = await conn.create_server(
                     lambda orig_host, orig_port: channel_then_socket(
                         spec.local_host, spec.local_port, intercept.counters,
-                        what="the local service at"),
+                        what="the local service at", conn=conn,
+                        connect_seconds=t.connect_timeout_seconds),
                     claim.listen_host, claim.port,
                     window=t.window_bytes, max_pktsize=t.packet_bytes,
                 )

@@ -19,6 +19,9 @@ class ControlChannel:
     def __init__(self, writer: asyncssh.SSHWriter, reader: asyncssh.SSHReader) -> None:
         self._writer = writer
         self._reader = reader
+        #: called once when the channel ends: a bridge without control cannot renew leases,
+        #: so it drops the connection and reconnects
+        self.on_closed: Any = None
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._task = asyncio.create_task(self._read(), name="control-reader")
@@ -38,7 +41,11 @@ class ControlChannel:
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
         try:
-            self._writer.write(protocol.encode(make(id=request_id, **fields)))
+            try:
+                self._writer.write(protocol.encode(make(id=request_id, **fields)))
+            except (OSError, asyncssh.Error) as exc:
+                raise SessionError(f"the control channel to the relay is closed: {exc}") \
+                    from None
             return await asyncio.wait_for(future, wait)
         except TimeoutError:
             raise SessionError("the relay did not answer a control request in time") from None
@@ -49,7 +56,11 @@ class ControlChannel:
         error: Exception = SessionError("the control channel to the relay closed")
         try:
             while line := await self._reader.readline():
-                msg = protocol.decode(line)
+                try:
+                    msg = protocol.decode(line)
+                except ProtocolError as exc:  # e.g. a newer relay's message: not fatal
+                    log.warning("ignored a control message from the relay: %s", exc)
+                    continue
                 future = self._pending.get(getattr(msg, "re", -1))
                 if future is None or future.done():
                     continue
@@ -57,11 +68,13 @@ class ControlChannel:
                     future.set_result(msg.body)
                 elif isinstance(msg, protocol.Error):
                     future.set_exception(RefusedError(msg.message or msg.code))
-        except (asyncssh.Error, ConnectionError, ProtocolError) as exc:
+        except (asyncssh.Error, ConnectionError) as exc:
             error = SessionError(f"control channel to the relay failed: {exc}")
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(error)
+        if self.on_closed is not None:
+            self.on_closed()
 
     def close(self) -> None:
         self._writer.close()

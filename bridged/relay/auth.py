@@ -38,6 +38,12 @@ class AuthorizedKeys:
         return tuple(sig)
 
     def refresh(self) -> None:
+        if not self.path.exists():
+            if self._signature != ():
+                log.warning("no authorized keys at %s: every daemon is refused until it exists",
+                            self.path)
+                self._signature, self._keys = (), {}
+            return
         signature = self._current_signature()
         if signature == self._signature:
             return

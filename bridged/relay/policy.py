@@ -1,8 +1,10 @@
 """Where the relay may connect on a daemon's behalf: allow/deny by CIDR and by host name pattern.
 
 Denied by default: link-local addresses and cloud metadata endpoints (169.254.0.0/16 holds the
-AWS/GCP/Azure metadata services, fd00:ec2::254 is AWS's IPv6 one): a developer's tunnel must not
-become a way to read the node's cloud credentials. Names are resolved once and the check is made
+AWS/GCP/Azure metadata services, fd00:ec2::254 is AWS's IPv6 one, 168.63.129.16 Azure's wire
+server, 100.100.100.200 Alibaba's): a developer's tunnel must not become a way to read the
+node's cloud credentials. Loopback is denied too: in a pod it reaches the relay's own ports and
+the admin ports of any mesh sidecar (Envoy's /quitquitquit); local runs allow it explicitly. Names are resolved once and the check is made
 on the addresses that will be connected to, so DNS cannot swap a denied address in afterwards.
 """
 
@@ -17,14 +19,17 @@ from ..errors import ConfigError
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-DEFAULT_DENY_NETS = ("169.254.0.0/16", "fe80::/10", "fd00:ec2::254/128")
+DEFAULT_DENY_NETS = ("169.254.0.0/16", "fe80::/10", "fd00:ec2::254/128", "168.63.129.16/32",
+                     "100.100.100.200/32")
+LOOPBACK_NETS = ("127.0.0.0/8", "::1/128", "0.0.0.0/8", "::/128")
 DEFAULT_DENY_HOSTS = ("metadata.google.internal", "metadata", "instance-data", "instance-data.*")
 
 
 @dataclass(frozen=True)
 class DestinationPolicy:
     deny_nets: tuple[Network, ...] = field(
-        default_factory=lambda: tuple(ipaddress.ip_network(n) for n in DEFAULT_DENY_NETS)
+        default_factory=lambda: tuple(
+            ipaddress.ip_network(n) for n in DEFAULT_DENY_NETS + LOOPBACK_NETS)
     )
     deny_hosts: tuple[str, ...] = DEFAULT_DENY_HOSTS
     #: when not empty, only these may be reached (deny still wins)
@@ -33,10 +38,15 @@ class DestinationPolicy:
 
     @classmethod
     def parse(
-        cls, *, deny: tuple[str, ...] = (), allow: tuple[str, ...] = (), defaults: bool = True
+        cls, *, deny: tuple[str, ...] = (), allow: tuple[str, ...] = (), defaults: bool = True,
+        allow_loopback: bool = False,
     ) -> DestinationPolicy:
         """Entries are CIDRs or host patterns (``*.svc.cluster.local``)."""
         base = cls() if defaults else cls(deny_nets=(), deny_hosts=())
+        if allow_loopback:
+            loopback = {ipaddress.ip_network(n) for n in LOOPBACK_NETS}
+            base = cls(deny_nets=tuple(n for n in base.deny_nets if n not in loopback),
+                       deny_hosts=base.deny_hosts)
         dn, dh = _split(deny)
         an, ah = _split(allow)
         return cls(

@@ -154,7 +154,7 @@ class Relay:
         self.ports: dict[int, PortListener] = {}
         self.outbound = Counters()
         self.keys = AuthorizedKeys(settings.authorized_keys)
-        self.host_key = load_or_create_key(settings.host_key)
+        self.host_key = load_or_create_key(settings.host_key, comment="bridged-relay")
         self.acceptor = StreamAcceptor()
         self.tasks = TaskSet("relay")
         self._ids = itertools.count(1)
@@ -166,7 +166,8 @@ class Relay:
     # --- life cycle ---
 
     async def __aenter__(self) -> Relay:
-        await self.start()
+        if not self._ssh:  # not started yet
+            await self.start()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -245,7 +246,7 @@ class Relay:
         try:
             _, displaced = self.table.claim(
                 session.id, claim, now=now, ttl=self.settings.lease.ttl_seconds,
-                overwrite=overwrite,
+                overwrite=overwrite, owner=session.key_fingerprint,
             )
         except TableConflict as exc:
             raise RefusedError(str(exc)) from None
@@ -261,7 +262,11 @@ class Relay:
                 raise RefusedError(
                     f"the relay cannot listen on port {claim.port}: {exc.strerror or exc}"
                 ) from None
-            self.ports[claim.port] = listener
+            if claim.port in self.ports or not self.table.on_port(claim.port):
+                # the session ended (or another claim bound it) while we were binding
+                await listener.close()
+            else:
+                self.ports[claim.port] = listener
         log.info("session %s (%s) intercepts port %d as %s", session.id, session.owner,
                  claim.port, claim.id)
         return {"intercept_id": claim.id, "port": claim.port,
@@ -296,7 +301,8 @@ class Relay:
 
     # --- outbound ---
 
-    async def connect_out(self, host: str, port: int) -> asyncssh.SSHTCPSession:
+    async def connect_out(self, conn: asyncssh.SSHServerConnection, host: str,
+                          port: int) -> asyncssh.SSHTCPSession:
         policy = self.settings.policy
         reason = policy.check_name(host)
         if reason:
@@ -318,8 +324,9 @@ class Relay:
         last: asyncssh.ChannelOpenError | None = None
         for address in addresses:
             try:
-                return await channel_then_socket(address, port, self.outbound,
-                                                 what=f"{host}:{port} at")
+                return await channel_then_socket(
+                    address, port, self.outbound, what=f"{host}:{port} at", conn=conn,
+                    connect_seconds=self.settings.tunnel.connect_timeout_seconds)
             except asyncssh.ChannelOpenError as exc:
                 last = exc
         assert last is not None
@@ -345,18 +352,20 @@ class Relay:
                 return session
         return None
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self, session: RelaySession) -> dict[str, Any]:
+        """What one session may know: its own intercepts in full, the others only counted
+        (intercept ids are how a session re-attaches; they are not for others to see)."""
         now = asyncio.get_running_loop().time()
+        holdings = self.table.holdings()
         return {
             "version": __version__,
-            "sessions": [
-                {"id": s.id, "owner": s.owner, "agent": s.agent} for s in self.sessions.values()
-            ],
+            "sessions": len(self.sessions),
             "intercepts": [
                 {"id": h.claim.id, "port": h.port, "session": h.session,
                  "lease_left_seconds": round(h.expires_at - now, 1)}
-                for h in self.table.holdings()
+                for h in holdings if h.session == session.id
             ],
+            "other_intercepts": sum(1 for h in holdings if h.session != session.id),
             "ports": {str(p): listener.counters.snapshot() for p, listener in self.ports.items()},
             "outbound": self.outbound.snapshot(),
         }
@@ -369,6 +378,7 @@ class RelaySession(asyncssh.SSHServer):
         self.relay = relay
         self.id = relay.new_session_id()
         self.owner = ""
+        self.key_fingerprint = ""
         self.agent = ""
         self.conn: asyncssh.SSHServerConnection = None  # type: ignore[assignment]
         self.virtual: dict[str, VirtualListener] = {}
@@ -395,6 +405,7 @@ class RelaySession(asyncssh.SSHServer):
             log.warning("refused key %s for %r: not authorized", fingerprint(key), username)
             return False
         self.owner = owner
+        self.key_fingerprint = fingerprint(key)
         return True
 
     def auth_completed(self) -> None:
@@ -405,7 +416,7 @@ class RelaySession(asyncssh.SSHServer):
                              orig_port: int) -> Any:
         t = self.relay.settings.tunnel
         chan = self.conn.create_tcp_channel(window=t.window_bytes, max_pktsize=t.packet_bytes)
-        return chan, self.relay.connect_out(dest_host, dest_port)
+        return chan, self.relay.connect_out(self.conn, dest_host, dest_port)
 
     # inbound: remote-forward requests for virtual listeners
     def server_requested(self, listen_host: str, listen_port: int) -> Any:
@@ -479,5 +490,5 @@ class ControlHandler:
                                      ttl=relay.settings.lease.ttl_seconds)
             return {"lost": lost}
         if isinstance(msg, protocol.GetStats):
-            return relay.stats()
+            return relay.stats(session)
         raise RefusedError(f"{msg.type} is not handled")

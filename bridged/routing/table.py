@@ -3,8 +3,9 @@
 Rules:
 - an intercept without matchers holds its port exclusively: refused while others hold the port,
   and others are refused while it holds it;
-- the same intercept id registered again (a daemon that reconnected) replaces its old holding,
-  whatever session held it: the id is the daemon's secret-free but stable identity;
+- the same intercept id registered again by the same owner (a daemon that reconnected, with the
+  same key) replaces its old holding, whatever session held it; the same id from another owner
+  is refused: ids are not secrets (other daemons may learn them);
 - a different exclusive holder can only be pushed out with ``overwrite``;
 - a holding whose lease was not renewed by ``expires_at`` routes nothing and is removed by
   :meth:`InterceptTable.expire`.
@@ -22,6 +23,8 @@ class Holding:
     claim: InterceptClaim
     session: str
     expires_at: float
+    #: who holds it across sessions: the fingerprint of the key the session authenticated with
+    owner: str = ""
 
     @property
     def port(self) -> int:
@@ -47,10 +50,13 @@ class InterceptTable:
 
     def claim(
         self, session: str, claim: InterceptClaim, *, now: float, ttl: float,
-        overwrite: bool = False,
+        overwrite: bool = False, owner: str = "",
     ) -> tuple[Holding, list[Holding]]:
         """Grant ``claim`` to ``session``; returns the holding and the holdings it displaced."""
         self.expire(now)  # an expired holding blocks nobody, swept or not
+        previous = self._by_id.get(claim.id)
+        if previous is not None and previous.owner != owner:
+            raise TableConflict(f"intercept {claim.id!r} belongs to another developer")
         others = [h for h in self.on_port(claim.port) if h.claim.id != claim.id]
         blocking = [h for h in others if h.claim.exclusive or claim.exclusive]
         if blocking and not overwrite:
@@ -63,10 +69,9 @@ class InterceptTable:
         displaced = []
         for h in blocking:
             displaced.append(self._by_id.pop(h.claim.id))
-        previous = self._by_id.get(claim.id)
         if previous is not None and previous.port != claim.port:
             displaced.append(previous)
-        holding = Holding(claim, session, now + ttl)
+        holding = Holding(claim, session, now + ttl, owner)
         self._by_id[claim.id] = holding
         return holding, displaced
 

@@ -5,7 +5,12 @@ import ipaddress
 import pytest
 
 from bridged.errors import ConfigError
-from bridged.relay.policy import DEFAULT_DENY_HOSTS, DEFAULT_DENY_NETS, DestinationPolicy
+from bridged.relay.policy import (
+    DEFAULT_DENY_HOSTS,
+    DEFAULT_DENY_NETS,
+    LOOPBACK_NETS,
+    DestinationPolicy,
+)
 
 
 def net(text: str):
@@ -72,11 +77,25 @@ def test_default_policy_allows_ordinary_names(name):
 
 def test_defaults_are_the_documented_ones():
     policy = DestinationPolicy()
-    assert policy.deny_nets == (net("169.254.0.0/16"), net("fe80::/10"), net("fd00:ec2::254/128"))
+    assert policy.deny_nets[:3] == (net("169.254.0.0/16"), net("fe80::/10"),
+                                    net("fd00:ec2::254/128"))
     assert policy.deny_hosts == DEFAULT_DENY_HOSTS
     assert (policy.allow_nets, policy.allow_hosts) == ((), ())
     assert DestinationPolicy.parse() == policy
-    assert tuple(str(n) for n in policy.deny_nets) == DEFAULT_DENY_NETS
+    assert tuple(str(n) for n in policy.deny_nets) == DEFAULT_DENY_NETS + LOOPBACK_NETS
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "127.1.2.3", "::1", "0.0.0.0",
+                                     "168.63.129.16", "100.100.100.200"])
+def test_loopback_and_other_clouds_metadata_are_denied_by_default(address):
+    assert DestinationPolicy().check_address("x", address) is not None
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "::1"])
+def test_local_runs_may_allow_loopback(address):
+    policy = DestinationPolicy.parse(allow_loopback=True)
+    assert policy.check_address("x", address) is None
+    assert policy.check_address("x", "169.254.169.254") is not None
 
 
 @pytest.mark.parametrize("address", ["::ffff:169.254.169.254", "::ffff:a9fe:a9fe"])

@@ -278,3 +278,17 @@ def test_empty_table():
     assert table.route_port(80, 0.0) is None
     assert table.expire(1e9) == []
     assert table.renew("s1", ("a",), now=0.0, ttl=TTL) == ["a"]
+
+
+def test_an_intercept_id_is_reattached_only_by_its_owner() -> None:
+    table = InterceptTable()
+    table.claim("s1", tcp("a", 80), now=0.0, ttl=TTL, owner="SHA256:alice")
+    # alice's daemon reconnects: new session, same key
+    holding, displaced = table.claim("s2", tcp("a", 80), now=1.0, ttl=TTL, owner="SHA256:alice")
+    assert (holding.session, displaced) == ("s2", [])
+    # mallory learned the id: refused, whatever the flags
+    for overwrite in (False, True):
+        with pytest.raises(TableConflict, match="belongs to another developer"):
+            table.claim("s3", tcp("a", 80), now=2.0, ttl=TTL, owner="SHA256:mallory",
+                        overwrite=overwrite)
+    assert table.route_port(80, 2.0).session == "s2"  # type: ignore[union-attr]
