@@ -124,13 +124,7 @@ class ControlServer:
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
-        _private_folder(self.path.parent)
-        if os.path.lexists(self.path):
-            if not stat.S_ISSOCK(os.lstat(self.path).st_mode):
-                raise ControlError(f"{self.path} exists and is not a socket: not touching it")
-            if _answers(self.path):
-                raise ControlError(f"a bridged daemon is already running on {self.path}")
-            self.path.unlink()  # a crashed daemon's socket
+        _prepare_socket_path(self.path)
         self._runner = web.AppRunner(make_app(self.daemon), access_log=None)
         await self._runner.setup()
         old_umask = os.umask(0o177)  # the socket is born 0600: no window with wider rights
@@ -163,6 +157,16 @@ def _private_folder(folder: Path) -> None:
             f"(mode {stat.S_IMODE(st.st_mode):o})",
             hint="use a folder only you can open, e.g. under $XDG_RUNTIME_DIR",
         )
+
+
+def _prepare_socket_path(path: Path) -> None:
+    _private_folder(path.parent)
+    if os.path.lexists(path):
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            raise ControlError(f"{path} exists and is not a socket: not touching it")
+        if _answers(path):
+            raise ControlError(f"a bridged daemon is already running on {path}")
+        path.unlink()  # a crashed daemon's socket
 
 
 def _answers(path: Path) -> bool:

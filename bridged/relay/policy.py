@@ -4,7 +4,8 @@ Denied by default: link-local addresses and cloud metadata endpoints (169.254.0.
 AWS/GCP/Azure metadata services, fd00:ec2::254 is AWS's IPv6 one, 168.63.129.16 Azure's wire
 server, 100.100.100.200 Alibaba's): a developer's tunnel must not become a way to read the
 node's cloud credentials. Loopback is denied too: in a pod it reaches the relay's own ports and
-the admin ports of any mesh sidecar (Envoy's /quitquitquit); local runs allow it explicitly. Names are resolved once and the check is made
+the admin ports of any mesh sidecar (Envoy's /quitquitquit); local runs allow it explicitly.
+Names are resolved once and the check is made
 on the addresses that will be connected to, so DNS cannot swap a denied address in afterwards.
 """
 
