@@ -17,7 +17,7 @@ import pytest
 from bridged.control.client import ControlClient
 from bridged.localrun import DaemonProcess, RelayProcess
 
-from .helpers import Daemon
+from .helpers import Daemon, assert_clean_log
 
 
 @pytest.fixture(autouse=True)
@@ -33,6 +33,7 @@ def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 async def relay(tmp_path: Path) -> AsyncIterator[RelayProcess]:
     async with RelayProcess(tmp_path / "relay", http_port=0, token="s3cret-token") as r:
         yield r
+    assert_clean_log(r.log_path)
 
 
 async def _start_daemon(home: Path) -> Daemon:
@@ -47,6 +48,7 @@ async def daemon(tmp_path: Path) -> AsyncIterator[Daemon]:
         yield d
     finally:
         await d.process.stop()
+    assert_clean_log(d.process.log_path)
 
 
 @pytest.fixture
@@ -62,6 +64,8 @@ async def make_daemon(tmp_path: Path) -> AsyncIterator[Callable[[str], Awaitable
     yield make
     for d in started:
         await d.process.stop()
+    for d in started:
+        assert_clean_log(d.process.log_path)
 
 
 @pytest.fixture

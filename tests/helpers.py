@@ -7,12 +7,15 @@ import subprocess
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from bridged.control.client import ControlClient
 from bridged.localrun import DaemonProcess
 
-__all__ = ["Daemon", "DaemonProcess", "eventually", "free_port", "port_closed"]
+__all__ = [
+    "Daemon", "DaemonProcess", "assert_clean_log", "eventually", "free_port", "port_closed",
+]
 
 
 @dataclass
@@ -70,3 +73,15 @@ async def port_closed(port: int) -> bool:
         return True
     writer.close()
     return False
+
+
+def assert_clean_log(path: Path) -> None:
+    """A process that ran through a test logged no traceback and no task death: a task that
+    died in silence, or a handler that blew up, fails the test that provoked it. (Refusals
+    that users must see, like a changed host key, are logged as errors on purpose.)"""
+    if not path.exists():
+        return
+    markers = ("Traceback", " CRITICAL ", " died", "unexpected error", "internal error")
+    bad = [line for line in path.read_text(errors="replace").splitlines()
+           if any(m in line for m in markers)]
+    assert not bad, f"{path.name} has errors:\n" + "\n".join(bad[:20])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import subprocess
@@ -123,6 +124,7 @@ async def test_commands_start_the_daemon_when_needed(
     result = _bridged("connect", relay.url, "--json", env=env)
     assert result.returncode == 1  # not authorized yet, but the daemon now runs
     status = json.loads(_bridged("status", "--json", env=env).stdout)
+    pid = status["daemon"]["pid"]
     try:
         relay.authorize(status["daemon"]["client_key"])
         connected = _bridged("connect", relay.url, "--json", env=env)
@@ -136,7 +138,16 @@ async def test_commands_start_the_daemon_when_needed(
         import os
         import signal
 
-        os.kill(status["daemon"]["pid"], signal.SIGTERM)
+        os.kill(pid, signal.SIGTERM)
+        # wait for it to be gone: a daemon must not outlive its test
+        for _ in range(200):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError(f"daemon {pid} did not exit after SIGTERM")
 
 
 def test_demo_exits_zero() -> None:
@@ -145,3 +156,23 @@ def test_demo_exits_zero() -> None:
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["ok"] is True
     assert {s["step"] for s in report["steps"]} >= {"connect", "expose", "intercept", "leave"}
+
+
+async def test_a_relay_whose_key_changes_while_connected_is_refused_on_reconnect(
+    relay: RelayProcess, bridge: Daemon, tmp_path: Path
+) -> None:
+    await relay.stop()
+    impostor = RelayProcess(tmp_path / "impostor", ssh_port=relay.ssh_port)
+    impostor.authorize(await bridge.public_key())
+    async with impostor:
+        async def failed() -> dict[str, object] | None:
+            b = (await bridge.status())["bridges"][0]
+            return b if b["state"] == "failed" else None
+
+        from ..helpers import eventually
+
+        bridge_status = await eventually(failed, what="the bridge to refuse the new key")
+        assert "not the key pinned on first contact" in str(bridge_status["last_error"])
+        # a forward through a failed bridge fails at once, saying why
+        result = bridge.cli("expose", "127.0.0.1:9", "--json")
+        assert result.returncode == 0  # the forward exists; its connections fail

@@ -7,6 +7,8 @@ import hashlib
 import os
 import signal
 
+import pytest
+
 from bridged.localrun import RelayProcess
 
 from ..helpers import Daemon, eventually, free_port, port_closed
@@ -93,36 +95,45 @@ async def test_half_close_through_forward_and_intercept(
     assert await _half_close(cluster_port, payload) == expected
 
 
+@pytest.mark.parametrize("carrier", ["tcp", "ws"])
 async def test_relay_restart_reconnects_forwards_and_intercepts(
-    relay: RelayProcess, bridge: Daemon, echo_server: int
+    relay: RelayProcess, daemon: Daemon, echo_server: int, carrier: str
 ) -> None:
-    local = await _expose(bridge, echo_server)
-    cluster_port = free_port()
-    await bridge.call("POST", "intercepts", {"remote_port": cluster_port,
-                                             "local_port": echo_server, "name": "echo"})
-    first_session = (await bridge.status())["bridges"][0]["session"]
+    relay.authorize(await daemon.public_key())
+    body = {"url": relay.url} if carrier == "tcp" else {"url": relay.ws_url,
+                                                         "token": relay.token}
+    await daemon.call("POST", "bridges", body)
+    local = await _expose(daemon, echo_server)
+    ports = [free_port(), free_port()]
+    for n, port in enumerate(ports):
+        await daemon.call("POST", "intercepts", {"remote_port": port, "local_port": echo_server,
+                                                 "name": f"echo{n}"})
+    first_session = (await daemon.status())["bridges"][0]["session"]
 
     relay.kill()  # a crash: the carrier drops without goodbye
     await relay.proc.wait()  # type: ignore[union-attr]
 
     async def noticed() -> bool:
-        return (await bridge.status())["bridges"][0]["state"] == "reconnecting"
+        return (await daemon.status())["bridges"][0]["state"] == "reconnecting"
 
-    await eventually(noticed, what="the daemon to notice the dead relay")
-    restarted = await RelayProcess(relay.workdir, ssh_port=relay.ssh_port).start()
+    # the dropped carrier itself says so (well before keepalives, 15 s, would)
+    await eventually(noticed, within=3, what="the daemon to notice the dead relay")
+    restarted = await RelayProcess(relay.workdir, ssh_port=relay.ssh_port,
+                                   http_port=relay.http_port, token=relay.token).start()
     try:
         async def back() -> bool:
-            s = await bridge.status()
+            s = await daemon.status()
             return s["bridges"][0]["state"] == "connected" and \
-                s["intercepts"][0]["state"] == "active"
+                all(i["state"] == "active" for i in s["intercepts"])
 
-        await eventually(back, what="reconnection and the intercept re-registered")
-        status = await bridge.status()
+        await eventually(back, what="reconnection and both intercepts re-registered")
+        status = await daemon.status()
         assert status["bridges"][0]["connects"] == 2
         assert status["bridges"][0]["session"] != first_session
         payload = os.urandom(1 * MiB)
         assert await _roundtrip(local, payload) == payload
-        assert await _roundtrip(cluster_port, payload) == payload
+        for port in ports:
+            assert await _roundtrip(port, payload) == payload
     finally:
         await restarted.stop()
 
@@ -146,10 +157,12 @@ async def test_connections_during_a_reconnect_wait_for_the_relay(
         await restarted.stop()
 
 
-async def test_denied_destination_closes_the_connection_and_says_why(bridge: Daemon) -> None:
+@pytest.mark.parametrize("target", ["169.254.169.254:80", "[::ffff:169.254.169.254]:80"])
+async def test_denied_destination_closes_the_connection_and_says_why(
+    bridge: Daemon, target: str
+) -> None:
     # the relay refuses before connecting: no packet is sent to this address
-    forward = await bridge.call("POST", "forwards", {"target": "169.254.169.254:80",
-                                                     "name": "metadata"})
+    forward = await bridge.call("POST", "forwards", {"target": target, "name": "metadata"})
     reader, writer = await asyncio.open_connection("127.0.0.1", forward["local_port"])
     writer.write(b"GET /latest/meta-data/ HTTP/1.1\r\nHost: x\r\n\r\n")
     try:
@@ -215,3 +228,14 @@ async def test_websocket_carrier_moves_bytes_intact(
     payload = os.urandom(16 * MiB)
     echoed = await _roundtrip(local, payload)
     assert hashlib.sha256(echoed).digest() == hashlib.sha256(payload).digest()
+
+
+async def test_a_relay_with_a_websocket_session_stops_promptly(
+    relay: RelayProcess, daemon: Daemon
+) -> None:
+    relay.authorize(await daemon.public_key())
+    await daemon.call("POST", "bridges", {"url": relay.ws_url, "token": relay.token})
+    started = asyncio.get_running_loop().time()
+    assert await relay.stop(signal.SIGTERM) == 0
+    # well inside Kubernetes' 30 s grace period
+    assert asyncio.get_running_loop().time() - started < 10
