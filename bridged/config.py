@@ -229,6 +229,9 @@ class ForwardSpec:
     local_host: str = "127.0.0.1"
     #: 0 means: the same number as the remote port when free, else any free port
     local_port: int = 0
+    #: the Service it was resolved from, if any (for env variables and `bridged services`)
+    service: str | None = None
+    service_port_name: str = ""
 
     @classmethod
     def parse(

@@ -145,8 +145,8 @@ async def _demo(demo: Demo, workdir: Path) -> None:
         await demo.check("connect", connect)
 
         async def expose_http() -> str:
-            f = await call("POST", "forwards", {"target": f"127.0.0.1:{port_of(orders)}",
-                                                "name": "orders-api"})
+            f = (await call("POST", "forwards", {"target": f"127.0.0.1:{port_of(orders)}",
+                                                 "name": "orders-api"}))["forwards"][0]
             answer = await http_get(f["local_port"], "/orders")
             assert answer["orders"] == [1, 2], answer
             return (f"orders-api → 127.0.0.1:{f['local_port']}: GET /orders answered by "
@@ -155,8 +155,8 @@ async def _demo(demo: Demo, workdir: Path) -> None:
         await demo.check("expose", expose_http)
 
         async def expose_kv() -> str:
-            f = await call("POST", "forwards", {"target": f"127.0.0.1:{port_of(kv)}",
-                                                "name": "kv"})
+            f = (await call("POST", "forwards", {"target": f"127.0.0.1:{port_of(kv)}",
+                                                 "name": "kv"}))["forwards"][0]
             reader, writer = await asyncio.open_connection("127.0.0.1", f["local_port"])
             writer.write(b"SET color blue\nGET color\n")
             answers = [await reader.readline(), await reader.readline()]

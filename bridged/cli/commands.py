@@ -97,9 +97,10 @@ def register(app: typer.Typer) -> None:
             raise ConfigError("--local-port and --name go with a single target")
         client = _client(no_start)
         results = [
-            client.post("forwards", {"target": t, "local_port": local_port, "name": name,
-                                     "bridge": bridge})
+            forward
             for t in targets
+            for forward in client.post("forwards", {"target": t, "local_port": local_port,
+                                                    "name": name, "bridge": bridge})["forwards"]
         ]
         def human(rs: list[dict[str, Any]]) -> None:
             for r in rs:
@@ -147,6 +148,32 @@ def register(app: typer.Typer) -> None:
         """End an intercept: the relay stops routing to you at once."""
         result = _client(no_start=True).delete(f"intercepts/{name}")
         emit(result, json_out, lambda r: typer.echo(f"left intercept {r['left']}"))
+
+    @app.command()
+    @handles_errors
+    def services(bridge: BridgeOpt = None, json_out: JsonOpt = False) -> None:
+        """The namespace's Services with their ports, and which are exposed where."""
+        query = f"services?bridge={bridge}" if bridge else "services"
+        emit(_client(no_start=True).get(query), json_out, lambda rows: table(
+            "services", ["service", "port", "name", "cluster ip", "exposed on"], [
+                [r["service"], f"{r['port']}/{r['protocol']}", r["port_name"], r["cluster_ip"],
+                 f"127.0.0.1:{r['local_port']}" if r["exposed"] else ""]
+                for r in rows
+            ]))
+
+    @app.command()
+    @handles_errors
+    def clean(
+        context: Annotated[str | None, typer.Option(help="Kube context (default: current).")]
+            = None,
+        namespace: Annotated[str | None, typer.Option(
+            "--namespace", "-n", help="Namespace (default: the context's).")] = None,
+        json_out: JsonOpt = False,
+    ) -> None:
+        """Remove everything bridged made in the namespace (works with a broken relay)."""
+        result = _client().post("clean", {"context": context, "namespace": namespace})
+        emit(result, json_out, lambda r: typer.echo(
+            f"removed from {r['namespace']}: {', '.join(r['deleted']) or 'nothing to remove'}"))
 
     @app.command()
     @handles_errors

@@ -63,6 +63,10 @@ def make_app(daemon: Daemon) -> web.Application:
     async def forwards(request: web.Request) -> web.Response:
         return web.json_response(daemon.status()["forwards"])
 
+    @routes.get(f"{API}/services")
+    async def services(request: web.Request) -> web.Response:
+        return web.json_response(await daemon.services(request.query.get("bridge")))
+
     @routes.get(f"{API}/intercepts")
     async def intercepts(request: web.Request) -> web.Response:
         return web.json_response(daemon.status()["intercepts"])
@@ -85,8 +89,8 @@ def make_app(daemon: Daemon) -> web.Application:
     @routes.post(f"{API}/forwards")
     async def expose(request: web.Request) -> web.Response:
         req = ForwardRequest.parse(await _body(request))
-        forward = await daemon.expose(req.bridge, req.spec)
-        return web.json_response(forward.to_dict(), status=201)
+        forwards = await daemon.expose(req)
+        return web.json_response({"forwards": [f.to_dict() for f in forwards]}, status=201)
 
     @routes.delete(f"{API}/forwards/{{name}}")
     async def unexpose(request: web.Request) -> web.Response:
@@ -103,6 +107,14 @@ def make_app(daemon: Daemon) -> web.Application:
     async def leave(request: web.Request) -> web.Response:
         await daemon.leave(request.match_info["name"])
         return web.json_response({"left": request.match_info["name"]})
+
+    @routes.post(f"{API}/clean")
+    async def clean(request: web.Request) -> web.Response:
+        body = await _body(request)
+        context, namespace = body.get("context"), body.get("namespace")
+        if not all(v is None or isinstance(v, str) for v in (context, namespace)):
+            raise ConfigError("context and namespace must be strings")
+        return web.json_response(await daemon.clean(context, namespace))
 
     @routes.post(f"{API}/shutdown")
     async def shutdown(request: web.Request) -> web.Response:

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import CarrierSpec, ForwardSpec, InterceptSpec, parse_carrier, parse_name
+from ..config import (
+    CarrierSpec,
+    ForwardSpec,
+    InterceptSpec,
+    parse_carrier,
+    parse_host,
+    parse_name,
+    parse_port,
+)
 from ..errors import (
     BridgedError,
     CarrierError,
@@ -89,23 +98,53 @@ class ConnectRequest:
 
 
 @dataclass(frozen=True)
+class ServiceTarget:
+    """``NAME``, ``NAME.NAMESPACE``, with ``:PORT`` (number or port name) or all ports."""
+
+    name: str
+    port: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> ServiceTarget | None:
+        m = _SERVICE.fullmatch(text)
+        return cls(m["name"], m["port"]) if m else None
+
+
+_SERVICE = re.compile(r"(?P<name>[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9-]{1,63})?)"
+                      r"(:(?P<port>[a-z0-9-]{1,15}))?")
+
+
+@dataclass(frozen=True)
 class ForwardRequest:
+    """A forward to HOST:PORT (``spec``), or to a Service's ports (``service``), or either: a
+    kube bridge looks ``redis:6379`` up as a Service first, then as a host."""
+
     bridge: str | None
-    spec: ForwardSpec
+    spec: ForwardSpec | None
+    service: ServiceTarget | None = None
+    local_port: int = 0
+    name: str | None = None
+    local_host: str = "127.0.0.1"
 
     @classmethod
     def parse(cls, body: dict[str, Any]) -> ForwardRequest:
         target = _field(body, "target", str)
         if not target:
-            raise ConfigError("missing target: give HOST:PORT")
-        return cls(
-            _field(body, "bridge", str),
-            ForwardSpec.parse(
-                target, local_port=_field(body, "local_port", int, 0),
-                name=_field(body, "name", str),
-                local_host=_field(body, "local_host", str, "127.0.0.1"),
-            ),
-        )
+            raise ConfigError("missing target: give HOST:PORT or a Service name")
+        local_port = parse_port(_field(body, "local_port", int, 0), "local port", allow_zero=True)
+        name = _field(body, "name", str)
+        local_host = parse_host(_field(body, "local_host", str, "127.0.0.1"))
+        service = ServiceTarget.parse(target)
+        try:
+            spec: ForwardSpec | None = ForwardSpec.parse(
+                target, local_port=local_port, name=name, local_host=local_host)
+        except ConfigError:
+            if service is None:
+                raise
+            spec = None
+        if name is not None:
+            parse_name(name, "forward name")
+        return cls(_field(body, "bridge", str), spec, service, local_port, name, local_host)
 
 
 @dataclass(frozen=True)

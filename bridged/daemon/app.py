@@ -18,6 +18,7 @@ from .. import __version__, paths
 from ..carriers import carrier_for
 from ..config import CarrierSpec, ForwardSpec, InterceptSpec, TunnelSettings, default_name
 from ..control.api import ControlServer
+from ..control.models import ForwardRequest
 from ..errors import ConfigError, Conflict, NotFound
 from ..keys import PinnedHostKeys, fingerprint, load_or_create_key, public_line
 from .bridge import Bridge, Forward, Intercept
@@ -156,6 +157,7 @@ class Daemon:
                     published_host_key=info.host_key, tunnel=self.settings.tunnel,
                     target=target,
                 )
+                bridge.kube = kube
                 bridge.on_close = kube.close
                 await bridge.start()
             except BaseException:
@@ -182,10 +184,36 @@ class Daemon:
                        hint="disconnect it first, or give another --name")
 
     async def disconnect(self, name: str | None) -> None:
+        """Close a bridge; a kube bridge also takes this developer's key off the relay, and
+        leaves the relay to the others."""
         async with self._lock:
             bridge = self.bridge(name)
             del self.bridges[bridge.name]
-            await bridge.close()
+            if bridge.kube is not None:
+                from ..kube.relay import remove_key
+
+                try:
+                    await remove_key(bridge.kube, self.key_entry)
+                finally:
+                    await bridge.close()
+            else:
+                await bridge.close()
+
+    async def clean(self, context: str | None, namespace: str | None) -> dict[str, Any]:
+        """Remove everything bridged made in a namespace, whether the relay works or not."""
+        from ..kube.client import Kube, KubeTarget
+        from ..kube.relay import remove_relay
+
+        async with self._lock:
+            async with await Kube.connect(KubeTarget(context, namespace)) as kube:
+                relay = f"kube://{kube.context}/{kube.namespace}"
+                for bridge in [b for b in self.bridges.values() if b.relay == relay]:
+                    del self.bridges[bridge.name]
+                    await bridge.close()
+                deleted = await remove_relay(kube)
+                self.pins.forget(relay)  # a new relay brings a new host key
+                return {"namespace": kube.namespace, "context": kube.context,
+                        "deleted": deleted}
 
     # --- forwards and intercepts ---
 
@@ -195,13 +223,82 @@ class Daemon:
                 return bridge
         raise NotFound(f"no {kind} named {name!r}", hint="bridged status lists them")
 
-    async def expose(self, bridge_name: str | None, spec: ForwardSpec) -> Forward:
+    async def expose(self, req: ForwardRequest) -> list[Forward]:
+        """Forwards for a HOST:PORT, or for the ports of a Service (kube bridges resolve
+        ``NAME[.NAMESPACE][:PORT]`` through the API first, then fall back to the host)."""
         async with self._lock:
-            bridge = self.bridge(bridge_name)
-            if any(spec.name in b.forwards for b in self.bridges.values()):
-                raise Conflict(f"a forward named {spec.name!r} exists already",
-                               hint="give another --name, or unexpose it first")
-            return await bridge.add_forward(spec)
+            bridge = self.bridge(req.bridge)
+            specs = await self._service_specs(bridge, req) if req.service else None
+            if specs is None:
+                if req.spec is None:
+                    name = req.service.name if req.service else ""
+                    if bridge.kube is not None:
+                        raise NotFound(f"no Service {name!r} in namespace "
+                                       f"{bridge.kube.namespace}",
+                                       hint="bridged services lists them")
+                    raise ConfigError(f"bad address {name!r}: expected HOST:PORT (Service "
+                                      "names need a bridge made by 'bridged connect' to a "
+                                      "kube context)")
+                specs = [req.spec]
+            for spec in specs:
+                if any(spec.name in b.forwards for b in self.bridges.values()):
+                    raise Conflict(f"a forward named {spec.name!r} exists already",
+                                   hint="give another --name, or unexpose it first")
+            made: list[Forward] = []
+            try:
+                for spec in specs:
+                    made.append(await bridge.add_forward(spec))
+            except BaseException:
+                for forward in made:  # all or nothing
+                    await bridge.remove_forward(forward.spec.name)
+                raise
+            return made
+
+    async def _service_specs(self, bridge: Bridge, req: ForwardRequest) -> list[ForwardSpec] | None:
+        if bridge.kube is None or req.service is None:
+            return None
+        from ..kube.discovery import service_ports
+
+        ports = await service_ports(bridge.kube, req.service.name)
+        if ports is None:
+            return None
+        wanted = req.service.port
+        chosen = [p for p in ports if p.protocol == "TCP" and (
+            wanted is None or str(p.port) == wanted or p.name == wanted)]
+        if not chosen:
+            raise NotFound(f"Service {req.service.name!r} has no TCP port {wanted!r}",
+                           hint=f"its ports: {', '.join(str(p.port) for p in ports)}")
+        if len(chosen) > 1 and (req.name or req.local_port):
+            raise ConfigError("--name and --local-port go with a single port: add :PORT")
+        specs = []
+        for p in chosen:
+            # the ClusterIP does not depend on the relay's DNS; headless ones need it
+            host = p.cluster_ip if p.cluster_ip not in ("None", "") else \
+                f"{p.service}.{p.namespace}.svc"
+            specs.append(ForwardSpec(
+                name=req.name or default_name(f"{p.service}-{p.name or p.port}"),
+                remote_host=host, remote_port=p.port, local_host=req.local_host,
+                local_port=req.local_port, service=p.service, service_port_name=p.name))
+        return specs
+
+    async def services(self, bridge_name: str | None) -> list[dict[str, Any]]:
+        bridge = self.bridge(bridge_name)
+        if bridge.kube is None:
+            raise ConfigError(f"bridge {bridge.name!r} is not a kube bridge: it has no Services")
+        from ..kube.discovery import list_services
+
+        exposed = {(f.spec.service, f.spec.remote_port): f for f in bridge.forwards.values()}
+        result = []
+        for p in await list_services(bridge.kube):
+            forward = exposed.get((p.service, p.port))
+            result.append({
+                "service": p.service, "namespace": p.namespace, "port": p.port,
+                "port_name": p.name, "protocol": p.protocol, "cluster_ip": p.cluster_ip,
+                "exposed": forward is not None,
+                "local_port": forward.local_port if forward else None,
+                "forward": forward.spec.name if forward else None,
+            })
+        return result
 
     async def unexpose(self, name: str) -> None:
         async with self._lock:

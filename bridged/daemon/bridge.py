@@ -72,9 +72,18 @@ class Forward:
 
     def to_dict(self) -> dict[str, Any]:
         s = self.spec
+        env = {}
+        if s.service:  # what the kubelet would have set, pointing at the local end
+            prefix = s.service.upper().replace("-", "_")
+            env = {f"{prefix}_SERVICE_HOST": s.local_host,
+                   f"{prefix}_SERVICE_PORT": str(self.local_port)}
+            if s.service_port_name:
+                suffix = s.service_port_name.upper().replace("-", "_")
+                env[f"{prefix}_SERVICE_PORT_{suffix}"] = str(self.local_port)
         return {"name": s.name, "bridge": self.bridge, "remote_host": s.remote_host,
                 "remote_port": s.remote_port, "local_host": s.local_host,
-                "local_port": self.local_port, **self.counters.snapshot()}
+                "local_port": self.local_port, "service": s.service, "env": env,
+                **self.counters.snapshot()}
 
 
 @dataclass
@@ -128,6 +137,8 @@ class Bridge:
         self.connected_since: float | None = None
         self.relay_info: dict[str, Any] = {}
         self._connected = asyncio.Event()
+        #: the kube API client of a kube bridge (Services, the relay's objects), else None
+        self.kube: Any = None
         #: called once the bridge is closed (e.g. to close its API client)
         self.on_close: Any = None
         self._tasks = TaskSet(f"bridge:{name}")

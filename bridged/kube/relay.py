@@ -213,3 +213,42 @@ async def _published_host_key(kube: Kube, progress: Progress, wait_seconds: floa
                             hint="see kubectl logs deploy/bridged-relay")
         progress("waiting for the relay's host key")
         await asyncio.sleep(0.5)
+
+
+async def remove_relay(kube: Kube) -> list[str]:
+    """Delete every object ``ensure_relay`` makes, if it carries our label; idempotent, and it
+    works when the relay is gone or broken. Returns what was deleted."""
+    core, apps, rbac = kube.core, kube.apps, kube.rbac
+    objects: list[tuple[str, str, Any, Any]] = [
+        ("Deployment", m.RELAY, apps.read_namespaced_deployment,
+         apps.delete_namespaced_deployment),
+        ("RoleBinding", m.RELAY, rbac.read_namespaced_role_binding,
+         rbac.delete_namespaced_role_binding),
+        ("Role", m.RELAY, rbac.read_namespaced_role, rbac.delete_namespaced_role),
+        ("ServiceAccount", m.RELAY, core.read_namespaced_service_account,
+         core.delete_namespaced_service_account),
+        ("Secret", m.AUTHORIZED_KEYS_SECRET, core.read_namespaced_secret,
+         core.delete_namespaced_secret),
+        ("Secret", m.HOST_KEY_SECRET, core.read_namespaced_secret,
+         core.delete_namespaced_secret),
+        ("ConfigMap", m.PUBLISHED_CONFIGMAP, core.read_namespaced_config_map,
+         core.delete_namespaced_config_map),
+    ]
+    ns = kube.namespace
+    deleted = []
+    for kind, name, read, delete in objects:
+        try:
+            obj = await read(name, ns)
+        except ApiException as exc:
+            if exc.status == 404:
+                continue
+            raise translate(exc, f"cannot read {kind} {name}") from exc
+        if (obj.metadata.labels or {}).get(m.MANAGED_BY) != "bridged":
+            continue  # not ours: leave it
+        try:  # Background: the Deployment's pods go with it
+            await delete(name, ns, body={"propagationPolicy": "Background"})
+        except ApiException as exc:
+            if exc.status != 404:
+                raise translate(exc, f"cannot delete {kind} {name}") from exc
+        deleted.append(f"{kind}/{name}")
+    return deleted

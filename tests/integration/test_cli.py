@@ -53,7 +53,11 @@ def test_connect_bad_address(url: str, needle: str) -> None:
 
 
 def test_expose_bad_address(daemon: Daemon) -> None:
-    _one_line_error(daemon.cli("expose", "no-port-here"), 2, "expected HOST:PORT")
+    _one_line_error(daemon.cli("expose", "Bad Address!"), 2, "expected HOST:PORT")
+
+
+async def test_expose_a_service_name_without_a_kube_bridge(bridge: Daemon) -> None:
+    _one_line_error(bridge.cli("expose", "redis"), 2, "Service names need a bridge")
 
 
 async def test_connect_unreachable_relay(daemon: Daemon) -> None:

@@ -37,7 +37,8 @@ async def _roundtrip(port: int, payload: bytes) -> bytes:
 
 
 async def _expose(daemon: Daemon, port: int, name: str = "svc") -> int:
-    forward = await daemon.call("POST", "forwards", {"target": f"127.0.0.1:{port}", "name": name})
+    created = await daemon.call("POST", "forwards", {"target": f"127.0.0.1:{port}", "name": name})
+    forward = created["forwards"][0]
     return int(forward["local_port"])
 
 
@@ -162,7 +163,8 @@ async def test_denied_destination_closes_the_connection_and_says_why(
     bridge: Daemon, target: str
 ) -> None:
     # the relay refuses before connecting: no packet is sent to this address
-    forward = await bridge.call("POST", "forwards", {"target": target, "name": "metadata"})
+    forward = (await bridge.call("POST", "forwards",
+                                 {"target": target, "name": "metadata"}))["forwards"][0]
     reader, writer = await asyncio.open_connection("127.0.0.1", forward["local_port"])
     writer.write(b"GET /latest/meta-data/ HTTP/1.1\r\nHost: x\r\n\r\n")
     try:

@@ -7,6 +7,7 @@ from bridged.control.models import (
     API,
     ConnectRequest,
     ForwardRequest,
+    ServiceTarget,
     InterceptRequest,
     error_body,
     error_from_body,
@@ -155,18 +156,26 @@ def test_connect_request_rejects(body, expected):
 # --- ForwardRequest ----------------------------------------------------------------------------
 
 
+DB = ServiceTarget("db", "5432")
+
+
 @pytest.mark.parametrize(
     ("body", "expected"),
     [
         ({"target": "db:5432"},
-         ForwardRequest(None, ForwardSpec("db-5432", "db", 5432, "127.0.0.1", 0))),
+         ForwardRequest(None, ForwardSpec("db-5432", "db", 5432, "127.0.0.1", 0), DB)),
         ({"target": "db:5432", "bridge": "prod", "name": "pg", "local_port": 15432,
           "local_host": "::1"},
-         ForwardRequest("prod", ForwardSpec("pg", "db", 5432, "::1", 15432))),
+         ForwardRequest("prod", ForwardSpec("pg", "db", 5432, "::1", 15432), DB, 15432, "pg",
+                        "::1")),
         ({"target": "[fd00::1]:80", "local_port": 0},
          ForwardRequest(None, ForwardSpec("fd00-1-80", "fd00::1", 80, "127.0.0.1", 0))),
         ({"target": "db:5432", "name": None, "bridge": None},
-         ForwardRequest(None, ForwardSpec("db-5432", "db", 5432, "127.0.0.1", 0))),
+         ForwardRequest(None, ForwardSpec("db-5432", "db", 5432, "127.0.0.1", 0), DB)),
+        # a Service, all its ports, or one by name: only a kube bridge can resolve them
+        ({"target": "db"}, ForwardRequest(None, None, ServiceTarget("db"))),
+        ({"target": "db.team-a:postgres"},
+         ForwardRequest(None, None, ServiceTarget("db.team-a", "postgres"))),
     ],
 )
 def test_forward_request_parse(body, expected):
@@ -176,7 +185,7 @@ def test_forward_request_parse(body, expected):
 @pytest.mark.parametrize(
     ("body", "expected"),
     [
-        ({}, "missing target: give HOST:PORT"),
+        ({}, "missing target: give HOST:PORT or a Service name"),
         ({"target": ""}, "missing target"),
         ({"target": 5432}, "field 'target' must be a str"),
         ({"target": "db:5432", "local_port": "15432"}, "field 'local_port' must be a number"),
@@ -184,7 +193,7 @@ def test_forward_request_parse(body, expected):
         ({"target": "db:5432", "name": 1}, "field 'name' must be a str"),
         ({"target": "db:5432", "bridge": 1}, "field 'bridge' must be a str"),
         ({"target": "db:5432", "local_host": 1}, "field 'local_host' must be a str"),
-        ({"target": "db"}, "bad address 'db': expected HOST:PORT"),
+        ({"target": "Not A Service"}, "bad address 'Not A Service': expected HOST:PORT"),
         ({"target": "db:5432", "local_port": 70000}, "bad local port 70000"),
         ({"target": "db:5432", "name": "PG"}, "bad forward name 'PG'"),
         ({"target": "db:5432", "local_host": "not a host"}, "bad host 'not a host'"),
