@@ -545,7 +545,7 @@ class Bridged:
         await call("POST", "bridges", body)
         fwd = await call("POST", "forwards", {"target": f"127.0.0.1:{self.target_port}",
                                              "name": "bench"})
-        port = int(fwd["local_port"])
+        port = int(fwd["forwards"][0]["local_port"])
         if not await asyncio.to_thread(echo_works, port):
             raise RuntimeError(f"bridged {self.carrier} forward does not echo")
         name = "bridged" if self.carrier == "tcp" else "bridged-ws"

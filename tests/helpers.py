@@ -34,6 +34,10 @@ class Daemon:
     async def public_key(self) -> str:
         return str((await self.status())["daemon"]["client_key"])
 
+    async def acli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """The CLI, without blocking this event loop (it may serve the stand-in API server)."""
+        return await asyncio.to_thread(self.cli, *args)
+
     def cli(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
         """Run the real ``bridged`` CLI against this daemon."""
         return subprocess.run(

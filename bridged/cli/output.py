@@ -112,7 +112,7 @@ def with_progress(client: Any, request: Callable[[], Any], *, quiet: bool = Fals
                     if spinner is not None:
                         spinner.update(step)
                     else:
-                        sys.stderr.write(f"bridged: {step}\n")
+                        sys.stderr.write(f"… {step}\n")  # errors alone start "bridged:"
         finally:
             if spinner is not None:
                 spinner.stop()

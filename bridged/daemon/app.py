@@ -21,7 +21,7 @@ from ..control.api import ControlServer
 from ..control.models import ForwardRequest
 from ..errors import ConfigError, Conflict, NotFound
 from ..keys import PinnedHostKeys, fingerprint, load_or_create_key, public_line
-from .bridge import Bridge, Forward, Intercept
+from .bridge import Bridge, Forward, Intercept, KeyRefused
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ class Daemon:
                 )
                 bridge.kube = kube
                 bridge.on_close = kube.close
-                await bridge.start()
+                await self._start_when_key_is_seen(bridge, progress)
             except BaseException:
                 await kube.close()
                 raise
@@ -167,6 +167,23 @@ class Daemon:
                 self.connecting.pop(name or "", None)
             self.bridges[name] = bridge
             return bridge
+
+    #: seconds to wait for the relay to see a newly added key: the kubelet refreshes Secret
+    #: volumes about once a minute (its sync period plus its cache TTL)
+    key_propagation_seconds = 150.0
+
+    async def _start_when_key_is_seen(self, bridge: Bridge, progress: Any) -> None:
+        deadline = asyncio.get_running_loop().time() + self.key_propagation_seconds
+        while True:
+            try:
+                await bridge.start()
+                return
+            except KeyRefused:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise
+                progress("waiting for the relay to see your key (Kubernetes refreshes "
+                         "mounted Secrets about once a minute)")
+                await asyncio.sleep(1.0)
 
     @property
     def key_entry(self) -> str:

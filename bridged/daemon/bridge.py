@@ -37,6 +37,10 @@ from .control_channel import ControlChannel
 log = logging.getLogger(__name__)
 
 
+class KeyRefused(SessionError):
+    """The relay does not (yet) accept this machine's key."""
+
+
 class _PinningClient(asyncssh.SSHClient):
     """Checks the relay's host key: against the key the relay published in the cluster (when
     there is one), and against the pin made on first contact."""
@@ -178,7 +182,7 @@ class Bridge:
                 ) from exc
             raise SessionError(f"relay host key not accepted: {exc.reason}") from exc
         except asyncssh.PermissionDenied as exc:
-            raise SessionError(
+            raise KeyRefused(
                 f"the relay at {self.relay} refused this machine's key "
                 f"{fingerprint(self.client_key)}",
                 hint="add the public key that 'bridged status --json' shows to the relay's "

@@ -45,8 +45,9 @@ async def open_websocket(kube: Kube, pod: str, port: int) -> aiohttp.ClientWebSo
     ws_api = WsApiClient(configuration=kube.configuration)
     core = client.CoreV1Api(ws_api)
     try:
-        ws = await core.connect_get_namespaced_pod_portforward(
+        pending = await core.connect_get_namespaced_pod_portforward(
             pod, kube.namespace, ports=port, _preload_content=False)
+        ws = await pending  # type: ignore[misc]  # the websocket handshake itself
     except ApiException as exc:
         await ws_api.close()
         raise translate(exc, f"cannot port-forward to pod {pod}") from exc

@@ -1,0 +1,122 @@
+"""A kubelet hook that runs the real ``bridged relay`` for the pods of bridged's Deployment.
+
+What a node would do for the pod, done on loopback:
+- the container's args are run as ``python -m bridged relay``, with its in-pod paths mapped
+  into a folder of the test and its listen addresses moved to free loopback ports (the pod's
+  containerPorts map to them, so ``pods/portforward`` reaches the relay's SSH server);
+- the Secret volume with the authorized keys is written as files and kept in sync while the
+  pod runs, as the kubelet does (faster than its minute, so tests need not wait);
+- the process talks to the API server as the pod's service account (a token user), through a
+  kubeconfig: what in-cluster config would give it;
+- Ready when the relay prints its ready line; the pod fails if the process exits early.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from .apiserver import Context, KubeApiServer, PodHandle, PodSandbox
+
+
+class RelayKubelet:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.api: KubeApiServer | None = None
+        self.processes: dict[str, asyncio.subprocess.Process] = {}
+        #: the image the pods may run; any other is ImagePullBackOff
+        self.pullable: set[str] | None = None
+
+    def attach(self, api: KubeApiServer) -> None:
+        self.api = api
+
+    async def __call__(self, sandbox: PodSandbox) -> PodHandle:
+        from .apiserver import ContainerWaiting
+
+        assert self.api is not None
+        pod = sandbox.pod
+        container = pod["spec"]["containers"][0]
+        if self.pullable is not None and container["image"] not in self.pullable:
+            raise ContainerWaiting("ImagePullBackOff",
+                                   f'Back-off pulling image "{container["image"]}"')
+        ns = sandbox.namespace
+        home = self.root / sandbox.name
+        (home / "run").mkdir(parents=True, exist_ok=True)
+        keys = home / "authorized-keys"
+        keys.mkdir(exist_ok=True)
+        sa = pod["spec"].get("serviceAccountName", "default")
+        user = self.api.add_user(f"system:serviceaccount:{ns}:{sa}",
+                                 ("system:serviceaccounts", f"system:serviceaccounts:{ns}"))
+        kubeconfig = self.api.write_kubeconfig(home / "kubeconfig",
+                                               [Context("in-cluster", user, ns)])
+        args = [_map(a, home) for a in container.get("args", [])]
+        # the test's "cluster services" live on loopback; intercepted ports stay on it too
+        args += ["--allow-loopback", "--intercept-host", "127.0.0.1"]
+        secret_name = next(v["secret"]["secretName"] for v in pod["spec"]["volumes"]
+                           if "secret" in v)
+        sync = asyncio.create_task(self._sync_secret(ns, secret_name, keys))
+        self._write_keys(ns, secret_name, keys)
+        log = (home / "relay.log").open("ab")
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bridged", "relay", *args,
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=log,
+            env={"PATH": "/usr/bin:/bin", "KUBECONFIG": str(kubeconfig), "HOME": str(home)},
+        )
+        log.close()
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), 30)
+        if not line:
+            sync.cancel()
+            await proc.wait()
+            tail = (home / "relay.log").read_text().strip().splitlines()[-1:]
+            raise ContainerWaiting("CrashLoopBackOff", tail[0] if tail else "exited")
+        ready = json.loads(line)
+        self.processes[sandbox.name] = proc
+
+        async def stop() -> None:
+            sync.cancel()
+            if proc.returncode is None:
+                proc.terminate()
+                try:
+                    await asyncio.wait_for(proc.wait(), 10)
+                except TimeoutError:
+                    proc.kill()
+                    await proc.wait()
+
+        return PodHandle(ports={2222: int(ready["ssh_port"]), 8080: int(ready["http_port"])},
+                         stop=stop, logs=lambda: (home / "relay.log").read_text())
+
+    def _write_keys(self, ns: str, name: str, folder: Path) -> None:
+        assert self.api is not None
+        secret: dict[str, Any] = self.api.get("secrets", ns, name) or {}
+        data = secret.get("data") or {}
+        for entry, value in data.items():
+            path = folder / entry
+            content = base64.b64decode(value)
+            if not path.exists() or path.read_bytes() != content:
+                path.write_bytes(content)
+        for path in folder.iterdir():
+            if path.name not in data:
+                path.unlink()
+
+    async def _sync_secret(self, ns: str, name: str, folder: Path) -> None:
+        with contextlib.suppress(asyncio.CancelledError):
+            while True:
+                await asyncio.sleep(0.1)  # the kubelet's volume sync, sped up
+                self._write_keys(ns, name, folder)
+
+
+def _map(arg: str, home: Path) -> str:
+    """In-pod paths into the test's folder; listen addresses onto free loopback ports."""
+    if arg.startswith("/var/run/bridged"):
+        return str(home / "run") + arg[len("/var/run/bridged"):]
+    if arg.startswith("/etc/bridged/authorized-keys"):
+        return str(home / "authorized-keys")
+    if arg in ("127.0.0.1:2222", "0.0.0.0:8080"):
+        return "127.0.0.1:0"
+    return arg

@@ -1,0 +1,248 @@
+"""bridged against the stand-in API server: the relay deployed and reached through the API
+server's port-forward, other developers, upgrades, failures, Services, clean-up."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bridged.control.client import ControlClient
+from bridged.kube import manifests as m
+from bridged.localrun import DaemonProcess
+
+from ..helpers import Daemon, assert_clean_log, eventually
+from .apiserver import Context, KubeApiServer
+from .relay_kubelet import RelayKubelet
+
+NS = "team-a"
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[KubeApiServer]:
+    kubelet = RelayKubelet(tmp_path / "node")
+    async with KubeApiServer(kubelet=kubelet, namespaces=[NS], bookmark_interval=0.2) as api:
+        kubelet.attach(api)
+        api.kubelet_hook = kubelet  # type: ignore[attr-defined]
+        kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig", [
+            Context("admin", api.admin, NS, auth="cert"),
+        ])
+        monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+        yield api
+
+
+async def _daemon(home: Path) -> Daemon:
+    process = await DaemonProcess(home).start()
+    return Daemon(process, ControlClient(process.socket))
+
+
+@pytest.fixture
+async def laptop(tmp_path: Path, cluster: KubeApiServer) -> AsyncIterator[Daemon]:
+    d = await _daemon(tmp_path / "laptop")
+    yield d
+    await d.process.stop()
+    assert_clean_log(d.process.log_path)
+
+
+def _keys(api: KubeApiServer) -> dict[str, str]:
+    secret = api.get("secrets", NS, m.AUTHORIZED_KEYS_SECRET) or {}
+    return {k: base64.b64decode(v).decode().strip() for k, v in (secret.get("data") or {}).items()}
+
+
+async def _echo_on(host: str, port: int) -> asyncio.Server:
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+
+    return await asyncio.start_server(echo, host, port)
+
+
+async def _roundtrip(port: int, payload: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(payload)
+    writer.write_eof()
+    data = await asyncio.wait_for(reader.read(), 30)
+    writer.close()
+    return data
+
+
+async def test_connect_from_scratch_deploys_a_locked_down_relay(
+    cluster: KubeApiServer, laptop: Daemon
+) -> None:
+    bridge = await laptop.call("POST", "bridges", {})
+    assert bridge["state"] == "connected"
+    assert bridge["relay"] == f"kube://admin/{NS}"
+    # every object is ours, labelled with the version
+    for plural, name in (("serviceaccounts", m.RELAY), ("roles", m.RELAY),
+                         ("rolebindings", m.RELAY), ("deployments", m.RELAY),
+                         ("secrets", m.AUTHORIZED_KEYS_SECRET),
+                         ("secrets", m.HOST_KEY_SECRET), ("configmaps", m.PUBLISHED_CONFIGMAP)):
+        obj = cluster.get(plural, NS, name)
+        assert obj is not None, (plural, name)
+        assert obj["metadata"]["labels"][m.MANAGED_BY] == "bridged"
+    # least privilege: two named objects, no create, no list
+    role = cluster.get("roles", NS, m.RELAY)
+    assert role is not None
+    assert all(r.get("resourceNames") and set(r["verbs"]) <= {"get", "update"}
+               for r in role["rules"])
+    pod_spec = cluster.get("deployments", NS, m.RELAY)["spec"]["template"]["spec"]  # type: ignore[index]
+    sc = pod_spec["containers"][0]["securityContext"]
+    assert sc["readOnlyRootFilesystem"] and not sc["allowPrivilegeEscalation"]
+    assert sc["capabilities"]["drop"] == ["ALL"] and pod_spec["securityContext"]["runAsNonRoot"]
+    # the developer's key is authorized, the relay's key published and pinned
+    key = await laptop.public_key()
+    assert list(_keys(cluster).values()) == [key]
+    published = (cluster.get("configmaps", NS, m.PUBLISHED_CONFIGMAP) or {})["data"]["host_key"]
+    assert published.startswith("ssh-ed25519 ")
+
+
+async def test_a_service_is_exposed_by_name_through_the_port_forward(
+    cluster: KubeApiServer, laptop: Daemon
+) -> None:
+    svc = cluster.apply({"apiVersion": "v1", "kind": "Service",
+                         "metadata": {"name": "redis", "namespace": NS},
+                         "spec": {"selector": {"app": "redis"},
+                                  "ports": [{"name": "client", "port": 6379}]}})
+    cluster_ip = svc["spec"]["clusterIP"]
+    server = await _echo_on(cluster_ip, 6379)  # the "cluster" answers on the ClusterIP
+    try:
+        await laptop.call("POST", "bridges", {})
+        made = (await laptop.call("POST", "forwards", {"target": "redis"}))["forwards"]
+        assert len(made) == 1
+        forward = made[0]
+        assert forward["remote_host"] == cluster_ip and forward["remote_port"] == 6379
+        assert forward["env"]["REDIS_SERVICE_PORT"] == str(forward["local_port"])
+        assert forward["env"]["REDIS_SERVICE_PORT_CLIENT"] == str(forward["local_port"])
+        payload = os.urandom(2 * 1024 * 1024)
+        assert await _roundtrip(forward["local_port"], payload) == payload
+        services = await laptop.call("GET", "services")
+        assert [(s["service"], s["exposed"]) for s in services] == [("redis", True)]
+        missing = await laptop.acli("expose", "no-such-service")
+        assert missing.returncode == 1 and "no Service 'no-such-service'" in missing.stderr
+    finally:
+        server.close()
+
+
+async def test_a_second_developer_joins_and_keys_are_kept(
+    cluster: KubeApiServer, laptop: Daemon, tmp_path: Path
+) -> None:
+    await laptop.call("POST", "bridges", {})
+    other = await _daemon(tmp_path / "bob")
+    try:
+        await other.call("POST", "bridges", {})
+        assert sorted(_keys(cluster).values()) == sorted(
+            [await laptop.public_key(), await other.public_key()])
+        pods = cluster.list("pods", NS)
+        assert len(pods) == 1  # joined, not redeployed
+        # bob leaves: his key goes, alice's stays, the relay stays
+        await other.call("DELETE", "bridges/admin-team-a")
+        assert list(_keys(cluster).values()) == [await laptop.public_key()]
+        assert cluster.get("deployments", NS, m.RELAY) is not None
+    finally:
+        await other.process.stop()
+
+
+async def test_an_older_relay_is_upgraded(
+    cluster: KubeApiServer, laptop: Daemon, tmp_path: Path
+) -> None:
+    await laptop.call("POST", "bridges", {})
+    first_pod = cluster.list("pods", NS)[0]["metadata"]["name"]
+    # what an older bridged left behind: the same objects, another version label
+    dep = cluster.get("deployments", NS, m.RELAY) or {}
+    dep["metadata"]["labels"][m.VERSION_LABEL] = "0.0.1"
+    cluster.apply(dep)
+    other = await _daemon(tmp_path / "bob")
+    try:
+        await other.call("POST", "bridges", {})  # finds 0.0.1: upgrades, then connects
+        dep = cluster.get("deployments", NS, m.RELAY) or {}
+        assert dep["metadata"]["labels"][m.VERSION_LABEL] != "0.0.1"
+        template = dep["spec"]["template"]["metadata"]["labels"]
+        assert template[m.VERSION_LABEL] == dep["metadata"]["labels"][m.VERSION_LABEL]
+        # the first developer's bridge survives the roll: same host key (kept in a Secret)
+        async def back() -> Any:
+            b = (await laptop.status())["bridges"][0]
+            return b["state"] == "connected"
+
+        await eventually(back, within=20, what="alice's bridge after the upgrade")
+        assert first_pod  # the old pod was replaced or kept, both are fine for the key
+    finally:
+        await other.process.stop()
+
+
+async def test_an_image_that_cannot_be_pulled_is_reported(
+    cluster: KubeApiServer, laptop: Daemon
+) -> None:
+    cluster.kubelet_hook.pullable = {m.DEFAULT_IMAGE}  # type: ignore[attr-defined]
+    result = await laptop.acli("connect", "--relay-image", "registry.invalid/relay:nope")
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("bridged: ")]
+    assert len(errors) == 1, result.stderr  # progress lines ("… step") aside
+    assert "cannot start: ImagePullBackOff" in errors[0]
+    assert "--relay-image" in errors[0]
+
+
+async def test_missing_rbac_rights_are_a_clear_error(
+    cluster: KubeApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    viewer = cluster.add_user("viewer")
+    cluster.grant(viewer, NS, [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}])
+    kubeconfig = cluster.write_kubeconfig(tmp_path / "viewer-kubeconfig",
+                                          [Context("viewer", viewer, NS)])
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    daemon = await _daemon(tmp_path / "viewer")
+    try:
+        result = await daemon.acli("connect")
+        assert result.returncode == 1
+        assert "Forbidden" in result.stderr or "forbidden" in result.stderr, result.stderr
+        assert "RBAC" in result.stderr
+        assert len([ln for ln in result.stderr.splitlines() if ln.startswith("bridged: ")]) == 1
+    finally:
+        await daemon.process.stop()
+
+
+async def test_a_dropped_port_forward_is_a_normal_reconnect(
+    cluster: KubeApiServer, laptop: Daemon, echo_server: int
+) -> None:
+    await laptop.call("POST", "bridges", {})
+    forward = (await laptop.call("POST", "forwards",
+                                 {"target": f"127.0.0.1:{echo_server}"}))["forwards"][0]
+    pod = cluster.list("pods", NS)[0]["metadata"]["name"]
+    dropped = await cluster.drop_portforwards(NS, pod)
+    assert dropped >= 1
+
+    async def reconnected() -> Any:
+        b = (await laptop.status())["bridges"][0]
+        return b["state"] == "connected" and b["connects"] == 2
+
+    await eventually(reconnected, within=15, what="the bridge to come back")
+    assert await _roundtrip(forward["local_port"], b"still here") == b"still here"
+
+
+async def test_clean_after_a_crash_removes_everything(
+    cluster: KubeApiServer, laptop: Daemon, tmp_path: Path
+) -> None:
+    await laptop.call("POST", "bridges", {})
+    os.kill(laptop.process.pid, signal.SIGKILL)  # the laptop dies without a goodbye
+    await laptop.process.proc.wait()  # type: ignore[union-attr]
+    fresh = await _daemon(tmp_path / "laptop")
+    try:
+        result = await fresh.acli("clean", "--json")
+        assert result.returncode == 0, result.stderr
+        for plural, name in (("deployments", m.RELAY), ("roles", m.RELAY),
+                             ("rolebindings", m.RELAY), ("serviceaccounts", m.RELAY),
+                             ("secrets", m.AUTHORIZED_KEYS_SECRET),
+                             ("secrets", m.HOST_KEY_SECRET),
+                             ("configmaps", m.PUBLISHED_CONFIGMAP)):
+            assert cluster.get(plural, NS, name) is None, (plural, name)
+        again = await fresh.acli("clean", "--json")  # idempotent
+        assert again.returncode == 0 and '"deleted": []' in again.stdout
+    finally:
+        await fresh.process.stop()
