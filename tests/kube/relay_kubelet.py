@@ -31,6 +31,8 @@ class RelayKubelet:
         self.processes: dict[str, asyncio.subprocess.Process] = {}
         #: the image the pods may run; any other is ImagePullBackOff
         self.pullable: set[str] | None = None
+        #: when set, every relay container crashes at start (CrashLoopBackOff)
+        self.crash: str | None = None
 
     def attach(self, api: KubeApiServer) -> None:
         self.api = api
@@ -44,6 +46,8 @@ class RelayKubelet:
         if self.pullable is not None and container["image"] not in self.pullable:
             raise ContainerWaiting("ImagePullBackOff",
                                    f'Back-off pulling image "{container["image"]}"')
+        if self.crash is not None:
+            raise ContainerWaiting("CrashLoopBackOff", self.crash)
         ns = sandbox.namespace
         home = self.root / sandbox.name
         (home / "run").mkdir(parents=True, exist_ok=True)

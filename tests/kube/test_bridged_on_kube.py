@@ -246,3 +246,61 @@ async def test_clean_after_a_crash_removes_everything(
         assert again.returncode == 0 and '"deleted": []' in again.stdout
     finally:
         await fresh.process.stop()
+
+
+async def test_a_crashing_relay_is_reported(cluster: KubeApiServer, laptop: Daemon) -> None:
+    cluster.kubelet_hook.crash = "back-off 10s restarting failed container=relay"  # type: ignore[attr-defined]
+    result = await laptop.acli("connect")
+    errors = [line for line in result.stderr.splitlines() if line.startswith("bridged: ")]
+    assert result.returncode == 1 and len(errors) == 1, result.stderr
+    assert "cannot start: CrashLoopBackOff" in errors[0] and "bridged-relay-" in errors[0]
+
+
+async def test_merged_kubeconfigs_context_and_namespace_flags(
+    cluster: KubeApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dev = cluster.add_user("dev")  # a token user in a second file
+    cluster.grant(dev, None, [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}])
+    first = cluster.write_kubeconfig(tmp_path / "a", [Context("admin", cluster.admin, NS,
+                                                              auth="cert")])
+    second = cluster.write_kubeconfig(tmp_path / "b", [Context("dev", dev, "default")])
+    monkeypatch.setenv("KUBECONFIG", f"{first}:{second}")
+    cluster.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team-b"}})
+    daemon = await _daemon(tmp_path / "dev")
+    try:
+        result = await daemon.acli("connect", "--context", "dev", "-n", "team-b", "--json")
+        assert result.returncode == 0, result.stderr
+        assert '"relay": "kube://dev/team-b"' in result.stdout
+        assert cluster.get("deployments", "team-b", m.RELAY) is not None
+        assert cluster.get("deployments", NS, m.RELAY) is None  # the current context's: untouched
+    finally:
+        await daemon.process.stop()
+
+
+async def test_with_two_replicas_a_reconnect_lands_on_a_ready_pod(
+    cluster: KubeApiServer, laptop: Daemon, echo_server: int
+) -> None:
+    await laptop.call("POST", "bridges", {})
+    dep = cluster.get("deployments", NS, m.RELAY) or {}
+    dep["spec"]["replicas"] = 2
+    cluster.apply(dep)
+
+    async def two_ready() -> bool:
+        pods = [p for p in cluster.list("pods", NS) if any(
+            c["type"] == "Ready" and c["status"] == "True"
+            for c in (p.get("status") or {}).get("conditions") or [])]
+        return len(pods) == 2
+
+    await eventually(two_ready, within=20, what="two Ready relay pods")
+    forward = (await laptop.call("POST", "forwards",
+                                 {"target": f"127.0.0.1:{echo_server}"}))["forwards"][0]
+    for pod in cluster.list("pods", NS):  # cut every port-forward, whichever pod it used
+        await cluster.drop_portforwards(NS, pod["metadata"]["name"])
+
+    async def reconnected() -> Any:
+        b = (await laptop.status())["bridges"][0]
+        return b["state"] == "connected" and b["connects"] >= 2
+
+    await eventually(reconnected, within=15, what="the bridge to reconnect")
+    # both replicas share the host key (a Secret): no pin conflict whichever pod answered
+    assert await _roundtrip(forward["local_port"], b"via a replica") == b"via a replica"
