@@ -9,6 +9,7 @@ exec-plugin users work through kubernetes-asyncio's loader.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,3 +118,43 @@ def _incluster_namespace() -> str:
             return f.read().strip() or "default"
     except OSError:
         return "default"
+
+
+DataChange = Callable[[dict[str, str]], "dict[str, str] | None"]
+
+
+async def update_data(kube: Kube, kind: str, name: str, change: DataChange,
+                      *, attempts: int = 10) -> dict[str, str] | None:
+    """Read-modify-write of a Secret's or ConfigMap's ``data``, safe with concurrent writers:
+    the replace carries the resourceVersion that was read, and a 409 Conflict starts over.
+
+    ``change`` gets the current data and returns the new data, or None to leave the object
+    as it is. Returns the data the object ends with, or None if it does not exist.
+    """
+    read: Any
+    replace: Any
+    read, replace = {
+        "Secret": (kube.core.read_namespaced_secret, kube.core.replace_namespaced_secret),
+        "ConfigMap": (kube.core.read_namespaced_config_map,
+                      kube.core.replace_namespaced_config_map),
+    }[kind]
+    ns = kube.namespace
+    for _ in range(attempts):
+        try:
+            obj = await read(name, ns)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise translate(exc, f"cannot read {kind} {name}") from exc
+        current = dict(obj.data or {})
+        new = change(current)
+        if new is None:
+            return current
+        obj.data = new
+        try:
+            await replace(name, ns, obj)
+            return new
+        except ApiException as exc:
+            if exc.status != 409:
+                raise translate(exc, f"cannot update {kind} {name}") from exc
+    raise KubeError(f"{kind} {name} kept changing under us; try again")

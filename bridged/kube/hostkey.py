@@ -14,11 +14,10 @@ import logging
 from pathlib import Path
 
 import asyncssh
-from kubernetes_asyncio.client.exceptions import ApiException
 
 from ..errors import KubeError
 from ..keys import public_line, write_private
-from .client import Kube, translate
+from .client import Kube, update_data
 
 log = logging.getLogger(__name__)
 FIELD = "ssh_host_ed25519_key"
@@ -26,41 +25,22 @@ FIELD = "ssh_host_ed25519_key"
 
 async def load_or_publish(kube: Kube, secret: str, configmap: str, path: Path) -> None:
     """Leave the shared host key at ``path`` and publish its public half."""
-    ns = kube.namespace
-    for _ in range(10):
-        try:
-            current = await kube.core.read_namespaced_secret(secret, ns)
-        except ApiException as exc:
-            raise translate(exc, f"cannot read Secret {secret}") from exc
-        stored = (current.data or {}).get(FIELD)
-        if stored:
-            key = asyncssh.import_private_key(base64.b64decode(stored))
-            break
+
+    def keep_or_make(data: dict[str, str]) -> dict[str, str] | None:
+        if data.get(FIELD):
+            return None  # another replica, or an earlier start, made it
         key = asyncssh.generate_private_key("ssh-ed25519", comment="bridged-relay")
-        current.data = {FIELD: base64.b64encode(key.export_private_key()).decode()}
-        try:
-            await kube.core.replace_namespaced_secret(secret, ns, current)
-            log.info("made a new host key and stored it in Secret %s", secret)
-            break
-        except ApiException as exc:
-            if exc.status != 409:
-                raise translate(exc, f"cannot store the host key in Secret {secret}") from exc
-    else:
-        raise KubeError(f"Secret {secret} kept changing; cannot settle on a host key")
+        log.info("making a new host key, kept in Secret %s", secret)
+        return {**data, FIELD: base64.b64encode(key.export_private_key()).decode()}
+
+    data = await update_data(kube, "Secret", secret, keep_or_make)
+    if data is None:
+        raise KubeError(f"Secret {secret} is missing", hint="run bridged connect again")
+    key = asyncssh.import_private_key(base64.b64decode(data[FIELD]))
     write_private(path, key.export_private_key())
     line = public_line(key)
-    for _ in range(10):
-        try:
-            cm = await kube.core.read_namespaced_config_map(configmap, ns)
-        except ApiException as exc:
-            raise translate(exc, f"cannot read ConfigMap {configmap}") from exc
-        if (cm.data or {}).get("host_key") == line:
-            return
-        cm.data = {**(cm.data or {}), "host_key": line}
-        try:
-            await kube.core.replace_namespaced_config_map(configmap, ns, cm)
-            return
-        except ApiException as exc:
-            if exc.status != 409:
-                raise translate(exc, f"cannot publish the host key in {configmap}") from exc
-    raise KubeError(f"ConfigMap {configmap} kept changing; host key not published")
+    published = await update_data(
+        kube, "ConfigMap", configmap,
+        lambda d: None if d.get("host_key") == line else {**d, "host_key": line})
+    if published is None:
+        raise KubeError(f"ConfigMap {configmap} is missing", hint="run bridged connect again")

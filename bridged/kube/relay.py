@@ -20,7 +20,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from .. import __version__
 from ..errors import KubeError
 from . import manifests as m
-from .client import Kube, translate
+from .client import Kube, translate, update_data
 
 Progress = Callable[[str], None]
 
@@ -56,55 +56,33 @@ async def _create_if_absent(kube: Kube, kind: str, body: dict[str, Any]) -> bool
 
 async def authorize_key(kube: Kube, public_key_line: str, entry: str) -> None:
     """Add one developer's key to the shared Secret, keeping everyone else's."""
-    ns, name = kube.namespace, m.AUTHORIZED_KEYS_SECRET
+    name = m.AUTHORIZED_KEYS_SECRET
     encoded = base64.b64encode(public_key_line.strip().encode() + b"\n").decode()
-    for _ in range(10):
-        try:
-            secret = await kube.core.read_namespaced_secret(name, ns)
-        except ApiException as exc:
-            if exc.status != 404:
-                raise translate(exc, f"cannot read Secret {name}") from exc
-            body = m.empty_secret(name, ns)
-            body["data"] = {entry: encoded}
-            if await _create_if_absent(kube, "Secret", body):
-                return
-            continue  # somebody created it meanwhile: merge into theirs
-        data = dict(secret.data or {})
-        if data.get(entry) == encoded:
+    for _ in range(3):
+        found = await update_data(
+            kube, "Secret", name,
+            lambda data: None if data.get(entry) == encoded else {**data, entry: encoded})
+        if found is not None:
             return
-        data[entry] = encoded
-        secret.data = data
-        try:  # replace with the resourceVersion we read: a concurrent writer gives 409
-            await kube.core.replace_namespaced_secret(name, ns, secret)
+        body = m.empty_secret(name, kube.namespace)
+        body["data"] = {entry: encoded}
+        if await _create_if_absent(kube, "Secret", body):
             return
-        except ApiException as exc:
-            if exc.status != 409:
-                raise translate(exc, f"cannot update Secret {name}") from exc
+        # somebody created it meanwhile: merge into theirs
     raise KubeError(f"Secret {name} kept changing under us; try again")
 
 
 async def remove_key(kube: Kube, entry: str) -> bool:
     """Remove one developer's key (``bridged disconnect``); other keys are kept."""
-    ns, name = kube.namespace, m.AUTHORIZED_KEYS_SECRET
-    for _ in range(10):
-        try:
-            secret = await kube.core.read_namespaced_secret(name, ns)
-        except ApiException as exc:
-            if exc.status == 404:
-                return False
-            raise translate(exc, f"cannot read Secret {name}") from exc
-        data = dict(secret.data or {})
-        if entry not in data:
-            return False
-        del data[entry]
-        secret.data = data
-        try:
-            await kube.core.replace_namespaced_secret(name, ns, secret)
-            return True
-        except ApiException as exc:
-            if exc.status != 409:
-                raise translate(exc, f"cannot update Secret {name}") from exc
-    raise KubeError(f"Secret {name} kept changing under us; try again")
+    removed = False
+
+    def without(data: dict[str, str]) -> dict[str, str] | None:
+        nonlocal removed
+        removed = entry in data
+        return {k: v for k, v in data.items() if k != entry} if removed else None
+
+    await update_data(kube, "Secret", m.AUTHORIZED_KEYS_SECRET, without)
+    return removed
 
 
 async def ensure_relay(
