@@ -16,6 +16,10 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document f
 BridgeOpt = Annotated[
     str | None, typer.Option("--bridge", help="Which relay connection (when several).")
 ]
+ContextOpt = Annotated[str | None, typer.Option(help="Kube context (default: current).")]
+NamespaceOpt = Annotated[
+    str | None, typer.Option("--namespace", "-n", help="Namespace (default: the context's).")
+]
 NoStartOpt = Annotated[
     bool, typer.Option("--no-start", help="Fail instead of starting the daemon.")
 ]
@@ -35,10 +39,8 @@ def register(app: typer.Typer) -> None:
         url: Annotated[str | None, typer.Argument(
             help="Relay address tcp://HOST:PORT or ws(s)://HOST/ssh; none: the kube context's"
         )] = None,
-        context: Annotated[str | None, typer.Option(help="Kube context (default: current).")]
-            = None,
-        namespace: Annotated[str | None, typer.Option(
-            "--namespace", "-n", help="Namespace (default: the context's).")] = None,
+        context: ContextOpt = None,
+        namespace: NamespaceOpt = None,
         relay_image: Annotated[str | None, typer.Option(help="Relay image to deploy.")] = None,
         name: Annotated[str | None, typer.Option(help="Name of this bridge.")] = None,
         token_file: Annotated[
@@ -164,10 +166,8 @@ def register(app: typer.Typer) -> None:
     @app.command()
     @handles_errors
     def clean(
-        context: Annotated[str | None, typer.Option(help="Kube context (default: current).")]
-            = None,
-        namespace: Annotated[str | None, typer.Option(
-            "--namespace", "-n", help="Namespace (default: the context's).")] = None,
+        context: ContextOpt = None,
+        namespace: NamespaceOpt = None,
         json_out: JsonOpt = False,
     ) -> None:
         """Remove everything bridged made in the namespace (works with a broken relay)."""
