@@ -6,7 +6,13 @@ Paths (each to the same echo/sink server, which runs in its own process on uvloo
 - ``openssh``    ``ssh -L`` through Debian's ``sshd``, started here on a free port with its own
                  keys and config (aes128-gcm@openssh.com both ways); skipped if sshd is absent;
 - ``bridged``    a real relay and daemon (bridged.localrun), tcp carrier, a forward;
-- ``bridged-ws`` the same over the websocket carrier.
+- ``bridged-ws`` the same over the websocket carrier;
+- ``bridged-kube`` the same over the ``kube`` carrier: the daemon deploys the relay through the
+                 stand-in Kubernetes API server of ``tests/kube`` (its own process,
+                 ``--serve-kube``, TLS, the ``RelayKubelet`` hook running the real
+                 ``bridged relay`` as the pod) and reaches it through the server's
+                 ``pods/portforward`` websocket (``v4.channel.k8s.io``); the API server's CPU is
+                 reported beside the tunnel's.
 
 Measured, per path: one-stream upload and download and an 8-stream upload (MB/s = bytes / s /
 1e6), request/response round trips of 100 bytes (p50/p99, µs), time to open a forwarded stream
@@ -17,10 +23,11 @@ idle meanwhile) and, for the 1000 streams, a private uvloop in a thread.
 
 Usage::
 
-    .venv/bin/python bench/tunnel.py            # full run, a table (about 75 s)
+    .venv/bin/python bench/tunnel.py            # full run, a table (about 80 s)
     .venv/bin/python bench/tunnel.py --quick    # shorter
     .venv/bin/python bench/tunnel.py --json     # the table, then one JSON object on the last line
     .venv/bin/python bench/tunnel.py --profile /tmp/prof   # + py-spy of daemon and relay
+    .venv/bin/python bench/tunnel.py --paths tcp,bridged-ws,bridged-kube
 
 This is a benchmark, not a test: it never fails on a slow result; it exits non-zero only when a
 path cannot be set up or a transfer is wrong.
@@ -155,6 +162,45 @@ def serve() -> None:
         stop = asyncio.Event()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         await stop.wait()
+
+    uvloop.run(main())
+
+
+#: the namespace the bench's kube bridge uses on the stand-in API server
+KUBE_NS = "bench"
+
+
+def serve_kube() -> None:
+    """The stand-in Kubernetes API server of ``tests/kube`` (TLS, the ``RelayKubelet`` hook that
+    runs the real ``bridged relay`` for the relay Deployment's pods), on uvloop, until stdin
+    closes (or SIGTERM). Prints one JSON line on stdout once it listens: the kubeconfig it
+    wrote (an ``admin`` context by client certificate, namespace ``KUBE_NS``), its URL and pid.
+    The relay pods are child processes of this one."""
+    import uvloop
+
+    from tests.kube.apiserver import Context, KubeApiServer
+    from tests.kube.relay_kubelet import RelayKubelet
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        with tempfile.TemporaryDirectory(prefix="bridged-bench-kube-") as tmp:
+            work = Path(tmp)
+            kubelet = RelayKubelet(work / "node")
+            async with KubeApiServer(tls=True, kubelet=kubelet, namespaces=[KUBE_NS]) as api:
+                kubelet.attach(api)
+                kubeconfig = api.write_kubeconfig(
+                    work / "kubeconfig", [Context("admin", api.admin, KUBE_NS, auth="cert")])
+                print(json.dumps({"kubeconfig": str(kubeconfig), "url": api.url,
+                                  "namespace": KUBE_NS, "pid": os.getpid()}), flush=True)
+
+                def until_stdin_closes() -> None:
+                    sys.stdin.buffer.read()
+                    loop.call_soon_threadsafe(stop.set)
+
+                threading.Thread(target=until_stdin_closes, daemon=True).start()
+                await stop.wait()
 
     uvloop.run(main())
 
@@ -408,6 +454,16 @@ class Path_:
     #: tunnel processes: label -> pid (RSS and CPU are read from these)
     procs: dict[str, int] = field(default_factory=dict)
     note: str = ""
+    #: labels whose CPU is their own process's alone, not their descendants' too (the stand-in
+    #: API server: the relay pod is its child and has a column of its own)
+    solo: frozenset[str] = frozenset()
+
+    def cpu(self, label: str) -> float:
+        pid = self.procs[label]
+        if label in self.solo:
+            st = _stat(pid)
+            return _precise_cpu(pid, st[1]) if st is not None else 0.0
+        return tree_cpu(pid)
 
 
 def free_port() -> int:
@@ -559,6 +615,111 @@ class Bridged:
                     await p.stop()
 
 
+def kube_standin_missing() -> str | None:
+    """Why the stand-in API server cannot run here (None: it can)."""
+    if not (ROOT / "tests" / "kube" / "apiserver.py").exists():
+        return f"{ROOT / 'tests' / 'kube'} not found (a source checkout has it)"
+    try:
+        import tests.kube.apiserver
+        import tests.kube.relay_kubelet  # noqa: F401
+    except ImportError as exc:
+        return f"the stand-in API server does not import: {exc}"
+    return None
+
+
+class BridgedKube:
+    """The stand-in API server (``--serve-kube``, a process of its own), a daemon whose
+    KUBECONFIG points at it, ``POST /v1/bridges {}`` (deploys the relay, whose pod the server's
+    kubelet hook runs as a real ``bridged relay`` child process, and connects through the
+    server's ``pods/portforward`` websocket), and one forward to the server."""
+
+    def __init__(self, workdir: Path, target_port: int) -> None:
+        self.dir = workdir
+        self.target_port = target_port
+        self.server: subprocess.Popen[bytes] | None = None
+        self.daemon: Any = None
+
+    def _start_server(self) -> dict[str, Any]:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        log_file = (self.dir / "apiserver.log").open("ab")
+        self.server = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "--serve-kube"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log_file, cwd=ROOT)
+        log_file.close()
+        assert self.server.stdout is not None
+        line = self.server.stdout.readline()
+        if not line:
+            self.server.wait(10)
+            raise RuntimeError("the stand-in API server did not start: "
+                               + (self.dir / "apiserver.log").read_text()[-500:])
+        return dict(json.loads(line))
+
+    def _relay_pid(self) -> int:
+        """The relay pod's process: the server's child running ``bridged relay``."""
+        assert self.server is not None
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            st = _stat(int(entry))
+            if st is None or st[0] != self.server.pid:
+                continue
+            with contextlib.suppress(OSError):
+                argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+                if b"bridged" in argv and b"relay" in argv:
+                    return int(entry)
+        raise RuntimeError("no relay process under the stand-in API server")
+
+    async def start(self) -> Path_:
+        from bridged.control.client import ControlClient
+        from bridged.localrun import DaemonProcess
+
+        info = await asyncio.to_thread(self._start_server)
+        kubeconfig = str(info["kubeconfig"])
+
+        class KubeDaemon(DaemonProcess):
+            @property
+            def env(self) -> dict[str, str]:
+                return {**super().env, "KUBECONFIG": kubeconfig}
+
+        self.daemon = KubeDaemon(self.dir / "daemon")
+        await self.daemon.start()
+        # deploying the relay (objects, a pod, the relay starting) takes a few seconds
+        client = ControlClient(self.daemon.socket, timeout=120)
+
+        async def call(method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+            return await asyncio.to_thread(client.request, method, path, body)
+
+        bridge = await call("POST", "bridges", {})
+        if bridge.get("state") != "connected":
+            raise RuntimeError(f"the kube bridge is {bridge.get('state')!r}: {bridge}")
+        fwd = await call("POST", "forwards", {"target": f"127.0.0.1:{self.target_port}",
+                                             "name": "bench"})
+        port = int(fwd["forwards"][0]["local_port"])
+        if not await asyncio.to_thread(echo_works, port):
+            raise RuntimeError("bridged kube forward does not echo")
+        relay = await asyncio.to_thread(self._relay_pid)
+        assert self.server is not None
+        return Path_("bridged-kube", port,
+                     {"daemon": self.daemon.pid, "relay": relay, "apiserver": self.server.pid},
+                     note=f"bridged, kube carrier via the stand-in API server {info['url']}",
+                     solo=frozenset({"apiserver"}))
+
+    async def stop(self) -> None:
+        if self.daemon is not None:
+            with contextlib.suppress(Exception):
+                await self.daemon.stop()
+        server = self.server
+        if server is not None and server.poll() is None:
+            assert server.stdin is not None
+            with contextlib.suppress(OSError):
+                server.stdin.close()  # the server stops its pods and exits
+            try:
+                await asyncio.to_thread(server.wait, 20)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                await asyncio.to_thread(server.wait)
+
+
 # ============================================================================================
 # the run
 # ============================================================================================
@@ -605,7 +766,7 @@ async def measure(paths: list[Path_], plan: Plan, profile_dir: Path | None
     # throughput: interleave the paths in each repetition so drifts hit all alike
     for rep in range(plan.reps):
         for p in paths:
-            before = {k: tree_cpu(pid) for k, pid in p.procs.items()}
+            before = {k: p.cpu(k) for k in p.procs}
             t0, t1 = await asyncio.to_thread(upload, p.port, plan.upload_bytes)
             add(p, "upload_mbps", plan.upload_bytes / (t1 - t0) / 1e6)
             secs = await asyncio.to_thread(download, p.port, plan.upload_bytes)
@@ -614,8 +775,8 @@ async def measure(paths: list[Path_], plan: Plan, profile_dir: Path | None
             secs = await asyncio.to_thread(upload_parallel, p.port, plan.parallel_streams,
                                            plan.parallel_bytes_each)
             add(p, "parallel_mbps", total / secs / 1e6)
-            for k, pid in p.procs.items():
-                cpu[p.name][k] += tree_cpu(pid) - before[k]
+            for k in p.procs:
+                cpu[p.name][k] += p.cpu(k) - before[k]
             moved[p.name] += 2 * plan.upload_bytes + total
         log(f"throughput repetition {rep + 1}/{plan.reps} done")
 
@@ -624,14 +785,14 @@ async def measure(paths: list[Path_], plan: Plan, profile_dir: Path | None
     lat_cpu: dict[str, dict[str, list[float]]] = {p.name: {} for p in paths}
     for _ in range(plan.latency_reps):
         for p in paths:
-            before = {k: tree_cpu(pid) for k, pid in p.procs.items()}
+            before = {k: p.cpu(k) for k in p.procs}
             rtts = await asyncio.to_thread(round_trips, p.port, plan.rtt_count, 100, 200)
-            mid = {k: tree_cpu(pid) for k, pid in p.procs.items()}
+            mid = {k: p.cpu(k) for k in p.procs}
             add(p, "rtt_p50_us", pct(rtts, 50))
             add(p, "rtt_p99_us", pct(rtts, 99))
             opens = await asyncio.to_thread(open_times, p.port, plan.open_count)
             await asyncio.sleep(0.05)  # the last close reaches the tunnel
-            end = {k: tree_cpu(pid) for k, pid in p.procs.items()}
+            end = {k: p.cpu(k) for k in p.procs}
             add(p, "open_p50_us", pct(opens, 50))
             add(p, "open_p99_us", pct(opens, 99))
             for k in p.procs:
@@ -716,7 +877,8 @@ def profile(paths: list[Path_], plan: Plan, out: Path) -> None:
 
 #: leaf frames py-spy reports for a thread that is waiting, not working
 _IDLE_LEAVES = ("Runner.run (asyncio/runners.py", "_worker (concurrent/futures/thread.py",
-                "run (uvloop/__init__.py", "select (selectors.py", "wait (threading.py")
+                "run (uvloop/__init__.py", "select (selectors.py", "wait (threading.py",
+                "serve_kube.<locals>.main.<locals>.until_stdin_closes (")
 
 
 def summarize_raw(path: Path, top: int = 30) -> str:
@@ -770,36 +932,41 @@ def fmt_procs(d: dict[str, Any] | None, unit: str = "") -> str:
                     for k, v in d.items())
 
 
+#: ratio columns of the table: (numerator path, denominator path, heading)
+RATIOS = [("bridged", "openssh", "bridged/openssh"), ("bridged-kube", "bridged-ws", "kube/ws")]
+
+
 def table(res: dict[str, dict[str, Any]]) -> str:
     names = [n for n in res if not n.startswith("_")]
-    ratio_of = "openssh" if "openssh" in res else None
-    head = ["metric", *names] + (["bridged/openssh"] if ratio_of and "bridged" in res else [])
+    ratios = [(a, b, h) for a, b, h in RATIOS if a in res and b in res]
+    head = ["metric", *names, *(h for _, _, h in ratios)]
     rows = [head]
     for key, label, f, _ in ROWS:
         row = [label]
         for n in names:
             v = res[n].get(key)
             row.append(f.format(v) if isinstance(v, (int, float)) else "-")
-        if len(head) > len(row):
-            a, b = res["bridged"].get(key), res["openssh"].get(key)
+        for a_name, b_name, _ in ratios:
+            a, b = res[a_name].get(key), res[b_name].get(key)
             row.append(f"{a / b:.2f}x" if a and b else "-")
         rows.append(row)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    widths = [max(len(cells[i]) for cells in rows) for i in range(len(head))]
     lines = []
-    for i, r in enumerate(rows):
+    for i, cells in enumerate(rows):
         lines.append("  ".join(c.ljust(widths[j]) if j == 0 else c.rjust(widths[j])
-                               for j, c in enumerate(r)))
+                               for j, c in enumerate(cells)))
         if i == 0:
             lines.append("  ".join("-" * w for w in widths))
     lines.append("")
+    w = max(len(n) for n in names)
     for n in names:
         r = res[n]
         if not r.get("cpu_seconds_per_gb"):
             continue
-        lines.append(f"{n:<11} CPU s/GB: {fmt_procs(r.get('cpu_seconds_per_gb'))};  "
+        lines.append(f"{n:<{w}} CPU s/GB: {fmt_procs(r.get('cpu_seconds_per_gb'))};  "
                      f"CPU µs per round trip: {fmt_procs(r.get('cpu_us_per_round_trip'))}, "
                      f"per stream (open+echo+close): {fmt_procs(r.get('cpu_us_per_stream'))}")
-        lines.append(f"{'':<11} RSS MiB idle: {fmt_procs(r.get('idle_rss_mib'))}, with 1000 open: "
+        lines.append(f"{'':<{w}} RSS MiB idle: {fmt_procs(r.get('idle_rss_mib'))}, with 1000 open: "
                      f"{fmt_procs(r.get('rss_after_concurrent_mib'))}, peak: "
                      f"{fmt_procs(r.get('peak_rss_mib'))}"
                      + (f";  failed streams: {r['concurrent_failures']}"
@@ -833,6 +1000,21 @@ def summary(res: dict[str, dict[str, Any]], seconds: float, quick: bool,
         "rtt_p99_ratio_vs_openssh": ratio("rtt_p99_us"),
         "open_p50_ratio_vs_openssh": ratio("open_p50_us"),
     }
+    k, ws = res.get("bridged-kube", {}), res.get("bridged-ws", {})
+
+    def vs_ws(key: str) -> float | None:
+        if not k.get(key) or not ws.get(key):
+            return None
+        return round(k[key] / ws[key], 3)
+
+    # the kube carrier beside the plain websocket one: its own overhead (port-forward framing,
+    # one more hop through an API server), not the stand-in's speed, is what carries over
+    out["kube_throughput_ratio_vs_ws"] = vs_ws("upload_mbps")
+    out["kube_rtt_p50_ratio_vs_ws"] = vs_ws("rtt_p50_us")
+    out["kube_download_ratio_vs_ws"] = vs_ws("download_mbps")
+    out["kube_parallel_ratio_vs_ws"] = vs_ws("parallel_mbps")
+    out["kube_apiserver_cpu_seconds_per_gb"] = (
+        k.get("cpu_seconds_per_gb") or {}).get("apiserver")
     tp, rt = out["throughput_ratio_vs_openssh"], out["rtt_p50_ratio_vs_openssh"]
     cs, dr = out["concurrent_1000_seconds"], out["daemon_rss_mib"]
     out["targets_met"] = {
@@ -881,7 +1063,7 @@ async def run(args: argparse.Namespace) -> int:
         server, target = await asyncio.to_thread(start_server)
         paths: list[Path_] = []
         openssh: OpenSSH | None = None
-        bridges: list[Bridged] = []
+        bridges: list[Bridged | BridgedKube] = []
         try:
             if "tcp" in wanted:
                 paths.append(Path_("tcp", target, {"server": server.pid}, "loopback TCP"))
@@ -899,11 +1081,21 @@ async def run(args: argparse.Namespace) -> int:
                     b = Bridged(work / name, target, carrier)
                     bridges.append(b)
                     paths.append(await b.start())
+            if "bridged-kube" in wanted:
+                missing = await asyncio.to_thread(kube_standin_missing)
+                if missing:
+                    msg = f"{missing}: skipping the bridged-kube column"
+                    log(msg)
+                    skipped["bridged-kube"] = msg
+                else:
+                    kb = BridgedKube(work / "bridged-kube", target)
+                    bridges.append(kb)
+                    paths.append(await kb.start())
             log("paths ready: " + ", ".join(f"{p.name} on :{p.port}" for p in paths))
             res = await measure(paths, plan, Path(args.profile) if args.profile else None)
         finally:
-            for b in bridges:
-                await b.stop()
+            for tunnel in bridges:
+                await tunnel.stop()
             if openssh is not None:
                 openssh.stop()
             server.terminate()
@@ -926,20 +1118,30 @@ async def run(args: argparse.Namespace) -> int:
     return 0
 
 
+PATHS = ("tcp", "openssh", "bridged", "bridged-ws", "bridged-kube")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer bytes and repetitions")
     ap.add_argument("--json", action="store_true", help="one JSON object on the last line")
-    ap.add_argument("--paths", default="tcp,openssh,bridged,bridged-ws",
-                    help="comma-separated subset of tcp,openssh,bridged,bridged-ws")
+    ap.add_argument("--paths", default=",".join(PATHS),
+                    help=f"comma-separated subset of {','.join(PATHS)}")
     ap.add_argument("--profile", metavar="DIR",
                     help="after the measurements, py-spy record the bridged processes during a "
                     "long upload and download into DIR (raw stacks and a .top summary)")
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--serve-kube", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
         serve()
         return 0
+    if args.serve_kube:
+        serve_kube()
+        return 0
+    unknown = [n for n in args.paths.split(",") if n not in PATHS]
+    if unknown:
+        ap.error(f"unknown path(s) {', '.join(unknown)}: choose from {','.join(PATHS)}")
     return asyncio.run(run(args))
 
 
