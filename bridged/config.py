@@ -231,6 +231,7 @@ class ForwardSpec:
     local_port: int = 0
     #: the Service it was resolved from, if any (for env variables and `bridged services`)
     service: str | None = None
+    service_namespace: str = ""
     service_port_name: str = ""
 
     @classmethod

@@ -165,6 +165,54 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     @handles_errors
+    def env(
+        ref: Annotated[str, typer.Argument(help="deploy/NAME, statefulset/NAME or pod/NAME")],
+        container: Annotated[str | None, typer.Option("--container", "-c")] = None,
+        output: Annotated[Path | None, typer.Option("--output", "-o",
+                                                    help="File to write (default: stdout).")]
+            = None,
+        fmt: Annotated[str, typer.Option("--format", help="dotenv, json or shell.")] = "dotenv",
+        bridge: BridgeOpt = None,
+        json_out: JsonOpt = False,
+    ) -> None:
+        """The workload's environment as the kubelet builds it, Service addresses made local."""
+        result = _client(no_start=True).post("env", {"ref": ref, "container": container,
+                                                     "format": fmt, "bridge": bridge})
+        for note in result["notes"]:
+            typer.echo(f"note: {note}", err=True)
+        if output is not None:
+            # a file holding Secret values is readable by its owner only
+            _write_file(output, result["text"], 0o600 if result["secret"] else 0o644)
+            if result["secret"]:
+                typer.echo(f"note: {output} holds Secret values ({len(result['secret_names'])}"
+                           " variables); it is readable by you only", err=True)
+        if json_out:
+            emit(result, True)
+        elif output is None:
+            typer.echo(result["text"], nl=False)
+        else:
+            typer.echo(f"wrote the environment of {ref} ({result['container']}) to {output}")
+
+    @app.command()
+    @handles_errors
+    def files(
+        ref: Annotated[str, typer.Argument(help="deploy/NAME, statefulset/NAME or pod/NAME")],
+        output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write into.")],
+        container: Annotated[str | None, typer.Option("--container", "-c")] = None,
+        bridge: BridgeOpt = None,
+        json_out: JsonOpt = False,
+    ) -> None:
+        """The workload's ConfigMap, Secret and downward-API volumes, as local files."""
+        result = _client(no_start=True).post("files", {
+            "ref": ref, "container": container, "out_dir": str(output.resolve()),
+            "bridge": bridge})
+        for note in result["skipped"]:
+            typer.echo(f"note: not written: {note}", err=True)
+        emit(result, json_out, lambda r: typer.echo(
+            f"wrote {len(r['files'])} files of {ref} under {output}"))
+
+    @app.command()
+    @handles_errors
     def clean(
         context: ContextOpt = None,
         namespace: NamespaceOpt = None,
@@ -219,3 +267,23 @@ def _print_status(s: dict[str, Any]) -> None:
              i["error"] or i["last_error"]]
             for i in s["intercepts"]
         ])
+
+
+def _write_file(path: Path, text: str, mode: int) -> None:
+    """Atomically, born with ``mode``: never readable by others, not even for a moment."""
+    import os
+    import tempfile
+
+    directory = path.parent if str(path.parent) else Path(".")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
+    except OSError as exc:
+        raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from None
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -38,6 +38,14 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return web.json_response(error_body(error), status=500)
 
 
+def _strings(body: dict[str, Any], *names: str) -> list[str | None]:
+    values = [body.get(n) for n in names]
+    for name, value in zip(names, values, strict=True):
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(f"field {name!r} must be a string")
+    return values
+
+
 async def _body(request: web.Request) -> dict[str, Any]:
     try:
         body = await request.json()
@@ -107,6 +115,24 @@ def make_app(daemon: Daemon) -> web.Application:
     async def leave(request: web.Request) -> web.Response:
         await daemon.leave(request.match_info["name"])
         return web.json_response({"left": request.match_info["name"]})
+
+    @routes.post(f"{API}/env")
+    async def env(request: web.Request) -> web.Response:
+        body = await _body(request)
+        ref, container, fmt = _strings(body, "ref", "container", "format")
+        if not ref:
+            raise ConfigError("missing workload: give deploy/NAME, statefulset/NAME or pod/NAME")
+        return web.json_response(await daemon.env(body.get("bridge"), ref, container,
+                                                  fmt or "dotenv"))
+
+    @routes.post(f"{API}/files")
+    async def files(request: web.Request) -> web.Response:
+        body = await _body(request)
+        ref, container, out_dir = _strings(body, "ref", "container", "out_dir")
+        if not ref or not out_dir:
+            raise ConfigError("files needs a workload and an output folder")
+        return web.json_response(await daemon.files(body.get("bridge"), ref, container,
+                                                    out_dir))
 
     @routes.post(f"{API}/clean")
     async def clean(request: web.Request) -> web.Response:

@@ -295,8 +295,54 @@ class Daemon:
             specs.append(ForwardSpec(
                 name=req.name or default_name(f"{p.service}-{p.name or p.port}"),
                 remote_host=host, remote_port=p.port, local_host=req.local_host,
-                local_port=req.local_port, service=p.service, service_port_name=p.name))
+                local_port=req.local_port, service=p.service, service_namespace=p.namespace,
+                service_port_name=p.name))
         return specs
+
+    def _kube_of(self, bridge_name: str | None) -> Bridge:
+        bridge = self.bridge(bridge_name)
+        if bridge.kube is None:
+            raise ConfigError(f"bridge {bridge.name!r} is not a kube bridge",
+                              hint="bridged connect without a URL makes one")
+        return bridge
+
+    async def env(self, bridge_name: str | None, ref: str, container: str | None,
+                  fmt: str) -> dict[str, Any]:
+        """The container's environment as the kubelet builds it, with the addresses of
+        exposed Services rewritten to their local forwards."""
+        from ..kube.env import format_env, format_warnings, service_rewrites, workload_env
+
+        if fmt not in ("dotenv", "json", "shell"):
+            raise ConfigError(f"bad format {fmt!r}: expected dotenv, json or shell")
+        bridge = self._kube_of(bridge_name)
+        rewrites: dict[str, str] = {}
+        for f in bridge.forwards.values():
+            if f.spec.service:
+                rewrites |= service_rewrites(
+                    f.spec.service, f.spec.service_namespace or bridge.kube.namespace,
+                    f.spec.remote_host, {f.spec.remote_port: f"{f.spec.local_host}:{f.local_port}"})
+        result = await workload_env(bridge.kube, ref, container, rewrites=rewrites)
+        notes = [*result.warnings, *format_warnings(result, fmt),
+                 *(f"{name}: {why}" for name, why in result.unknown.items())]
+        return {"container": result.container, "text": format_env(result, fmt),
+                "secret": result.has_secrets, "secret_names": sorted(result.secret_names),
+                "rewritten": sorted(result.rewritten), "notes": notes}
+
+    async def files(self, bridge_name: str | None, ref: str, container: str | None,
+                    out_dir: str) -> dict[str, Any]:
+        """The workload's ConfigMap, Secret and downward-API volumes, written under out_dir."""
+        from pathlib import Path as _Path
+
+        from ..kube.files import workload_files
+
+        target = _Path(out_dir)
+        if not target.is_absolute():
+            raise ConfigError(f"bad folder {out_dir!r}: give an absolute path")
+        written = await workload_files(self._kube_of(bridge_name).kube, ref, container, target)
+        return {"files": [{"path": str(f.path), "container_path": f.container_path,
+                           "secret": f.secret, "mode": oct(f.mode), "size": f.size}
+                          for f in written],
+                "skipped": list(written.skipped)}
 
     async def services(self, bridge_name: str | None) -> list[dict[str, Any]]:
         bridge = self.bridge(bridge_name)

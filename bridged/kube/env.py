@@ -11,7 +11,8 @@ Kubernetes semantics followed (Kubernetes 1.35 source, ``pkg/kubelet/kubelet_pod
   ConfigMaps give their ``data`` (never ``binaryData``), Secrets their base64-decoded ``data``;
   ``prefix`` is prepended to every key. A missing source marked ``optional`` is skipped, a
   missing required one stops the container (``CreateContainerConfigError``): here a
-  :class:`~bridged.errors.ConfigError` naming the container, the variable, the object and key.
+  :class:`~bridged.errors.ConfigError` naming the container, the ConfigMap or Secret and, for
+  ``valueFrom``, the variable and the key.
 - Names from ``envFrom``: kubelets before 1.30 skipped keys that are not ``IsEnvVarName``
   (``[-._a-zA-Z][-._a-zA-Z0-9]*``, not ``.``/``..``/``..x``) and recorded a Warning event
   ``InvalidEnvironmentVariableNames``; since 1.30 (KEP-4369, PR #123385) the kubelet passes every
@@ -40,6 +41,10 @@ Kubernetes semantics followed (Kubernetes 1.35 source, ``pkg/kubelet/kubelet_pod
 - Default container: ``kubectl``'s (``podcmd.FindOrDefaultContainerByName``): the one named by
   the ``kubectl.kubernetes.io/default-container`` annotation if it exists, else the first.
 
+Output (:func:`format_env`): ``dotenv`` as python-dotenv and ``docker --env-file`` read it,
+``json``, ``shell`` (``export K='v'``); :attr:`EnvResult.secret_names` says which values hold
+Secret data, and :func:`write_env_file` writes such files 0600.
+
 Values the laptop cannot know (fields of a pod that does not run, a node's allocatable) are
 kept empty and listed with the reason in :attr:`EnvResult.unknown`.
 
@@ -61,8 +66,13 @@ Values are never edited by substring. A value changes only by these rules:
    are replaced. The Service variables are such pairs (``X_SERVICE_HOST``/``X_SERVICE_PORT``,
    ``X_PORT_P_TCP_ADDR``/``X_PORT_P_TCP_PORT``); ``X_SERVICE_PORT_<NAME>`` follows
    ``X_SERVICE_HOST``; ``X_PORT`` and ``X_PORT_P_TCP`` are URLs (rule 1);
-4. *host alone*: such a host variable without a port variable gets the forward's host when all
+4. *host alone*: such a host variable whose ``STEM_PORT`` is absent or no port number (like the
+   Docker-link ``REDIS_PORT=tcp://...`` of a Service ``redis``) gets the forward's host when all
    forwards of that host share one local host; a warning says so when a port differs.
+
+A value that is a Service name but not in a host variable (``CACHE_BACKEND=redis``) is never
+touched. A variable keeps its :attr:`EnvVar.secret` flag and gains
+:attr:`EnvVar.rewritten_from`.
 """
 
 from __future__ import annotations
@@ -1082,15 +1092,24 @@ def _owned(pod: Mapping[str, Any], kind: str, workload: Mapping[str, Any]) -> bo
     return False
 
 
+def _in_order(wanted: Sequence[Any], have: Sequence[Any]) -> bool:
+    """``wanted`` is a subsequence of ``have``."""
+    it = iter(have)
+    return all(any(w == h for h in it) for w in wanted)
+
+
 def _same_env_spec(pod_spec: Mapping[str, Any], template_spec: Mapping[str, Any]) -> bool:
-    """The pod runs the template's revision as far as env goes (a rollout leaves older pods)."""
+    """The pod runs the template's revision as far as env goes (a rollout leaves pods of older
+    revisions): every ``env``/``envFrom`` entry of the template is in the pod's container, in
+    order. Entries the pod has in addition were added by mutating admission webhooks (which
+    inject variables such as an agent's host), and are what the kubelet used."""
     pod_containers = {c.get("name"): c for c in _all_containers(pod_spec)}
     for c in _all_containers(template_spec):
         running = pod_containers.get(c.get("name"))
         if running is None:
             return False
         for key in ("env", "envFrom"):
-            if (running.get(key) or []) != (c.get(key) or []):
+            if not _in_order(c.get(key) or [], running.get(key) or []):
                 return False
     return True
 

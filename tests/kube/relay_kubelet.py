@@ -42,6 +42,9 @@ class RelayKubelet:
 
         assert self.api is not None
         pod = sandbox.pod
+        labels = pod["metadata"].get("labels") or {}
+        if labels.get("app.kubernetes.io/name") != "bridged-relay":
+            return PodHandle()  # any other workload: runs, serves nothing
         container = pod["spec"]["containers"][0]
         if self.pullable is not None and container["image"] not in self.pullable:
             raise ContainerWaiting("ImagePullBackOff",

@@ -304,3 +304,63 @@ async def test_with_two_replicas_a_reconnect_lands_on_a_ready_pod(
     await eventually(reconnected, within=15, what="the bridge to reconnect")
     # both replicas share the host key (a Secret): no pin conflict whichever pod answered
     assert await _roundtrip(forward["local_port"], b"via a replica") == b"via a replica"
+
+
+async def test_env_and_files_of_a_workload_with_services_made_local(
+    cluster: KubeApiServer, laptop: Daemon, tmp_path: Path
+) -> None:
+    svc = cluster.apply({"apiVersion": "v1", "kind": "Service",
+                         "metadata": {"name": "redis", "namespace": NS},
+                         "spec": {"ports": [{"name": "client", "port": 6379}]}})
+    cluster.apply({"apiVersion": "v1", "kind": "ConfigMap",
+                   "metadata": {"name": "orders-config", "namespace": NS},
+                   "data": {"LOG_LEVEL": "debug", "app.yaml": "port: 8080\n"}})
+    cluster.apply({"apiVersion": "v1", "kind": "Secret",
+                   "metadata": {"name": "orders-db", "namespace": NS},
+                   "data": {"password": base64.b64encode(b"s3cr3t").decode()}})
+    container = {
+        "name": "orders", "image": "orders:1",
+        "envFrom": [{"configMapRef": {"name": "orders-config"}}],
+        "env": [
+            {"name": "REDIS_URL", "value": "redis://redis:6379/0"},
+            {"name": "DB_PASSWORD",
+             "valueFrom": {"secretKeyRef": {"name": "orders-db", "key": "password"}}},
+            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "GREETING", "value": "level=$(LOG_LEVEL)"},
+        ],
+        "volumeMounts": [{"name": "config", "mountPath": "/etc/orders"},
+                         {"name": "db", "mountPath": "/var/run/db"}],
+    }
+    cluster.apply({"apiVersion": "apps/v1", "kind": "Deployment",
+                   "metadata": {"name": "orders", "namespace": NS},
+                   "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "orders"}},
+                            "template": {"metadata": {"labels": {"app": "orders"}},
+                                         "spec": {"containers": [container], "volumes": [
+                                             {"name": "config",
+                                              "configMap": {"name": "orders-config"}},
+                                             {"name": "db",
+                                              "secret": {"secretName": "orders-db"}}]}}}})
+    await laptop.call("POST", "bridges", {})
+    forward = (await laptop.call("POST", "forwards", {"target": "redis"}))["forwards"][0]
+    assert forward["remote_host"] == svc["spec"]["clusterIP"]
+
+    env_file = tmp_path / "orders.env"
+    result = await laptop.acli("env", "deploy/orders", "-o", str(env_file))
+    assert result.returncode == 0, result.stderr
+    assert (env_file.stat().st_mode & 0o777) == 0o600  # it holds a Secret value
+    text = env_file.read_text()
+    assert f"REDIS_URL=redis://127.0.0.1:{forward['local_port']}/0" in text.replace("'", "") \
+        .replace('"', "")
+    assert "s3cr3t" in text and "level=debug" in text
+    pod = cluster.list("pods", NS)
+    names = [p["metadata"]["name"] for p in pod if p["metadata"]["name"].startswith("orders-")]
+    assert any(n in text for n in names)  # fieldRef from the real running pod
+
+    out = tmp_path / "files"
+    result = await laptop.acli("files", "deploy/orders", "-o", str(out), "--json")
+    assert result.returncode == 0, result.stderr
+    config = out / "etc" / "orders" / "app.yaml"
+    assert config.read_text() == "port: 8080\n"
+    password = out / "var" / "run" / "db" / "password"
+    assert password.read_bytes() == b"s3cr3t"
+    assert (password.stat().st_mode & 0o077) == 0  # secrets: owner only
