@@ -87,7 +87,10 @@ def register(app: typer.Typer) -> None:
     @app.command()
     @handles_errors
     def expose(
-        targets: Annotated[list[str], typer.Argument(help="HOST:PORT in the cluster.")],
+        targets: Annotated[list[str] | None, typer.Argument(
+            help="HOST:PORT, or a Service NAME[.NAMESPACE][:PORT] on a kube bridge.")] = None,
+        all_services: Annotated[bool, typer.Option(
+            "--all", help="Every Service of the namespace (kube bridge).")] = False,
         local_port: Annotated[int, typer.Option(help="Local port (default: same, else free).")] = 0,
         name: Annotated[str | None, typer.Option(help="Name of the forward.")] = None,
         bridge: BridgeOpt = None,
@@ -95,9 +98,17 @@ def register(app: typer.Typer) -> None:
         json_out: JsonOpt = False,
     ) -> None:
         """Make in-cluster destinations reachable on local ports."""
-        if len(targets) > 1 and (local_port or name):
+        targets = list(targets or [])
+        if all_services == bool(targets):
+            raise ConfigError("give targets to expose, or --all (not both)")
+        if (len(targets) > 1 or all_services) and (local_port or name):
             raise ConfigError("--local-port and --name go with a single target")
         client = _client(no_start)
+        if all_services:
+            query = f"services?bridge={bridge}" if bridge else "services"
+            rows = client.get(query)
+            targets = sorted({f"{r['service']}.{r['namespace']}" for r in rows
+                              if not r["exposed"] and r["protocol"] == "TCP"})
         results = [
             forward
             for t in targets

@@ -364,3 +364,20 @@ async def test_env_and_files_of_a_workload_with_services_made_local(
     password = out / "var" / "run" / "db" / "password"
     assert password.read_bytes() == b"s3cr3t"
     assert (password.stat().st_mode & 0o077) == 0  # secrets: owner only
+
+
+async def test_expose_all_services_of_the_namespace(
+    cluster: KubeApiServer, laptop: Daemon
+) -> None:
+    for name, ports in (("redis", [6379]), ("api", [8080, 9090])):
+        cluster.apply({"apiVersion": "v1", "kind": "Service",
+                       "metadata": {"name": name, "namespace": NS},
+                       "spec": {"ports": [{"name": f"p{p}", "port": p} for p in ports]}})
+    await laptop.call("POST", "bridges", {})
+    result = await laptop.acli("expose", "--all", "--json")
+    assert result.returncode == 0, result.stderr
+    services = await laptop.call("GET", "services")
+    assert sorted((s["service"], s["port"]) for s in services if s["exposed"]) == [
+        ("api", 8080), ("api", 9090), ("redis", 6379)]
+    again = await laptop.acli("expose", "--all", "--json")  # nothing left to expose
+    assert again.returncode == 0 and again.stdout.strip() == "[]"
