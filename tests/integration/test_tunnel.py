@@ -36,6 +36,18 @@ async def _roundtrip(port: int, payload: bytes) -> bytes:
     return bytes(received)
 
 
+async def _answer_before_close(port: int, payload: bytes) -> bytes:
+    """Send ``payload`` and read until the other side closes (or resets) the connection."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(payload)
+    try:
+        return await asyncio.wait_for(reader.read(), 10)
+    except ConnectionResetError:
+        return b""
+    finally:
+        writer.close()
+
+
 async def _expose(daemon: Daemon, port: int, name: str = "svc") -> int:
     created = await daemon.call("POST", "forwards", {"target": f"127.0.0.1:{port}", "name": name})
     forward = created["forwards"][0]
@@ -165,14 +177,8 @@ async def test_denied_destination_closes_the_connection_and_says_why(
     # the relay refuses before connecting: no packet is sent to this address
     forward = (await bridge.call("POST", "forwards",
                                  {"target": target, "name": "metadata"}))["forwards"][0]
-    reader, writer = await asyncio.open_connection("127.0.0.1", forward["local_port"])
-    writer.write(b"GET /latest/meta-data/ HTTP/1.1\r\nHost: x\r\n\r\n")
-    try:
-        data = await asyncio.wait_for(reader.read(), 10)
-    except ConnectionResetError:
-        data = b""
-    writer.close()
-    assert data == b""
+    sent = b"GET /latest/meta-data/ HTTP/1.1\r\nHost: x\r\n\r\n"
+    assert await _answer_before_close(forward["local_port"], sent) == b""
     status = (await bridge.status())["forwards"][0]
     assert status["failed"] == 1
     assert "denied by the relay's policy" in status["last_error"]
@@ -186,14 +192,7 @@ async def test_intercept_with_no_local_service_closes_promptly_and_counts(
     nothing_here = free_port()
     await bridge.call("POST", "intercepts", {"remote_port": cluster_port,
                                              "local_port": nothing_here, "name": "down"})
-    reader, writer = await asyncio.open_connection("127.0.0.1", cluster_port)
-    writer.write(b"hello")
-    try:
-        data = await asyncio.wait_for(reader.read(), 10)
-    except ConnectionResetError:
-        data = b""
-    writer.close()
-    assert data == b""
+    assert await _answer_before_close(cluster_port, b"hello") == b""
     intercept = (await bridge.status())["intercepts"][0]
     assert intercept["failed"] == 1
     assert f"127.0.0.1:{nothing_here}" in intercept["last_error"]
