@@ -1,0 +1,130 @@
+"""Matchers and intercept rules, compiled once from the control protocol's specs.
+
+Semantics follow the Gateway API's HTTPRoute matches, so that the ``gateway`` redirect strategy
+and the relay's own router agree on what a rule means:
+- ``header``: the name is case-insensitive; ``equals`` compares the value exactly, ``regex``
+  must match the whole value; a header sent several times matches if any of its values does;
+- ``path``: ``equals`` is the exact path, ``prefix`` matches by path elements (``/api`` matches
+  ``/api`` and ``/api/v1``, not ``/apiary``; a trailing ``/`` is ignored), ``regex`` must match
+  the whole path; the query string is never part of the path;
+- ``method``: exact and case-sensitive (RFC 9110 §9.1);
+- ``baggage``: a member of the W3C ``baggage`` header (all of them, if sent several times),
+  key and value percent-decoded, properties ignored: ``equals`` or ``regex`` on the value.
+A rule matches when all its matchers do (AND); a rule without matchers matches everything.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from urllib.parse import unquote
+
+from ..protocol import Matcher
+
+Headers = Sequence[tuple[str, str]]  # (name, value) in arrival order; names in any case
+
+
+class BadMatcher(ValueError):
+    """A matcher that cannot be compiled: the message says which and why."""
+
+
+@dataclass(frozen=True)
+class RequestHead:
+    """What routing may look at: never the body."""
+
+    method: str
+    target: str  # the request-target as sent: path and query
+    headers: Headers
+
+    @property
+    def path(self) -> str:
+        return self.target.split("?", 1)[0].split("#", 1)[0] or "/"
+
+    def values(self, name: str) -> list[str]:
+        lname = name.lower()
+        return [v for n, v in self.headers if n.lower() == lname]
+
+
+Test = Callable[[RequestHead], bool]
+
+
+def _value_test(matcher: Matcher) -> Callable[[str], bool]:
+    if matcher.op == "equals":
+        expected = matcher.value
+        return lambda value: value == expected
+    if matcher.op == "regex":
+        try:
+            pattern = re.compile(matcher.value)
+        except re.error as exc:
+            raise BadMatcher(f"bad regex {matcher.value!r} for {matcher.kind}: {exc}") from None
+        return lambda value: pattern.fullmatch(value) is not None
+    raise BadMatcher(f"{matcher.kind} matchers take op equals or regex, not {matcher.op!r}")
+
+
+def _path_test(matcher: Matcher) -> Test:
+    if matcher.op == "prefix":
+        if not matcher.value.startswith("/"):
+            raise BadMatcher(f"path prefix {matcher.value!r} must start with '/'")
+        prefix = matcher.value.rstrip("/")
+        return lambda head: (not prefix) or head.path == prefix or \
+            head.path.startswith(prefix + "/")
+    if matcher.op == "equals" and not matcher.value.startswith("/"):
+        raise BadMatcher(f"path {matcher.value!r} must start with '/'")
+    test = _value_test(matcher)
+    return lambda head: test(head.path)
+
+
+def baggage_members(head: RequestHead) -> dict[str, str]:
+    """The members of every ``baggage`` header (W3C Baggage): later ones win."""
+    members: dict[str, str] = {}
+    for header in head.values("baggage"):
+        for member in header.split(","):
+            key, sep, rest = member.partition("=")
+            if not sep:
+                continue
+            value = rest.split(";", 1)[0]  # properties are not part of the value
+            members[unquote(key.strip())] = unquote(value.strip())
+    return members
+
+
+def compile_matcher(matcher: Matcher) -> Test:
+    kind = matcher.kind
+    if kind == "header":
+        if not matcher.name:
+            raise BadMatcher("a header matcher needs a header name")
+        test = _value_test(matcher)
+        name = matcher.name
+        return lambda head: any(test(v) for v in head.values(name))
+    if kind == "path":
+        return _path_test(matcher)
+    if kind == "method":
+        if matcher.op != "equals":
+            raise BadMatcher("method matchers take op equals")
+        method = matcher.value
+        return lambda head: head.method == method
+    if kind == "baggage":
+        if not matcher.name:
+            raise BadMatcher("a baggage matcher needs the member's key as name")
+        test = _value_test(matcher)
+        key = matcher.name
+        return lambda head: (value := baggage_members(head).get(key)) is not None and test(value)
+    raise BadMatcher(f"unknown matcher kind {kind!r}: header, path, method or baggage")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One intercept's rule, compiled; ``order`` breaks ties (earlier registration wins)."""
+
+    intercept_id: str
+    matchers: tuple[Matcher, ...]
+    tests: tuple[Test, ...]
+    order: int
+
+    @classmethod
+    def compile(cls, intercept_id: str, matchers: Iterable[Matcher], order: int = 0) -> Rule:
+        ms = tuple(matchers)
+        return cls(intercept_id, ms, tuple(compile_matcher(m) for m in ms), order)
+
+    def matches(self, head: RequestHead) -> bool:
+        return all(test(head) for test in self.tests)
