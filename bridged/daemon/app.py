@@ -127,7 +127,7 @@ class Daemon:
         from ..carriers.kube import KubeCarrier
         from ..kube import manifests
         from ..kube.client import Kube, KubeTarget
-        from ..kube.relay import ensure_relay
+        from ..kube.relay import ensure_relay, published_host_key
 
         async with self._lock:
             kube = await Kube.connect(KubeTarget(context, namespace))
@@ -147,7 +147,7 @@ class Daemon:
 
                 info = await ensure_relay(
                     kube, public_key_line=public_line(self.client_key),
-                    key_entry=self.key_entry, image=image or manifests.DEFAULT_IMAGE,
+                    key_entry=self.key_entry, image=image,
                     progress=progress,
                 )
                 progress("connecting through the API server's port-forward")
@@ -158,6 +158,7 @@ class Daemon:
                     target=target,
                 )
                 bridge.kube = kube
+                bridge.published_key_source = lambda: published_host_key(kube)
                 bridge.on_close = kube.close
                 await self._start_when_key_is_seen(bridge, progress)
             except BaseException:

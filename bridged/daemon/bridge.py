@@ -42,8 +42,9 @@ class KeyRefused(SessionError):
 
 
 class _PinningClient(asyncssh.SSHClient):
-    """Checks the relay's host key: against the key the relay published in the cluster (when
-    there is one), and against the pin made on first contact."""
+    """Checks the relay's host key: against the key the relay published in the cluster, read
+    through the authenticated API (kube bridges), else against the pin made on first contact
+    (a relay at a URL)."""
 
     def __init__(self, pins: PinnedHostKeys, relay: str, published: str | None) -> None:
         self.pins = pins
@@ -58,6 +59,7 @@ class _PinningClient(asyncssh.SSHClient):
             if expected.public_data != key.public_data:
                 self.mismatch = (fingerprint(key), self.published)
                 return False
+            return True
         ok, pinned = self.pins.check(self.relay, key)
         if not ok:
             self.mismatch = (fingerprint(key), pinned or "")
@@ -127,6 +129,8 @@ class Bridge:
         #: what the user asked for, to tell a repeated connect from a conflicting one
         self.target = target or {"relay": relay}
         self.published_host_key = published_host_key
+        #: where a kube bridge reads the relay's published host key before each connection
+        self.published_key_source: Any = None
         self.client_key = client_key
         self.pins = pins
         self.tunnel = tunnel or TunnelSettings()
@@ -151,6 +155,9 @@ class Bridge:
     # --- the connection ---
 
     async def _connect_once(self) -> asyncssh.SSHClientConnection:
+        if self.published_key_source is not None:
+            # re-read each time: a relay re-created by a teammate publishes a new key
+            self.published_host_key = await self.published_key_source()
         client = _PinningClient(self.pins, self.relay, self.published_host_key)
         t = self.tunnel
         try:

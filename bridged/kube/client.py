@@ -56,13 +56,17 @@ class Kube:
             merged = KubeConfigMerger(os.pathsep.join(existing))
             if merged.config is None:
                 raise ConfigError(f"no kubeconfig found in {paths}")
+            # kubectl takes current-context from the first file that sets it; the merger
+            # would let the last one win and pick another cluster
+            context_name = target.context or _first_current_context(existing)
             try:
                 loader = await config.load_kube_config_from_dict(
-                    merged.config.value, context=target.context,
+                    merged.config.value, context=context_name,
                     client_configuration=configuration,
                 )
             except ConfigException as exc:
                 raise ConfigError(f"kubeconfig: {exc}") from exc
+            _keep_credentials_fresh(loader, configuration)
             current: Any = loader.current_context
             context = str(current["name"])
             namespace = target.namespace or current["context"].get("namespace") or "default"
@@ -158,3 +162,48 @@ async def update_data(kube: Kube, kind: str, name: str, change: DataChange,
             if exc.status != 409:
                 raise translate(exc, f"cannot update {kind} {name}") from exc
     raise KubeError(f"{kind} {name} kept changing under us; try again")
+
+
+def _first_current_context(paths: list[str]) -> str | None:
+    import yaml
+
+    for path in paths:
+        try:
+            with open(os.path.expanduser(path)) as f:
+                data = yaml.safe_load(f) or {}
+        except (OSError, yaml.YAMLError):
+            continue
+        if isinstance(data, dict) and data.get("current-context"):
+            return str(data["current-context"])
+    return None
+
+
+#: seconds between re-running a kubeconfig's credential source (exec plugin, OIDC, gcp):
+#: EKS tokens live 15 minutes, GKE's and AKS's an hour; a daemon lives for days
+CREDENTIAL_REFRESH_SECONDS = 300.0
+
+
+def _keep_credentials_fresh(loader: Any, configuration: client.Configuration) -> None:
+    """kubernetes-asyncio loads an exec plugin's token once; renew it before it expires, on
+    the request that needs it (its refresh hook runs before every authenticated call)."""
+    import asyncio
+    import time
+
+    loaded_at = time.monotonic()
+    lock = asyncio.Lock()
+
+    async def refresh(conf: client.Configuration) -> None:
+        nonlocal loaded_at
+        if time.monotonic() - loaded_at < CREDENTIAL_REFRESH_SECONDS:
+            return
+        async with lock:
+            if time.monotonic() - loaded_at < CREDENTIAL_REFRESH_SECONDS:
+                return
+            conf.refresh_api_key_hook = None  # loading must not re-enter this hook
+            try:
+                await loader.load_and_set(conf)
+            finally:
+                conf.refresh_api_key_hook = refresh
+            loaded_at = time.monotonic()
+
+    configuration.refresh_api_key_hook = refresh

@@ -1,6 +1,7 @@
 """Opening a pod port-forward through the API server: the ``kube`` carrier's byte stream.
 
-Needs only the RBAC rights ``pods`` list and ``pods/portforward`` create in the namespace: no
+Needs only the RBAC rights ``pods`` list and ``pods/portforward`` get (and create, checked for
+websocket upgrades since Kubernetes 1.35) in the namespace: no
 Service, no LoadBalancer, no open port. One port-forward carries the whole SSH connection, so
 a new connection to a cluster service costs no API-server round trip.
 """
@@ -17,6 +18,16 @@ from kubernetes_asyncio.stream import WsApiClient
 
 from ..errors import CarrierError
 from .client import Kube, translate
+from .manifests import RELAY
+
+
+def is_relay(pod: Any) -> bool:
+    """Only a pod of the relay's own ReplicaSets, running as its service account, may be
+    trusted with the tunnel: matching labels alone can be put on any pod."""
+    owners = pod.metadata.owner_references or []
+    owned = any(o.kind == "ReplicaSet" and o.controller and o.name.startswith(f"{RELAY}-")
+                for o in owners)
+    return owned and pod.spec is not None and pod.spec.service_account_name == RELAY
 
 
 def is_ready(pod: Any) -> bool:
@@ -34,7 +45,7 @@ async def ready_pod(kube: Kube, selector: str) -> str:
         pods = await kube.core.list_namespaced_pod(kube.namespace, label_selector=selector)
     except ApiException as exc:
         raise translate(exc, f"cannot list the relay pods in {kube.namespace}") from exc
-    ready = [p.metadata.name for p in pods.items if is_ready(p)]
+    ready = [p.metadata.name for p in pods.items if is_ready(p) and is_relay(p)]
     if not ready:
         raise CarrierError(f"no Ready relay pod ({selector}) in namespace {kube.namespace}",
                            hint="bridged connect deploys it; bridged status shows its state")

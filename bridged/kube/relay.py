@@ -33,24 +33,49 @@ class RelayInfo:
     upgraded_from: str | None = None
 
 
-async def _create_if_absent(kube: Kube, kind: str, body: dict[str, Any]) -> bool:
-    """Create ``body`` unless it exists; True if created."""
-    ns = kube.namespace
-    create: Any = {
-        "ServiceAccount": kube.core.create_namespaced_service_account,
-        "Role": kube.rbac.create_namespaced_role,
-        "RoleBinding": kube.rbac.create_namespaced_role_binding,
-        "Secret": kube.core.create_namespaced_secret,
-        "ConfigMap": kube.core.create_namespaced_config_map,
-        "Deployment": kube.apps.create_namespaced_deployment,
+def _api(kube: Kube, kind: str) -> tuple[Any, Any, Any]:
+    """(read, create, replace) for a kind bridged makes."""
+    core, apps, rbac = kube.core, kube.apps, kube.rbac
+    return {
+        "ServiceAccount": (core.read_namespaced_service_account,
+                           core.create_namespaced_service_account,
+                           core.replace_namespaced_service_account),
+        "Role": (rbac.read_namespaced_role, rbac.create_namespaced_role,
+                 rbac.replace_namespaced_role),
+        "RoleBinding": (rbac.read_namespaced_role_binding, rbac.create_namespaced_role_binding,
+                        rbac.replace_namespaced_role_binding),
+        "Secret": (core.read_namespaced_secret, core.create_namespaced_secret,
+                   core.replace_namespaced_secret),
+        "ConfigMap": (core.read_namespaced_config_map, core.create_namespaced_config_map,
+                      core.replace_namespaced_config_map),
+        "Deployment": (apps.read_namespaced_deployment, apps.create_namespaced_deployment,
+                       apps.replace_namespaced_deployment),
     }[kind]
+
+
+async def _read(kube: Kube, kind: str, name: str) -> Any | None:
+    read, _, _ = _api(kube, kind)
     try:
-        await create(ns, body)
+        return await read(name, kube.namespace)
     except ApiException as exc:
-        if exc.status == 409:
+        if exc.status == 404:
+            return None
+        raise translate(exc, f"cannot read {kind} {name} in {kube.namespace}") from exc
+
+
+async def _create_if_absent(kube: Kube, kind: str, body: dict[str, Any]) -> bool:
+    """Create ``body`` unless it exists; True if created. Reads first: a real API server checks
+    RBAC and quotas before AlreadyExists, so joining a relay must need only ``get`` rights."""
+    name = body["metadata"]["name"]
+    if await _read(kube, kind, name) is not None:
+        return False
+    _, create, _ = _api(kube, kind)
+    try:
+        await create(kube.namespace, body)
+    except ApiException as exc:
+        if exc.status == 409:  # made meanwhile by another developer
             return False
-        raise translate(exc, f"cannot create {kind} {body['metadata']['name']} in {ns}") \
-            from exc
+        raise translate(exc, f"cannot create {kind} {name} in {kube.namespace}") from exc
     return True
 
 
@@ -86,7 +111,7 @@ async def remove_key(kube: Kube, entry: str) -> bool:
 
 
 async def ensure_relay(
-    kube: Kube, *, public_key_line: str, key_entry: str, image: str = m.DEFAULT_IMAGE,
+    kube: Kube, *, public_key_line: str, key_entry: str, image: str | None = None,
     progress: Progress = lambda step: None, wait_seconds: float = 180.0,
 ) -> RelayInfo:
     ns = kube.namespace
@@ -107,40 +132,100 @@ async def ensure_relay(
     return RelayInfo(ns, host_key, __version__, upgraded_from)
 
 
-async def _ensure_deployment(kube: Kube, image: str, progress: Progress) -> str | None:
+def _version_tuple(text: str) -> tuple[int, ...]:
+    parts = []
+    for part in text.split("."):
+        digits = "".join(ch for ch in part if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
+
+
+async def _ensure_deployment(kube: Kube, image: str | None,
+                             progress: Progress) -> str | None:
+    """Create the relay, or upgrade one made by an *older* bridged (or to an image asked for
+    explicitly). A newer relay is joined as it is: developers with different versions must
+    not restart the relay, and everyone's intercepts with it, on every connect."""
     ns = kube.namespace
-    body = m.deployment(ns, image)
+    body = m.deployment(ns, image or m.DEFAULT_IMAGE)
     if await _create_if_absent(kube, "Deployment", body):
-        progress(f"created Deployment {m.RELAY} ({image})")
+        progress(f"created Deployment {m.RELAY} ({image or m.DEFAULT_IMAGE})")
         return None
+    for _ in range(5):
+        current = await _read(kube, "Deployment", m.RELAY)
+        if current is None:
+            raise KubeError(f"Deployment {m.RELAY} disappeared while connecting; try again")
+        labels = current.metadata.labels or {}
+        if labels.get(m.MANAGED_BY) != "bridged":
+            raise KubeError(f"Deployment {m.RELAY} in {ns} exists but was not made by bridged",
+                            hint="rename or remove it, bridged will not take it over")
+        version = labels.get(m.VERSION_LABEL, "0")
+        images = [c.image for c in current.spec.template.spec.containers]
+        older = _version_tuple(version) < _version_tuple(__version__)
+        if not older and (image is None or images == [image]):
+            return None
+        progress(f"upgrading the relay {version} → {__version__}" if older
+                 else f"switching the relay to image {image}")
+        # our spec, but what others set on the object stays: labels, annotations, scale
+        body["metadata"]["resourceVersion"] = current.metadata.resource_version
+        body["metadata"]["labels"] = {**labels, **body["metadata"]["labels"]}
+        body["metadata"]["annotations"] = current.metadata.annotations or {}
+        body["spec"]["replicas"] = current.spec.replicas
+        try:
+            await kube.apps.replace_namespaced_deployment(m.RELAY, ns, body)  # type: ignore[arg-type]
+        except ApiException as exc:
+            if exc.status == 409:  # the controller wrote status meanwhile: read again
+                continue
+            raise translate(exc, f"cannot upgrade Deployment {m.RELAY}") from exc
+        await _update_role(kube)
+        return version
+    raise KubeError(f"Deployment {m.RELAY} kept changing; try again")
+
+
+async def _update_role(kube: Kube) -> None:
+    """A newer relay may need other rights: bring the Role to what this version needs."""
+    wanted = m.role(kube.namespace)
+    current = await _read(kube, "Role", m.RELAY)
+    if current is None:
+        await _create_if_absent(kube, "Role", wanted)
+        return
+    wanted["metadata"]["resourceVersion"] = current.metadata.resource_version
     try:
-        current = await kube.apps.read_namespaced_deployment(m.RELAY, ns)
+        await kube.rbac.replace_namespaced_role(m.RELAY, kube.namespace, wanted)  # type: ignore[arg-type]
     except ApiException as exc:
-        raise translate(exc, f"cannot read Deployment {m.RELAY}") from exc
-    labels = current.metadata.labels or {}
-    if labels.get(m.MANAGED_BY) != "bridged":
-        raise KubeError(f"Deployment {m.RELAY} in {ns} exists but was not made by bridged",
-                        hint="rename or remove it, bridged will not take it over")
-    version = labels.get(m.VERSION_LABEL, "unknown")
-    images = [c.image for c in current.spec.template.spec.containers]
-    if version == __version__ and images == [image]:
-        return None
-    progress(f"upgrading relay {version} → {__version__}")
-    body["metadata"]["resourceVersion"] = current.metadata.resource_version
-    try:
-        await kube.apps.replace_namespaced_deployment(m.RELAY, ns, body)  # type: ignore[arg-type]
-    except ApiException as exc:
-        raise translate(exc, f"cannot upgrade Deployment {m.RELAY}") from exc
-    return version
+        raise translate(exc, f"cannot update Role {m.RELAY}") from exc
 
 
 _FATAL_WAITING = {"ImagePullBackOff", "ErrImagePull", "CrashLoopBackOff", "InvalidImageName",
                   "CreateContainerConfigError", "CreateContainerError"}
 
 
+def rollout_state(dep: Any) -> tuple[bool, str, str | None]:
+    """kubectl's rollout-status rule: (done, what to show, fatal reason or None)."""
+    status, spec = dep.status, dep.spec
+    if status is None or (status.observed_generation or 0) < (dep.metadata.generation or 0):
+        return False, "waiting for the rollout to start", None
+    for cond in status.conditions or ():
+        if cond.type == "Progressing" and cond.reason == "ProgressDeadlineExceeded":
+            return False, "", f"the rollout exceeded its deadline: {cond.message}"
+        if cond.type == "ReplicaFailure" and cond.status == "True":
+            return False, "", f"pods cannot be created: {cond.message}"
+    want = spec.replicas if spec.replicas is not None else 1
+    updated = status.updated_replicas or 0
+    total = status.replicas or 0
+    available = status.available_replicas or 0
+    if updated < want:
+        return False, f"{updated} of {want} relay pods updated", None
+    if total > updated:
+        return False, f"{total - updated} old relay pods terminating", None
+    if available < updated:
+        return False, f"{available} of {updated} relay pods available", None
+    return True, "ready", None
+
+
 async def wait_ready(kube: Kube, progress: Progress, wait_seconds: float) -> None:
-    """Until the Deployment's current generation has a Ready pod; fails fast on pods that will
-    not start, naming the pod and the reason the kubelet gave."""
+    """Until the Deployment's rollout is complete (kubectl rollout status's rule); fails fast
+    on pods of the new revision that will not start, and on failed rollouts, naming the pod
+    or condition and the reason."""
     ns = kube.namespace
     deadline = time.monotonic() + wait_seconds
     last = ""
@@ -150,11 +235,17 @@ async def wait_ready(kube: Kube, progress: Progress, wait_seconds: float) -> Non
             pods = await kube.core.list_namespaced_pod(ns, label_selector=m.SELECTOR)
         except ApiException as exc:
             raise translate(exc, "cannot watch the relay roll out") from exc
-        status = dep.status
-        observed = status is not None and status.observed_generation == dep.metadata.generation
-        updated = (status.updated_replicas or 0) if status else 0
-        available = (status.available_replicas or 0) if status else 0
+        done, step, fatal = rollout_state(dep)
+        if fatal:
+            raise KubeError(f"the relay in {ns} cannot roll out: {fatal}",
+                            hint="kubectl describe deployment bridged-relay")
+        template_labels = dep.spec.template.metadata.labels or {}
         for pod in pods.items:
+            if pod.metadata.deletion_timestamp is not None:
+                continue
+            labels = pod.metadata.labels or {}
+            if labels.get(m.VERSION_LABEL) != template_labels.get(m.VERSION_LABEL):
+                continue  # an old revision's pod: its troubles are not this rollout's
             for cs in (pod.status.container_statuses or []) if pod.status else []:
                 waiting = cs.state.waiting if cs.state else None
                 if waiting is not None and waiting.reason in _FATAL_WAITING:
@@ -164,16 +255,26 @@ async def wait_ready(kube: Kube, progress: Progress, wait_seconds: float) -> Non
                         hint="check --relay-image and that the cluster can pull it"
                         if "Image" in waiting.reason else "see kubectl logs of the pod",
                     )
-        if observed and updated >= 1 and available >= 1:
+        if done:
             return
-        step = f"waiting for the relay: {updated} updated, {available} available"
         if step != last:
-            progress(step)
+            progress(f"waiting for the relay: {step}")
             last = step
         if time.monotonic() > deadline:
             raise KubeError(f"the relay in {ns} was not ready within {wait_seconds:.0f}s "
                             f"({step})", hint="kubectl describe deployment bridged-relay")
         await asyncio.sleep(0.5)
+
+
+async def published_host_key(kube: Kube) -> str:
+    """The relay's public host key as it published it; the API's authentication is what makes
+    it trustworthy (whoever can write that ConfigMap already controls the relay)."""
+    cm = await _read(kube, "ConfigMap", m.PUBLISHED_CONFIGMAP)
+    key = (cm.data or {}).get("host_key") if cm is not None else None
+    if not key:
+        raise KubeError("the relay has not published its host key",
+                        hint="bridged connect redeploys it; kubectl logs deploy/bridged-relay")
+    return str(key).strip()
 
 
 async def _published_host_key(kube: Kube, progress: Progress, wait_seconds: float) -> str:

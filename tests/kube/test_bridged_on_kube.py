@@ -158,7 +158,16 @@ async def test_an_older_relay_is_upgraded(
     # what an older bridged left behind: the same objects, another version label
     dep = cluster.get("deployments", NS, m.RELAY) or {}
     dep["metadata"]["labels"][m.VERSION_LABEL] = "0.0.1"
+    dep["spec"]["template"]["metadata"]["labels"][m.VERSION_LABEL] = "0.0.1"
     cluster.apply(dep)
+
+    async def old_pod_running() -> bool:
+        return any(p["metadata"]["labels"].get(m.VERSION_LABEL) == "0.0.1" and any(
+            c["type"] == "Ready" and c["status"] == "True"
+            for c in (p.get("status") or {}).get("conditions") or [])
+            for p in cluster.list("pods", NS))
+
+    await eventually(old_pod_running, within=20, what="the 0.0.1 relay to run")
     other = await _daemon(tmp_path / "bob")
     try:
         await other.call("POST", "bridges", {})  # finds 0.0.1: upgrades, then connects
@@ -172,7 +181,10 @@ async def test_an_older_relay_is_upgraded(
             return b["state"] == "connected"
 
         await eventually(back, within=20, what="alice's bridge after the upgrade")
-        assert first_pod  # the old pod was replaced or kept, both are fine for the key
+        live = [p for p in cluster.list("pods", NS) if not p["metadata"].get("deletionTimestamp")]
+        assert [p["metadata"]["labels"][m.VERSION_LABEL] for p in live] == [
+            dep["metadata"]["labels"][m.VERSION_LABEL]]  # rolled: only new pods remain
+        assert first_pod not in [p["metadata"]["name"] for p in live]
     finally:
         await other.process.stop()
 
@@ -381,3 +393,38 @@ async def test_expose_all_services_of_the_namespace(
         ("api", 8080), ("api", 9090), ("redis", 6379)]
     again = await laptop.acli("expose", "--all", "--json")  # nothing left to expose
     assert again.returncode == 0 and again.stdout.strip() == "[]"
+
+
+async def test_a_newer_relay_is_joined_not_downgraded(
+    cluster: KubeApiServer, laptop: Daemon, tmp_path: Path
+) -> None:
+    await laptop.call("POST", "bridges", {})
+    dep = cluster.get("deployments", NS, m.RELAY) or {}
+    dep["metadata"]["labels"][m.VERSION_LABEL] = "99.0.0"
+    cluster.apply(dep)
+    generation = (cluster.get("deployments", NS, m.RELAY) or {})["metadata"]["generation"]
+    other = await _daemon(tmp_path / "bob")
+    try:
+        await other.call("POST", "bridges", {})
+        after = cluster.get("deployments", NS, m.RELAY) or {}
+        assert after["metadata"]["labels"][m.VERSION_LABEL] == "99.0.0"
+        assert after["metadata"]["generation"] == generation  # untouched: nobody restarted
+    finally:
+        await other.process.stop()
+
+
+async def test_the_first_kubeconfig_file_chooses_the_current_context(
+    cluster: KubeApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cluster.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team-b"}})
+    first = cluster.write_kubeconfig(tmp_path / "a", [Context("a", cluster.admin, "team-b",
+                                                              auth="cert")], current="a")
+    second = cluster.write_kubeconfig(tmp_path / "b", [Context("b", cluster.admin, NS,
+                                                               auth="cert")], current="b")
+    monkeypatch.setenv("KUBECONFIG", f"{first}:{second}")  # kubectl would use context "a"
+    daemon = await _daemon(tmp_path / "dev")
+    try:
+        bridge = await daemon.call("POST", "bridges", {})
+        assert bridge["relay"] == "kube://a/team-b"
+    finally:
+        await daemon.process.stop()
