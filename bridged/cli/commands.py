@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -66,7 +67,10 @@ def register(app: typer.Typer) -> None:
                 raise ConfigError(f"cannot read the token file {token_file}: {exc.strerror}") \
                     from None
         body: dict[str, Any] = {"url": url, "name": name, "token": token, "context": context,
-                                "namespace": namespace, "relay_image": relay_image}
+                                "namespace": namespace, "relay_image": relay_image,
+                                # this shell's kubeconfig, not the long-running daemon's
+                                "kubeconfig": os.environ.get("KUBECONFIG") if url is None
+                                else None}
         client = _client(no_start)
         bridge = with_progress(client, lambda: client.post("bridges", body), quiet=json_out)
         emit(bridge, json_out, lambda b: typer.echo(
@@ -230,7 +234,8 @@ def register(app: typer.Typer) -> None:
         json_out: JsonOpt = False,
     ) -> None:
         """Remove everything bridged made in the namespace (works with a broken relay)."""
-        result = _client().post("clean", {"context": context, "namespace": namespace})
+        result = _client().post("clean", {"context": context, "namespace": namespace,
+                                          "kubeconfig": os.environ.get("KUBECONFIG")})
         emit(result, json_out, lambda r: typer.echo(
             f"removed from {r['namespace']}: {', '.join(r['deleted']) or 'nothing to remove'}"))
 

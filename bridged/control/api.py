@@ -86,7 +86,8 @@ def make_app(daemon: Daemon) -> web.Application:
             bridge = await daemon.connect(req.spec, name=req.name, token=req.token)
         else:
             bridge = await daemon.connect_kube(req.context, req.namespace, name=req.name,
-                                               image=req.relay_image)
+                                               image=req.relay_image,
+                                               kubeconfig=req.kubeconfig)
         return web.json_response(bridge.to_dict(), status=201)
 
     @routes.delete(f"{API}/bridges/{{name}}")
@@ -137,10 +138,8 @@ def make_app(daemon: Daemon) -> web.Application:
     @routes.post(f"{API}/clean")
     async def clean(request: web.Request) -> web.Response:
         body = await _body(request)
-        context, namespace = body.get("context"), body.get("namespace")
-        if not all(v is None or isinstance(v, str) for v in (context, namespace)):
-            raise ConfigError("context and namespace must be strings")
-        return web.json_response(await daemon.clean(context, namespace))
+        context, namespace, kubeconfig = _strings(body, "context", "namespace", "kubeconfig")
+        return web.json_response(await daemon.clean(context, namespace, kubeconfig))
 
     @routes.post(f"{API}/shutdown")
     async def shutdown(request: web.Request) -> web.Response:

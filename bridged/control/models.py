@@ -79,6 +79,7 @@ class ConnectRequest:
     context: str | None = None
     namespace: str | None = None
     relay_image: str | None = None
+    kubeconfig: str | None = None
 
     @classmethod
     def parse(cls, body: dict[str, Any]) -> ConnectRequest:
@@ -94,6 +95,7 @@ class ConnectRequest:
             context=_field(body, "context", str),
             namespace=namespace,
             relay_image=_field(body, "relay_image", str),
+            kubeconfig=_field(body, "kubeconfig", str),
         )
 
 

@@ -121,7 +121,8 @@ class Daemon:
             return bridge
 
     async def connect_kube(self, context: str | None, namespace: str | None, *,
-                           name: str | None = None, image: str | None = None) -> Bridge:
+                           name: str | None = None, image: str | None = None,
+                           kubeconfig: str | None = None) -> Bridge:
         """A bridge to the relay of a kube context and namespace, deployed if needed, reached
         through the API server's port-forward."""
         from ..carriers.kube import KubeCarrier
@@ -130,7 +131,7 @@ class Daemon:
         from ..kube.relay import ensure_relay, published_host_key
 
         async with self._lock:
-            kube = await Kube.connect(KubeTarget(context, namespace))
+            kube = await Kube.connect(KubeTarget(context, namespace, kubeconfig))
             try:
                 relay = f"kube://{kube.context}/{kube.namespace}"
                 target = {"relay": relay}
@@ -217,13 +218,14 @@ class Daemon:
             else:
                 await bridge.close()
 
-    async def clean(self, context: str | None, namespace: str | None) -> dict[str, Any]:
+    async def clean(self, context: str | None, namespace: str | None,
+                    kubeconfig: str | None = None) -> dict[str, Any]:
         """Remove everything bridged made in a namespace, whether the relay works or not."""
         from ..kube.client import Kube, KubeTarget
         from ..kube.relay import remove_relay
 
         async with self._lock:
-            async with await Kube.connect(KubeTarget(context, namespace)) as kube:
+            async with await Kube.connect(KubeTarget(context, namespace, kubeconfig)) as kube:
                 relay = f"kube://{kube.context}/{kube.namespace}"
                 for bridge in [b for b in self.bridges.values() if b.relay == relay]:
                     del self.bridges[bridge.name]

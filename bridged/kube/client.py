@@ -28,11 +28,14 @@ class KubeTarget:
 
     context: str | None = None
     namespace: str | None = None
+    #: the caller's $KUBECONFIG (the CLI's shell, not the daemon's environment); None: the
+    #: daemon's own, else ~/.kube/config
+    kubeconfig: str | None = None
 
 
-def kubeconfig_paths() -> tuple[str, list[str]]:
+def kubeconfig_paths(override: str | None = None) -> tuple[str, list[str]]:
     """What is searched (as kubectl would) and which of those files exist."""
-    paths = os.environ.get("KUBECONFIG") or str(Path.home() / ".kube" / "config")
+    paths = override or os.environ.get("KUBECONFIG") or str(Path.home() / ".kube" / "config")
     existing = [p for p in paths.split(os.pathsep) if p and os.path.exists(os.path.expanduser(p))]
     return paths, existing
 
@@ -50,7 +53,7 @@ class Kube:
 
     @classmethod
     async def connect(cls, target: KubeTarget = KubeTarget()) -> Kube:
-        paths, existing = kubeconfig_paths()
+        paths, existing = kubeconfig_paths(target.kubeconfig)
         configuration = client.Configuration()
         if existing:
             merged = KubeConfigMerger(os.pathsep.join(existing))

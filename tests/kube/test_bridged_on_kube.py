@@ -428,3 +428,20 @@ async def test_the_first_kubeconfig_file_chooses_the_current_context(
         assert bridge["relay"] == "kube://a/team-b"
     finally:
         await daemon.process.stop()
+
+
+async def test_connect_uses_the_shells_kubeconfig_not_the_daemons(
+    cluster: KubeApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os as _os
+
+    real = _os.environ["KUBECONFIG"]
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "none"))  # the daemon's environment
+    daemon = await _daemon(tmp_path / "dev")
+    try:
+        monkeypatch.setenv("KUBECONFIG", real)  # a later shell
+        result = await daemon.acli("connect", "--json")
+        assert result.returncode == 0, result.stderr
+        assert f'"relay": "kube://admin/{NS}"' in result.stdout
+    finally:
+        await daemon.process.stop()
