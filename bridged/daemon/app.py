@@ -130,45 +130,53 @@ class Daemon:
         from ..kube.client import Kube, KubeTarget
         from ..kube.relay import ensure_relay, published_host_key
 
+        kube = await Kube.connect(KubeTarget(context, namespace, kubeconfig))
+        relay = f"kube://{kube.context}/{kube.namespace}"
+        target = {"relay": relay}
+        name = name or default_name(f"{kube.context}-{kube.namespace}")
+        # the lock guards the bookkeeping only: a rollout can take minutes, during which
+        # other bridges must stay usable
         async with self._lock:
-            kube = await Kube.connect(KubeTarget(context, namespace, kubeconfig))
-            try:
-                relay = f"kube://{kube.context}/{kube.namespace}"
-                target = {"relay": relay}
-                name = name or default_name(f"{kube.context}-{kube.namespace}")
-                existing = self._existing(name, target)
-                if existing is not None:
-                    await kube.close()
-                    return existing
+            existing = self._existing(name, target)
+            busy = existing is None and name in self.connecting
+            if existing is None and not busy:
                 self.connecting[name] = "starting"
+        if existing is not None or busy:
+            await kube.close()
+            if existing is None:
+                raise Conflict(f"bridge {name!r} is being connected already",
+                               hint="bridged status shows its progress")
+            return existing
+        bridge_name = name
 
-                def progress(step: str) -> None:
-                    self.connecting[name] = step
-                    log.info("bridge %s: %s", name, step)
+        def progress(step: str) -> None:
+            self.connecting[bridge_name] = step
+            log.info("bridge %s: %s", bridge_name, step)
 
-                info = await ensure_relay(
-                    kube, public_key_line=public_line(self.client_key),
-                    key_entry=self.key_entry, image=image,
-                    progress=progress,
-                )
-                progress("connecting through the API server's port-forward")
-                bridge = Bridge(
-                    name, relay, KubeCarrier(kube, manifests.SELECTOR, manifests.SSH_PORT),
-                    client_key=self.client_key, pins=self.pins,
-                    published_host_key=info.host_key, tunnel=self.settings.tunnel,
-                    target=target,
-                )
-                bridge.kube = kube
-                bridge.published_key_source = lambda: published_host_key(kube)
-                bridge.on_close = kube.close
-                await self._start_when_key_is_seen(bridge, progress)
-            except BaseException:
-                await kube.close()
-                raise
-            finally:
-                self.connecting.pop(name or "", None)
+        try:
+            info = await ensure_relay(
+                kube, public_key_line=public_line(self.client_key),
+                key_entry=self.key_entry, image=image, progress=progress,
+            )
+            progress("connecting through the API server's port-forward")
+            bridge = Bridge(
+                name, relay, KubeCarrier(kube, manifests.SELECTOR, manifests.SSH_PORT),
+                client_key=self.client_key, pins=self.pins,
+                published_host_key=info.host_key, tunnel=self.settings.tunnel,
+                target=target,
+            )
+            bridge.kube = kube
+            bridge.published_key_source = lambda: published_host_key(kube)
+            bridge.on_close = kube.close
+            await self._start_when_key_is_seen(bridge, progress)
+        except BaseException:
+            await kube.close()
+            raise
+        finally:
+            self.connecting.pop(name, None)
+        async with self._lock:
             self.bridges[name] = bridge
-            return bridge
+        return bridge
 
     #: seconds to wait for the relay to see a newly added key: the kubelet refreshes Secret
     #: volumes about once a minute (its sync period plus its cache TTL)
