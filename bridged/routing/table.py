@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..protocol import InterceptClaim
+from .rules import BadMatcher, Rule
 
 
 @dataclass
@@ -25,6 +26,8 @@ class Holding:
     expires_at: float
     #: who holds it across sessions: the fingerprint of the key the session authenticated with
     owner: str = ""
+    #: the claim's matchers, compiled when it was granted (never per request)
+    rule: Rule | None = None
 
     @property
     def port(self) -> int:
@@ -32,12 +35,14 @@ class Holding:
 
 
 class TableConflict(Exception):
-    """The claim cannot be granted; the message says by whom it is blocked."""
+    """The claim cannot be granted; the message says by whom it is blocked, or what is wrong
+    with its matchers."""
 
 
 class InterceptTable:
     def __init__(self) -> None:
         self._by_id: dict[str, Holding] = {}
+        self._next_order = 0  # registration order, for rules equally specific
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -54,6 +59,10 @@ class InterceptTable:
     ) -> tuple[Holding, list[Holding]]:
         """Grant ``claim`` to ``session``; returns the holding and the holdings it displaced."""
         self.expire(now)  # an expired holding blocks nobody, swept or not
+        try:
+            rule = Rule.compile(claim.id, claim.matchers, order=self._next_order)
+        except BadMatcher as exc:
+            raise TableConflict(f"intercept {claim.id!r}: {exc}") from None
         previous = self._by_id.get(claim.id)
         if previous is not None and previous.owner != owner:
             raise TableConflict(f"intercept {claim.id!r} belongs to another developer")
@@ -71,7 +80,12 @@ class InterceptTable:
             displaced.append(self._by_id.pop(h.claim.id))
         if previous is not None and previous.port != claim.port:
             displaced.append(previous)
-        holding = Holding(claim, session, now + ttl, owner)
+        if previous is not None and previous.rule is not None and previous.port == claim.port:
+            # re-attaching keeps its place among equally specific rules
+            rule = Rule(rule.intercept_id, rule.matchers, rule.tests, previous.rule.order)
+        else:
+            self._next_order += 1
+        holding = Holding(claim, session, now + ttl, owner, rule)
         self._by_id[claim.id] = holding
         return holding, displaced
 
@@ -103,6 +117,12 @@ class InterceptTable:
         for h in gone:
             del self._by_id[h.claim.id]
         return gone
+
+    def rules(self, port: int, now: float) -> list[Rule]:
+        """The live per-request rules of ``port``, for :func:`~bridged.routing.decide.decide`:
+        a lapsed lease routes nothing even before it is swept."""
+        return [h.rule for h in self.on_port(port)
+                if h.rule is not None and h.expires_at > now]
 
     def route_port(self, port: int, now: float) -> Holding | None:
         """The live exclusive holder of a whole-port intercept, if any."""

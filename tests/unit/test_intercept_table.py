@@ -292,3 +292,27 @@ def test_an_intercept_id_is_reattached_only_by_its_owner() -> None:
             table.claim("s3", tcp("a", 80), now=2.0, ttl=TTL, owner="SHA256:mallory",
                         overwrite=overwrite)
     assert table.route_port(80, 2.0).session == "s2"  # type: ignore[union-attr]
+
+
+def test_http_claims_become_rules_for_the_router() -> None:
+    from bridged.routing.decide import decide
+    from bridged.routing.rules import RequestHead
+
+    table = InterceptTable()
+    table.claim("s1", http("alice", 80), now=0.0, ttl=TTL, owner="A")
+    table.claim("s2", http("bob", 80), now=0.0, ttl=TTL, owner="B")
+    rules = table.rules(80, now=1.0)
+    assert [r.intercept_id for r in rules] == ["alice", "bob"]
+    # http() matches on x-dev: <claim id>
+    assert decide(RequestHead("GET", "/", (("x-dev", "bob"),)), rules).target == "bob"
+    assert decide(RequestHead("GET", "/", (("x-dev", "carol"),)), rules).target == "origin"
+    # a lapsed lease routes nothing, swept or not
+    assert [r.intercept_id for r in table.rules(80, now=TTL + 1)] == []
+
+
+def test_a_claim_with_a_bad_matcher_is_refused() -> None:
+    table = InterceptTable()
+    bad = InterceptClaim("x", 80, "http", (Matcher("header", "regex", "x-a", "("),))
+    with pytest.raises(TableConflict, match="bad regex"):
+        table.claim("s1", bad, now=0.0, ttl=TTL)
+    assert len(table) == 0
