@@ -1,0 +1,258 @@
+"""The relay's HTTP/1.1 router: decides per request where it goes, and proxies it there.
+
+Each downstream connection is parsed with h11 (server side); each request is decided by
+:func:`bridged.routing.decide.decide` on its head alone and sent to an upstream (a developer's
+session, or the original pods) through an h11 client connection taken from a per-destination
+pool. Requests are handled one after the other, so pipelined requests keep their order; a
+keep-alive connection may send each request somewhere else.
+
+What passes through: chunked bodies and trailers (h11 re-frames them), ``Expect:
+100-continue`` (the upstream's 100 is relayed, so the client sends its body only then), large
+bodies streamed with back-pressure (one read at a time, drained before the next), and
+``Upgrade`` (the connection is routed by its upgrade request, then spliced as raw bytes).
+Defences: malformed requests get 400 and the connection closes; a request with both
+``Content-Length`` and ``Transfer-Encoding`` is refused with 400 (RFC 9112 §6.3 allows a
+server to reject it, and a proxy that accepts it is how request smuggling starts); an upstream
+that cannot be reached gets 502 with a body that says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import h11
+
+from ..routing.decide import Route
+from ..routing.rules import RequestHead
+
+log = logging.getLogger(__name__)
+
+Stream = tuple[Any, Any]  # (reader, writer), asyncio or asyncssh streams
+OpenUpstream = Callable[[Route, tuple[str, int]], Awaitable[Stream]]
+Decide = Callable[[RequestHead], Route]
+
+#: bytes read at a time; with drain() after each write this bounds what a connection buffers
+READ_SIZE = 64 * 1024
+
+
+class UpstreamUnavailable(Exception):
+    """The chosen destination cannot be reached; the message is the 502's body."""
+
+
+@dataclass
+class _Upstream:
+    reader: Any
+    writer: Any
+    conn: h11.Connection = field(default_factory=lambda: h11.Connection(h11.CLIENT))
+
+    def usable(self) -> bool:
+        return not self.writer.is_closing() and self.conn.our_state is h11.IDLE
+
+
+class UpstreamPool:
+    """Idle keep-alive connections per destination, reused by later requests."""
+
+    def __init__(self, open_upstream: OpenUpstream, per_target: int = 8) -> None:
+        self.open_upstream = open_upstream
+        self.per_target = per_target
+        self._idle: dict[str, list[_Upstream]] = {}
+
+    async def acquire(self, route: Route, peer: tuple[str, int]) -> _Upstream:
+        idle = self._idle.get(route.target, [])
+        while idle:
+            upstream = idle.pop()
+            if upstream.usable():
+                return upstream
+        try:
+            reader, writer = await self.open_upstream(route, peer)
+        except UpstreamUnavailable:
+            raise
+        except Exception as exc:  # asyncssh / OS errors: the reason goes in the 502
+            reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc)
+            raise UpstreamUnavailable(f"{route.target}: {reason}") from None
+        return _Upstream(reader, writer)
+
+    def release(self, route: Route, upstream: _Upstream) -> None:
+        if upstream.conn.our_state is h11.DONE and upstream.conn.their_state is h11.DONE:
+            upstream.conn.start_next_cycle()
+            idle = self._idle.setdefault(route.target, [])
+            if len(idle) < self.per_target:
+                idle.append(upstream)
+                return
+        upstream.writer.close()
+
+    def close(self) -> None:
+        for idle in self._idle.values():
+            for upstream in idle:
+                upstream.writer.close()
+        self._idle.clear()
+
+
+async def _next_event(conn: h11.Connection, reader: Any) -> Any:
+    while True:
+        event = conn.next_event()
+        if event is not h11.NEED_DATA:
+            return event
+        data = await reader.read(READ_SIZE)
+        conn.receive_data(data or b"")
+
+
+async def _send(writer: Any, conn: h11.Connection, event: Any) -> None:
+    data = conn.send(event)
+    if data:
+        writer.write(data)
+        await writer.drain()
+
+
+def _head(request: h11.Request) -> RequestHead:
+    return RequestHead(request.method.decode("latin-1"), request.target.decode("latin-1"),
+                       tuple((n.decode("latin-1"), v.decode("latin-1"))
+                             for n, v in request.headers))
+
+
+def _smuggling_risk(request: h11.Request) -> bool:
+    names = {n.lower() for n, _ in request.headers}
+    return b"content-length" in names and b"transfer-encoding" in names
+
+
+class HttpRouter:
+    """Serves one intercepted port's downstream connections."""
+
+    def __init__(self, decide: Decide, open_upstream: OpenUpstream,
+                 on_request: Callable[[RequestHead, Route, int], None] | None = None) -> None:
+        self.decide = decide
+        self.pool = UpstreamPool(open_upstream)
+        self.on_request = on_request
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername") or ("", 0)
+        down = h11.Connection(h11.SERVER)
+        try:
+            while True:
+                try:
+                    event = await _next_event(down, reader)
+                except h11.RemoteProtocolError as exc:
+                    await self._refuse(writer, down, exc.error_status_hint, str(exc))
+                    return
+                if not isinstance(event, h11.Request):
+                    return  # ConnectionClosed, or PAUSED after a refused upgrade
+                if _smuggling_risk(event):
+                    await self._refuse(writer, down, 400,
+                                       "both Content-Length and Transfer-Encoding")
+                    return
+                head = _head(event)
+                route = self.decide(head)
+                if not await self._proxy(event, head, route, reader, writer, down,
+                                         (str(peer[0]), int(peer[1]))):
+                    return
+                if down.our_state is not h11.DONE or down.their_state is not h11.DONE:
+                    return  # Connection: close, or an early answer before the whole body
+                down.start_next_cycle()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    async def _refuse(self, writer: Any, down: h11.Connection, status: int, why: str) -> None:
+        body = f"{why}\n".encode()
+        with contextlib.suppress(h11.LocalProtocolError, ConnectionError):
+            await _send(writer, down, h11.Response(status_code=status, headers=[
+                ("content-type", "text/plain"), ("content-length", str(len(body))),
+                ("connection", "close")]))
+            await _send(writer, down, h11.Data(data=body))
+            await _send(writer, down, h11.EndOfMessage())
+
+    async def _proxy(self, request: h11.Request, head: RequestHead, route: Route,
+                     reader: Any, writer: Any, down: h11.Connection,
+                     peer: tuple[str, int]) -> bool:
+        """One request/response exchange; False when the downstream connection must end."""
+        try:
+            up = await self.pool.acquire(route, peer)
+        except UpstreamUnavailable as exc:
+            await self._refuse(writer, down, 502, f"bridged: no answer from {exc}")
+            return False
+        status = 0
+        try:
+            await _send(up.writer, up.conn, request)
+            body = asyncio.create_task(self._request_body(reader, down, up))
+            try:
+                status = await self._response(up, writer, down, reader)
+            finally:
+                if not body.done():
+                    body.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await body
+        except (h11.ProtocolError, ConnectionError) as exc:
+            log.info("request to %s failed: %s", route.target, exc)
+            up.writer.close()
+            if down.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                await self._refuse(writer, down, 502, f"bridged: {route.target} broke off")
+            return False
+        finally:
+            if self.on_request is not None:
+                self.on_request(head, route, status)
+        if status == 101:
+            return False  # spliced until one side closed
+        self.pool.release(route, up)
+        return True
+
+    async def _request_body(self, reader: Any, down: h11.Connection, up: _Upstream) -> None:
+        while True:
+            event = await _next_event(down, reader)
+            if isinstance(event, h11.Data | h11.EndOfMessage):
+                await _send(up.writer, up.conn, event)
+            if isinstance(event, h11.EndOfMessage) or event is h11.PAUSED:
+                return
+            if isinstance(event, h11.ConnectionClosed):
+                raise ConnectionError("the client closed mid-request")
+
+    async def _response(self, up: _Upstream, writer: Any, down: h11.Connection,
+                        reader: Any) -> int:
+        status = 0
+        while True:
+            event = await _next_event(up.conn, up.reader)
+            if isinstance(event, h11.InformationalResponse):
+                await _send(writer, down, event)
+                if event.status_code == 101:
+                    await self._splice(up, writer, down, reader)
+                    return 101
+                continue
+            if isinstance(event, h11.Response):
+                status = event.status_code
+            if isinstance(event, h11.Response | h11.Data | h11.EndOfMessage):
+                await _send(writer, down, event)
+            if isinstance(event, h11.EndOfMessage):
+                return status
+            if isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
+                raise ConnectionError("the upstream closed mid-response")
+
+    async def _splice(self, up: _Upstream, writer: Any, down: h11.Connection,
+                      reader: Any) -> None:
+        """After 101 Switching Protocols both ends speak something else: copy raw bytes."""
+        down_rest, _ = down.trailing_data
+        up_rest, _ = up.conn.trailing_data
+        if down_rest:
+            up.writer.write(down_rest)
+        if up_rest:
+            writer.write(up_rest)
+
+        async def copy(src: Any, dst: Any) -> None:
+            try:
+                while data := await src.read(READ_SIZE):
+                    dst.write(data)
+                    await dst.drain()
+            finally:
+                with contextlib.suppress(Exception):
+                    dst.write_eof()
+
+        await asyncio.gather(copy(reader, up.writer), copy(up.reader, writer),
+                             return_exceptions=True)
+        up.writer.close()
+
+    def close(self) -> None:
+        self.pool.close()
