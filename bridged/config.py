@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from .errors import ConfigError
+from .protocol import Matcher
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -255,8 +256,8 @@ class ForwardSpec:
 class InterceptSpec:
     """Traffic that reaches ``remote_port`` in the cluster, delivered to a local port instead.
 
-    ``mode`` is ``tcp`` (whole port, exclusive) in this version; the control protocol already
-    carries ``matchers`` for per-request HTTP routing.
+    ``tcp``: the whole port, exclusively. ``http``: per request, those that match all
+    ``matchers`` (none: every request); the others go to ``origin``, the original pods.
     """
 
     name: str
@@ -264,17 +265,46 @@ class InterceptSpec:
     local_port: int
     local_host: str = "127.0.0.1"
     mode: str = "tcp"
-    matchers: tuple[tuple[str, str, str], ...] = field(default=())
+    matchers: tuple[Matcher, ...] = field(default=())
+    origin: str = ""
 
     @classmethod
     def parse(
         cls, *, remote_port: int, local_port: int, name: str | None = None,
-        local_host: str = "127.0.0.1",
+        local_host: str = "127.0.0.1", headers: tuple[str, ...] = (), path: str | None = None,
+        origin: str | None = None, http: bool = False,
     ) -> InterceptSpec:
         rport = parse_port(remote_port, "remote port")
+        matchers = [parse_header_matcher(h) for h in headers]
+        if path is not None:
+            if not path.startswith("/"):
+                raise ConfigError(f"bad path {path!r}: expected a prefix starting with '/'")
+            matchers.append(Matcher("path", "prefix", "", path))
+        if origin:
+            host, port = parse_host_port(origin)
+            origin = format_host_port(host, port)
         return cls(
             name=parse_name(name or f"port-{rport}", "intercept name"),
             remote_port=rport,
             local_port=parse_port(local_port, "local port"),
             local_host=parse_host(local_host),
+            mode="http" if (http or matchers or origin) else "tcp",
+            matchers=tuple(matchers),
+            origin=origin or "",
         )
+
+
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an RFC 9110 token
+
+
+def parse_header_matcher(text: str) -> Matcher:
+    """``NAME=VALUE`` (exact) or ``NAME~REGEX``, as typed after ``--header``."""
+    m = re.fullmatch(r"([^=~]+)([=~])(.*)", text)
+    if m is None or not _HEADER_NAME.fullmatch(m[1]):
+        raise ConfigError(f"bad header {text!r}: expected NAME=VALUE or NAME~REGEX")
+    if m[2] == "~":
+        try:
+            re.compile(m[3])
+        except re.error as exc:
+            raise ConfigError(f"bad header regex {m[3]!r}: {exc}") from None
+    return Matcher("header", "equals" if m[2] == "=" else "regex", m[1].lower(), m[3])

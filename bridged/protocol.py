@@ -47,6 +47,9 @@ class InterceptClaim:
     port: int  # the port the cluster sends the service's traffic to, on the relay
     mode: str = "tcp"  # "tcp": whole port; "http": per request, by matchers
     matchers: tuple[Matcher, ...] = ()
+    #: where requests that match no intercept go ("host:port"): the Service's own pods.
+    #: Empty: the relay's redirect strategy knows (takeover's shadow Service).
+    origin: str = ""
 
     @property
     def exclusive(self) -> bool:
@@ -206,8 +209,11 @@ def _claim(data: Any) -> InterceptClaim:
     claim_id = data.get("id")
     if not isinstance(claim_id, str) or not _CLAIM_ID.fullmatch(claim_id):
         raise ValueError(f"bad intercept id {claim_id!r}")
-    return InterceptClaim(id=claim_id, port=port, mode=str(data.get("mode", "tcp")),
-                          matchers=matchers)
+    mode = str(data.get("mode", "tcp"))
+    if mode not in ("tcp", "http"):
+        raise ValueError(f"unknown intercept mode {mode!r}")
+    return InterceptClaim(id=claim_id, port=port, mode=mode, matchers=matchers,
+                          origin=str(data.get("origin") or ""))
 
 
 def compatible(theirs: tuple[int, int]) -> bool:

@@ -143,14 +143,24 @@ def register(app: typer.Typer) -> None:
         local_port: Annotated[int, typer.Option(help="Port of your local service.")],
         name: Annotated[str | None, typer.Option(help="Name of the intercept.")] = None,
         local_host: Annotated[str, typer.Option(help="Host of your local service.")] = "127.0.0.1",
+        header: Annotated[list[str] | None, typer.Option(
+            help="Only requests with this header: NAME=VALUE or NAME~REGEX (repeatable).")]
+            = None,
+        path: Annotated[str | None, typer.Option(help="Only requests under this path.")] = None,
+        origin: Annotated[str | None, typer.Option(
+            help="HOST:PORT of the original pods, for requests that match nobody.")] = None,
+        http: Annotated[bool, typer.Option(help="Route per HTTP request (implied by "
+                                           "--header, --path, --origin).")] = False,
         bridge: BridgeOpt = None,
         no_start: NoStartOpt = False,
         json_out: JsonOpt = False,
     ) -> None:
-        """Send the traffic of a relay port to a local service (whole port, TCP)."""
+        """Send the traffic of a relay port to a local service: the whole port (TCP), or with
+        --header/--path only the HTTP requests that match, the rest to the original pods."""
         result = _client(no_start).post("intercepts", {
             "remote_port": remote_port, "local_port": local_port, "name": name,
-            "local_host": local_host, "bridge": bridge,
+            "local_host": local_host, "bridge": bridge, "headers": header or [],
+            "path": path, "origin": origin, "http": http,
         })
         emit(result, json_out, lambda r: typer.echo(
             f"intercepting relay port {r['remote_port']} → {r['local_host']}:{r['local_port']}"

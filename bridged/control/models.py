@@ -160,10 +160,15 @@ class InterceptRequest:
         local = _field(body, "local_port", int)
         if remote is None or local is None:
             raise ConfigError("an intercept needs remote_port and local_port")
+        headers = _field(body, "headers", list, [])
+        if not all(isinstance(h, str) for h in headers):
+            raise ConfigError("field 'headers' must be a list of NAME=VALUE strings")
         return cls(
             _field(body, "bridge", str),
             InterceptSpec.parse(
                 remote_port=remote, local_port=local, name=_field(body, "name", str),
                 local_host=_field(body, "local_host", str, "127.0.0.1"),
+                headers=tuple(headers), path=_field(body, "path", str),
+                origin=_field(body, "origin", str), http=_field(body, "http", bool, False),
             ),
         )

@@ -107,6 +107,8 @@ class Intercept:
     def to_dict(self) -> dict[str, Any]:
         s = self.spec
         return {"name": s.name, "bridge": self.bridge, "id": self.claim.id, "mode": s.mode,
+                "matchers": [" ".join(p for p in (m.kind, m.name, m.op, m.value) if p)
+                             for m in s.matchers], "origin": s.origin,
                 "remote_port": s.remote_port, "local_host": s.local_host,
                 "local_port": s.local_port, "state": self.state, "error": self.error,
                 **self.counters.snapshot()}
@@ -386,7 +388,8 @@ class Bridge:
     # --- intercepts ---
 
     async def add_intercept(self, spec: InterceptSpec, intercept_id: str) -> Intercept:
-        claim = protocol.InterceptClaim(id=intercept_id, port=spec.remote_port, mode=spec.mode)
+        claim = protocol.InterceptClaim(id=intercept_id, port=spec.remote_port, mode=spec.mode,
+                                        matchers=spec.matchers, origin=spec.origin)
         intercept = Intercept(spec, self.name, claim)
         await self.wait_connected()
         await self._register(intercept, strict=True)

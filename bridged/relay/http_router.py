@@ -51,7 +51,10 @@ class _Upstream:
     conn: h11.Connection = field(default_factory=lambda: h11.Connection(h11.CLIENT))
 
     def usable(self) -> bool:
-        return not self.writer.is_closing() and self.conn.our_state is h11.IDLE
+        """Idle and still open both ways: a pooled connection the other side closed meanwhile
+        (its service restarted, its keep-alive timed out) must not get the next request."""
+        return (not self.writer.is_closing() and not self.reader.at_eof()
+                and self.conn.our_state is h11.IDLE)
 
 
 class UpstreamPool:
@@ -191,7 +194,9 @@ class HttpRouter:
             log.info("request to %s failed: %s", route.target, exc)
             up.writer.close()
             if down.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-                await self._refuse(writer, down, 502, f"bridged: {route.target} broke off")
+                await self._refuse(writer, down, 502,
+                                   f"bridged: {route.target} closed the connection before "
+                                   "answering")
             return False
         finally:
             if self.on_request is not None:

@@ -15,13 +15,16 @@ from typing import Any
 import asyncssh
 
 from .. import __version__, protocol
-from ..config import LeaseSettings, TunnelSettings, format_host_port
+from ..config import LeaseSettings, TunnelSettings, format_host_port, parse_host_port
 from ..errors import RefusedError
 from ..keys import fingerprint, load_or_create_key
+from ..routing.decide import Route, decide
+from ..routing.rules import RequestHead
 from ..routing.table import Holding, InterceptTable, TableConflict
 from ..splice import Counters, channel_then_socket, socket_then_channel
 from ..tasks import TaskSet
 from .auth import AuthorizedKeys
+from .http_router import HttpRouter, UpstreamUnavailable
 from .policy import DestinationPolicy
 
 log = logging.getLogger(__name__)
@@ -144,6 +147,50 @@ class PortListener:
             await self.server.wait_closed()
 
 
+class HttpPortListener(PortListener):
+    """An intercepted port whose requests are routed one by one (:mod:`.http_router`)."""
+
+    def __init__(self, relay: Relay, port: int, origin: str) -> None:
+        super().__init__(relay, port)
+        self.origin = origin
+        self.router = HttpRouter(self._decide, self._open_upstream, self._count)
+
+    async def start(self, host: str) -> None:
+        self.server = await asyncio.start_server(
+            self.router.serve, host, self.port, reuse_address=True,
+            backlog=self.relay.settings.tunnel.listen_backlog)
+
+    def _decide(self, head: RequestHead) -> Route:
+        return decide(head, self.relay.table.rules(self.port, asyncio.get_running_loop().time()))
+
+    def _count(self, head: RequestHead, route: Route, status: int) -> None:
+        self.counters.connections += 1
+        if status in (0, 502):
+            self.counters.fail(f"{head.method} {head.path} → {route.target}: failed")
+
+    async def _open_upstream(self, route: Route, peer: tuple[str, int]) -> Any:
+        if route.to_origin:
+            if not self.origin:
+                raise UpstreamUnavailable("the original pods: none known for this port")
+            host, port = parse_host_port(self.origin)
+            return await asyncio.open_connection(host, port)
+        holding = next((h for h in self.relay.table.on_port(self.port)
+                        if h.claim.id == route.target), None)
+        session = self.relay.sessions.get(holding.session) if holding else None
+        if holding is None or session is None or \
+                holding.claim.listen_host not in session.virtual:
+            raise UpstreamUnavailable(f"intercept {route.target}: its session is gone")
+        try:
+            return await session.conn.open_connection(
+                holding.claim.listen_host, self.port, peer[0], peer[1])
+        except asyncssh.ChannelOpenError as exc:
+            raise UpstreamUnavailable(f"{route.target}: {exc.reason}") from None
+
+    async def close(self) -> None:
+        self.router.close()
+        await super().close()
+
+
 class Relay:
     """The relay: owns the SSH servers, the intercept table, the port listeners and the leases."""
 
@@ -240,8 +287,11 @@ class Relay:
 
     async def register(self, session: RelaySession, claim: protocol.InterceptClaim,
                        overwrite: bool) -> dict[str, Any]:
-        if claim.mode != "tcp":
-            raise RefusedError(f"intercept mode {claim.mode!r} is not supported by this relay")
+        existing = self.ports.get(claim.port)
+        if existing is not None and isinstance(existing, HttpPortListener) != \
+                (claim.mode == "http"):
+            raise RefusedError(f"port {claim.port} is intercepted in another mode "
+                               f"({'http' if isinstance(existing, HttpPortListener) else 'tcp'})")
         now = asyncio.get_running_loop().time()
         try:
             _, displaced = self.table.claim(
@@ -254,7 +304,8 @@ class Relay:
             log.info("intercept %s displaced by %s", h.claim.id, claim.id)
         self._close_idle_ports(displaced)
         if claim.port not in self.ports:
-            listener = PortListener(self, claim.port)
+            listener = HttpPortListener(self, claim.port, claim.origin) \
+                if claim.mode == "http" else PortListener(self, claim.port)
             try:
                 await listener.start(self.settings.intercept_host)
             except OSError as exc:

@@ -1,0 +1,93 @@
+"""Per-request intercepts end to end: a real relay, two developers' daemons, one origin."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+from aiohttp import web
+
+from bridged.localrun import RelayProcess
+
+from ..helpers import Daemon, eventually, free_port
+
+
+async def _who(name: str) -> tuple[web.AppRunner, int]:
+    async def hello(request: web.Request) -> web.Response:
+        return web.json_response({"who": name})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", hello)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner, port
+
+
+async def test_two_developers_and_the_cluster_share_one_port(
+    relay: RelayProcess, bridge: Daemon, make_daemon: Callable[[str], Awaitable[Daemon]],
+) -> None:
+    origin, origin_port = await _who("origin")
+    alice_svc, alice_port = await _who("alice's laptop")
+    bob_svc, bob_port = await _who("bob's laptop")
+    bob = await make_daemon("bob")
+    relay.authorize(await bob.public_key())
+    await bob.call("POST", "bridges", {"url": relay.url})
+    port = free_port()
+    try:
+        for daemon, dev, local in ((bridge, "alice", alice_port), (bob, "bob", bob_port)):
+            result = await daemon.acli(
+                "intercept", "--remote-port", str(port), "--local-port", str(local),
+                "--header", f"x-dev={dev}", "--origin", f"127.0.0.1:{origin_port}", "--json")
+            assert result.returncode == 0, result.stderr
+
+        plan = ["alice", "", "bob", "alice", "carol", "", "bob"] * 5
+        connector = aiohttp.TCPConnector(limit=1)  # all on one keep-alive connection
+        async with aiohttp.ClientSession(connector=connector) as session:
+            async def send(dev: str) -> str:
+                headers = {"x-dev": dev} if dev else {}
+                async with session.get(f"http://127.0.0.1:{port}/x", headers=headers) as r:
+                    return str((await r.json())["who"])
+
+            got = [await send(dev) for dev in plan]
+        expected = {"alice": "alice's laptop", "bob": "bob's laptop"}
+        assert got == [expected.get(dev, "origin") for dev in plan]
+        assert got.count("origin") == 15 and got.count("bob's laptop") == 10
+
+        # bob's laptop dies: his requests go back to the cluster, alice keeps hers
+        bob.process.kill()
+
+        async def bob_gone() -> bool:
+            async with aiohttp.ClientSession() as s, s.get(
+                    f"http://127.0.0.1:{port}/", headers={"x-dev": "bob"}) as r:
+                # until the relay sees the connection drop, bob's route answers 502
+                return r.status == 200 and (await r.json())["who"] == "origin"
+
+        await eventually(bob_gone, within=15, what="bob's requests to return to the cluster")
+        async with aiohttp.ClientSession() as s, s.get(
+                f"http://127.0.0.1:{port}/", headers={"x-dev": "alice"}) as r:
+            assert (await r.json())["who"] == "alice's laptop"
+
+        # alice stops her local service: a 502 that says so, not a hang
+        await alice_svc.cleanup()
+        async with aiohttp.ClientSession() as s, s.get(
+                f"http://127.0.0.1:{port}/", headers={"x-dev": "alice"}) as r:
+            assert r.status == 502
+            assert "cannot connect to the local service" in await r.text()
+    finally:
+        for runner in (origin, alice_svc, bob_svc):
+            await runner.cleanup()
+
+
+async def test_a_whole_port_and_a_per_request_intercept_do_not_mix(
+    bridge: Daemon, echo_server: int
+) -> None:
+    port = free_port()
+    tcp = await bridge.acli("intercept", "--remote-port", str(port), "--local-port",
+                            str(echo_server), "--name", "whole")
+    assert tcp.returncode == 0, tcp.stderr
+    http = await bridge.acli("intercept", "--remote-port", str(port), "--local-port",
+                             str(echo_server), "--header", "x-dev=me", "--name", "some")
+    assert http.returncode == 1
+    assert "intercepted in another mode" in http.stderr or "already intercepted" in http.stderr
