@@ -267,12 +267,13 @@ class InterceptSpec:
     mode: str = "tcp"
     matchers: tuple[Matcher, ...] = field(default=())
     origin: str = ""
+    fallback: str = "error"
 
     @classmethod
     def parse(
         cls, *, remote_port: int, local_port: int, name: str | None = None,
         local_host: str = "127.0.0.1", headers: tuple[str, ...] = (), path: str | None = None,
-        origin: str | None = None, http: bool = False,
+        origin: str | None = None, http: bool = False, fallback: str = "error",
     ) -> InterceptSpec:
         rport = parse_port(remote_port, "remote port")
         matchers = [parse_header_matcher(h) for h in headers]
@@ -283,6 +284,10 @@ class InterceptSpec:
         if origin:
             host, port = parse_host_port(origin)
             origin = format_host_port(host, port)
+        if fallback not in ("error", "origin"):
+            raise ConfigError(f"bad fallback {fallback!r}: expected error or origin")
+        if fallback == "origin" and not origin:
+            raise ConfigError("--fallback origin needs --origin HOST:PORT")
         return cls(
             name=parse_name(name or f"port-{rport}", "intercept name"),
             remote_port=rport,
@@ -291,6 +296,7 @@ class InterceptSpec:
             mode="http" if (http or matchers or origin) else "tcp",
             matchers=tuple(matchers),
             origin=origin or "",
+            fallback=fallback,
         )
 
 

@@ -50,6 +50,8 @@ class InterceptClaim:
     #: where requests that match no intercept go ("host:port"): the Service's own pods.
     #: Empty: the relay's redirect strategy knows (takeover's shadow Service).
     origin: str = ""
+    #: when the developer's local service cannot be reached: "error" (502) or "origin"
+    fallback: str = "error"
 
     @property
     def exclusive(self) -> bool:
@@ -212,8 +214,11 @@ def _claim(data: Any) -> InterceptClaim:
     mode = str(data.get("mode", "tcp"))
     if mode not in ("tcp", "http"):
         raise ValueError(f"unknown intercept mode {mode!r}")
+    fallback = str(data.get("fallback") or "error")
+    if fallback not in ("error", "origin"):
+        raise ValueError(f"unknown fallback {fallback!r}")
     return InterceptClaim(id=claim_id, port=port, mode=mode, matchers=matchers,
-                          origin=str(data.get("origin") or ""))
+                          origin=str(data.get("origin") or ""), fallback=fallback)
 
 
 def compatible(theirs: tuple[int, int]) -> bool:

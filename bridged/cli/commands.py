@@ -151,6 +151,9 @@ def register(app: typer.Typer) -> None:
             help="HOST:PORT of the original pods, for requests that match nobody.")] = None,
         http: Annotated[bool, typer.Option(help="Route per HTTP request (implied by "
                                            "--header, --path, --origin).")] = False,
+        fallback: Annotated[str, typer.Option(
+            help="When your service is down: error (502) or origin (the original pods).")]
+            = "error",
         bridge: BridgeOpt = None,
         no_start: NoStartOpt = False,
         json_out: JsonOpt = False,
@@ -160,7 +163,7 @@ def register(app: typer.Typer) -> None:
         result = _client(no_start).post("intercepts", {
             "remote_port": remote_port, "local_port": local_port, "name": name,
             "local_host": local_host, "bridge": bridge, "headers": header or [],
-            "path": path, "origin": origin, "http": http,
+            "path": path, "origin": origin, "http": http, "fallback": fallback,
         })
         emit(result, json_out, lambda r: typer.echo(
             f"intercepting relay port {r['remote_port']} → {r['local_host']}:{r['local_port']}"

@@ -170,5 +170,6 @@ class InterceptRequest:
                 local_host=_field(body, "local_host", str, "127.0.0.1"),
                 headers=tuple(headers), path=_field(body, "path", str),
                 origin=_field(body, "origin", str), http=_field(body, "http", bool, False),
+                fallback=_field(body, "fallback", str, "error"),
             ),
         )

@@ -389,7 +389,8 @@ class Bridge:
 
     async def add_intercept(self, spec: InterceptSpec, intercept_id: str) -> Intercept:
         claim = protocol.InterceptClaim(id=intercept_id, port=spec.remote_port, mode=spec.mode,
-                                        matchers=spec.matchers, origin=spec.origin)
+                                        matchers=spec.matchers, origin=spec.origin,
+                                        fallback=spec.fallback)
         intercept = Intercept(spec, self.name, claim)
         await self.wait_connected()
         await self._register(intercept, strict=True)

@@ -127,10 +127,13 @@ class HttpRouter:
     """Serves one intercepted port's downstream connections."""
 
     def __init__(self, decide: Decide, open_upstream: OpenUpstream,
-                 on_request: Callable[[RequestHead, Route, int], None] | None = None) -> None:
+                 on_request: Callable[[RequestHead, Route, int], None] | None = None,
+                 fallback: Callable[[Route], Route | None] | None = None) -> None:
         self.decide = decide
         self.pool = UpstreamPool(open_upstream)
         self.on_request = on_request
+        #: where a request goes when its destination cannot be reached (None: a 502)
+        self.fallback = fallback
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername") or ("", 0)
@@ -177,8 +180,12 @@ class HttpRouter:
         try:
             up = await self.pool.acquire(route, peer)
         except UpstreamUnavailable as exc:
-            await self._refuse(writer, down, 502, f"bridged: no answer from {exc}")
-            return False
+            other = self.fallback(route) if self.fallback is not None else None
+            if other is None or other == route:
+                await self._refuse(writer, down, 502, f"bridged: no answer from {exc}")
+                return False
+            log.info("%s; falling back to %s", exc, other.target)
+            return await self._proxy(request, head, other, reader, writer, down, peer)
         status = 0
         try:
             await _send(up.writer, up.conn, request)

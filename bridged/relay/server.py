@@ -18,7 +18,7 @@ from .. import __version__, protocol
 from ..config import LeaseSettings, TunnelSettings, format_host_port, parse_host_port
 from ..errors import RefusedError
 from ..keys import fingerprint, load_or_create_key
-from ..routing.decide import Route, decide
+from ..routing.decide import ORIGIN, Route, decide
 from ..routing.rules import RequestHead
 from ..routing.table import Holding, InterceptTable, TableConflict
 from ..splice import Counters, channel_then_socket, socket_then_channel
@@ -153,7 +153,8 @@ class HttpPortListener(PortListener):
     def __init__(self, relay: Relay, port: int, origin: str) -> None:
         super().__init__(relay, port)
         self.origin = origin
-        self.router = HttpRouter(self._decide, self._open_upstream, self._count)
+        self.router = HttpRouter(self._decide, self._open_upstream, self._count,
+                                 self._fallback)
 
     async def start(self, host: str) -> None:
         self.server = await asyncio.start_server(
@@ -162,6 +163,13 @@ class HttpPortListener(PortListener):
 
     def _decide(self, head: RequestHead) -> Route:
         return decide(head, self.relay.table.rules(self.port, asyncio.get_running_loop().time()))
+
+    def _fallback(self, route: Route) -> Route | None:
+        holding = next((h for h in self.relay.table.on_port(self.port)
+                        if h.claim.id == route.target), None)
+        if holding is not None and holding.claim.fallback == "origin" and self.origin:
+            return Route(ORIGIN)
+        return None
 
     def _count(self, head: RequestHead, route: Route, status: int) -> None:
         self.counters.connections += 1

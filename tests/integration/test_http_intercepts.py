@@ -91,3 +91,24 @@ async def test_a_whole_port_and_a_per_request_intercept_do_not_mix(
                              str(echo_server), "--header", "x-dev=me", "--name", "some")
     assert http.returncode == 1
     assert "intercepted in another mode" in http.stderr or "already intercepted" in http.stderr
+
+
+async def test_fallback_origin_sends_requests_to_the_cluster_while_you_are_down(
+    bridge: Daemon,
+) -> None:
+    origin, origin_port = await _who("origin")
+    port, nothing_here = free_port(), free_port()
+    try:
+        result = await bridge.acli(
+            "intercept", "--remote-port", str(port), "--local-port", str(nothing_here),
+            "--header", "x-dev=me", "--origin", f"127.0.0.1:{origin_port}",
+            "--fallback", "origin")
+        assert result.returncode == 0, result.stderr
+        async with aiohttp.ClientSession() as s, s.get(
+                f"http://127.0.0.1:{port}/", headers={"x-dev": "me"}) as r:
+            assert r.status == 200 and (await r.json())["who"] == "origin"
+        bad = await bridge.acli("intercept", "--remote-port", str(free_port()), "--local-port",
+                                "1", "--header", "x-dev=me", "--fallback", "origin")
+        assert bad.returncode == 2 and "--fallback origin needs --origin" in bad.stderr
+    finally:
+        await origin.cleanup()

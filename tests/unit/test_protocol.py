@@ -77,7 +77,7 @@ def test_every_message_type_is_registered_by_its_type_name():
         (Error(re=5, code="conflict", message="m"),
          b'{"type":"error","re":5,"code":"conflict","message":"m"}\n'),
         (Register(id=1, claim=InterceptClaim("i", 80)),
-         b'{"type":"register","id":1,"claim":{"id":"i","port":80,"mode":"tcp","matchers":[],"origin":""},'
+         b'{"type":"register","id":1,"claim":{"id":"i","port":80,"mode":"tcp","matchers":[],"origin":"","fallback":"error"},'
          b'"overwrite":false}\n'),
     ],
 )
