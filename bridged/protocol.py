@@ -128,8 +128,22 @@ class Error(Message):
     message: str = ""
 
 
+@dataclass(frozen=True)
+class Traffic(Message):
+    """Relay → daemon, unasked: one request the router sent to this session (or that failed
+    on its way there). No headers, no bodies: nothing secret crosses into logs."""
+
+    type: ClassVar[str] = "traffic"
+    intercept_id: str
+    method: str
+    path: str
+    status: int  # 0: no response (the connection broke)
+    duration_ms: float
+    client: str = ""
+
+
 MESSAGES: dict[str, type[Message]] = {
-    cls.type: cls for cls in (Hello, Register, Release, Renew, GetStats, Ok, Error)
+    cls.type: cls for cls in (Hello, Register, Release, Renew, GetStats, Ok, Error, Traffic)
 }
 
 

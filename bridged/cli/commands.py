@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Annotated, Any
@@ -251,6 +252,33 @@ def register(app: typer.Typer) -> None:
                                           "kubeconfig": os.environ.get("KUBECONFIG")})
         emit(result, json_out, lambda r: typer.echo(
             f"removed from {r['namespace']}: {', '.join(r['deleted']) or 'nothing to remove'}"))
+
+    @app.command()
+    @handles_errors
+    def traffic(
+        follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep showing new ones.")]
+            = False,
+        json_out: JsonOpt = False,
+    ) -> None:
+        """The requests the cluster sent to your intercepts (the last 1000 per bridge)."""
+        import time as _time
+
+        client = _client(no_start=True)
+        since = 0.0
+        while True:
+            entries = client.get(f"traffic?since={since}")
+            for e in entries:
+                if json_out:  # one JSON object per line, as a stream for scripts
+                    typer.echo(json.dumps(e, sort_keys=True))
+                else:
+                    stamp = _time.strftime("%H:%M:%S", _time.localtime(e["time"]))
+                    typer.echo(f"{stamp} {e['intercept']:<16} {e['status'] or 'ERR':>3} "
+                               f"{e['method']:<6} {e['path']}  {e['duration_ms']:.1f} ms"
+                               f"  from {e['client']}")
+                since = max(since, e["time"])
+            if not follow:
+                return
+            _time.sleep(0.5)
 
     @app.command()
     @handles_errors

@@ -71,6 +71,14 @@ def make_app(daemon: Daemon) -> web.Application:
     async def forwards(request: web.Request) -> web.Response:
         return web.json_response(daemon.status()["forwards"])
 
+    @routes.get(f"{API}/traffic")
+    async def traffic(request: web.Request) -> web.Response:
+        try:
+            since = float(request.query.get("since", "0"))
+        except ValueError:
+            raise ConfigError("since must be a time in seconds") from None
+        return web.json_response(daemon.traffic(since))
+
     @routes.get(f"{API}/services")
     async def services(request: web.Request) -> web.Response:
         return web.json_response(await daemon.services(request.query.get("bridge")))

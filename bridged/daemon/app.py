@@ -392,6 +392,11 @@ class Daemon:
 
     # --- status ---
 
+    def traffic(self, since: float = 0.0) -> list[dict[str, Any]]:
+        """Intercepted requests of every bridge after ``since`` (a time), oldest first."""
+        entries = [e for b in self.bridges.values() for e in b.traffic_log if e["time"] > since]
+        return sorted(entries, key=lambda e: e["time"])
+
     def status(self) -> dict[str, Any]:
         return {
             "daemon": {

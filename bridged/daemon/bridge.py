@@ -9,6 +9,7 @@ relay (up to ``wait_relay_seconds``) instead of failing at once.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import random
@@ -146,6 +147,8 @@ class Bridge:
         self.connects = 0
         self.connected_since: float | None = None
         self.relay_info: dict[str, Any] = {}
+        #: the last requests the relay routed to us (shared with the daemon's log)
+        self.traffic_log: Any = collections.deque(maxlen=1000)
         self._connected = asyncio.Event()
         #: the kube API client of a kube bridge (Services, the relay's objects), else None
         self.kube: Any = None
@@ -206,6 +209,7 @@ class Bridge:
         try:
             control = await ControlChannel.open(conn)
             control.on_closed = conn.abort  # no control, no leases: reconnect
+            control.on_traffic = self._traffic
             self.relay_info = await control.call(
                 protocol.Hello, version=protocol.VERSION, agent=f"bridged-daemon/{_version()}"
             )
@@ -445,6 +449,17 @@ class Bridge:
             await control.call(protocol.Release, intercept_id=intercept.claim.id, wait=5)
         except RefusedError:
             pass
+
+    # --- traffic log ---
+
+    def _traffic(self, msg: protocol.Traffic) -> None:
+        name = next((i.spec.name for i in self.intercepts.values()
+                     if i.claim.id == msg.intercept_id), msg.intercept_id)
+        self.traffic_log.append({
+            "time": time.time(), "bridge": self.name, "intercept": name,
+            "method": msg.method, "path": msg.path, "status": msg.status,
+            "duration_ms": msg.duration_ms, "client": msg.client,
+        })
 
     # --- status ---
 

@@ -22,6 +22,8 @@ class ControlChannel:
         #: called once when the channel ends: a bridge without control cannot renew leases,
         #: so it drops the connection and reconnects
         self.on_closed: Any = None
+        #: called with each protocol.Traffic the relay sends
+        self.on_traffic: Any = None
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._task = asyncio.create_task(self._read(), name="control-reader")
@@ -60,6 +62,10 @@ class ControlChannel:
                     msg = protocol.decode(line)
                 except ProtocolError as exc:  # e.g. a newer relay's message: not fatal
                     log.warning("ignored a control message from the relay: %s", exc)
+                    continue
+                if isinstance(msg, protocol.Traffic):
+                    if self.on_traffic is not None:
+                        self.on_traffic(msg)
                     continue
                 future = self._pending.get(getattr(msg, "re", -1))
                 if future is None or future.done():

@@ -60,7 +60,9 @@ class _Upstream:
 class UpstreamPool:
     """Idle keep-alive connections per destination, reused by later requests."""
 
-    def __init__(self, open_upstream: OpenUpstream, per_target: int = 8) -> None:
+    #: idle connections kept per destination: as many as the concurrency it sees, or every
+    #: request beyond them pays a new upstream connection
+    def __init__(self, open_upstream: OpenUpstream, per_target: int = 128) -> None:
         self.open_upstream = open_upstream
         self.per_target = per_target
         self._idle: dict[str, list[_Upstream]] = {}
@@ -127,7 +129,8 @@ class HttpRouter:
     """Serves one intercepted port's downstream connections."""
 
     def __init__(self, decide: Decide, open_upstream: OpenUpstream,
-                 on_request: Callable[[RequestHead, Route, int], None] | None = None,
+                 on_request: Callable[[RequestHead, Route, int, float, tuple[str, int]], None]
+                 | None = None,
                  fallback: Callable[[Route], Route | None] | None = None) -> None:
         self.decide = decide
         self.pool = UpstreamPool(open_upstream)
@@ -187,6 +190,7 @@ class HttpRouter:
             log.info("%s; falling back to %s", exc, other.target)
             return await self._proxy(request, head, other, reader, writer, down, peer)
         status = 0
+        started = asyncio.get_running_loop().time()
         try:
             await _send(up.writer, up.conn, request)
             body = asyncio.create_task(self._request_body(reader, down, up))
@@ -207,7 +211,8 @@ class HttpRouter:
             return False
         finally:
             if self.on_request is not None:
-                self.on_request(head, route, status)
+                elapsed = asyncio.get_running_loop().time() - started
+                self.on_request(head, route, status, elapsed, peer)
         if status == 101:
             return False  # spliced until one side closed
         self.pool.release(route, up)

@@ -171,10 +171,21 @@ class HttpPortListener(PortListener):
             return Route(ORIGIN)
         return None
 
-    def _count(self, head: RequestHead, route: Route, status: int) -> None:
+    def _count(self, head: RequestHead, route: Route, status: int, seconds: float,
+               peer: tuple[str, int]) -> None:
         self.counters.connections += 1
         if status in (0, 502):
             self.counters.fail(f"{head.method} {head.path} → {route.target}: failed")
+        if route.to_origin:
+            return
+        holding = next((h for h in self.relay.table.on_port(self.port)
+                        if h.claim.id == route.target), None)
+        session = self.relay.sessions.get(holding.session) if holding else None
+        if session is not None and session.control is not None:
+            session.control.write(protocol.encode(protocol.Traffic(
+                intercept_id=route.target, method=head.method, path=head.path[:2048],
+                status=status, duration_ms=round(seconds * 1000, 2),
+                client=format_host_port(*peer) if peer[0] else "")))
 
     async def _open_upstream(self, route: Route, peer: tuple[str, int]) -> Any:
         if route.to_origin:
@@ -402,7 +413,11 @@ class Relay:
         if session is None:
             process.exit(1)
             return
-        await ControlHandler(self, session).serve(process.stdin, process.stdout)
+        session.control = process.stdout
+        try:
+            await ControlHandler(self, session).serve(process.stdin, process.stdout)
+        finally:
+            session.control = None
         process.exit(0)
 
     def session_of(self, conn: Any) -> RelaySession | None:
@@ -441,6 +456,8 @@ class RelaySession(asyncssh.SSHServer):
         self.agent = ""
         self.conn: asyncssh.SSHServerConnection = None  # type: ignore[assignment]
         self.virtual: dict[str, VirtualListener] = {}
+        #: the control channel's writer, for events the relay sends unasked (traffic)
+        self.control: Any = None
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self.conn = conn

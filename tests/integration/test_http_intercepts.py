@@ -54,6 +54,15 @@ async def test_two_developers_and_the_cluster_share_one_port(
         expected = {"alice": "alice's laptop", "bob": "bob's laptop"}
         assert got == [expected.get(dev, "origin") for dev in plan]
         assert got.count("origin") == 15 and got.count("bob's laptop") == 10
+        # each developer's traffic log lists exactly their requests
+        async def logged() -> list[dict[str, object]]:
+            entries = await bridge.call("GET", "traffic")
+            return entries if len(entries) == 10 else []
+
+        entries = await eventually(logged, within=10, what="alice's 10 requests in her log")
+        assert {(e["method"], e["path"], e["status"]) for e in entries} == {("GET", "/x", 200)}
+        shown = await bridge.acli("traffic")
+        assert shown.returncode == 0 and shown.stdout.count(" GET ") == 10
 
         # bob's laptop dies: his requests go back to the cluster, alice keeps hers
         bob.process.kill()

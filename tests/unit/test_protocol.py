@@ -18,6 +18,7 @@ from bridged.protocol import (
     Register,
     Release,
     Renew,
+    Traffic,
     UnknownType,
     compatible,
     decode,
@@ -62,7 +63,7 @@ def test_decode_accepts_str_lines_too(message):
 def test_every_message_type_is_registered_by_its_type_name():
     assert MESSAGES == {
         "hello": Hello, "register": Register, "release": Release, "renew": Renew,
-        "stats": GetStats, "ok": Ok, "error": Error,
+        "stats": GetStats, "ok": Ok, "error": Error, "traffic": Traffic,
     }
 
 
