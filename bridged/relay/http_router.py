@@ -98,11 +98,14 @@ class UpstreamPool:
         self._idle.clear()
 
 
-async def _next_event(conn: h11.Connection, reader: Any) -> Any:
+async def _next_event(conn: h11.Connection, reader: Any,
+                      before_read: Callable[[], Awaitable[None]] | None = None) -> Any:
     while True:
         event = conn.next_event()
         if event is not h11.NEED_DATA:
             return event
+        if before_read is not None:
+            await before_read()  # send what is pending before waiting for more
         data = await reader.read(READ_SIZE)
         conn.receive_data(data or b"")
 
@@ -112,6 +115,31 @@ async def _send(writer: Any, conn: h11.Connection, event: Any) -> None:
     if data:
         writer.write(data)
         await writer.drain()
+
+
+class _Batch:
+    """Bytes for one writer, sent in one write when the reader must wait anyway: a response's
+    head, body and end become one send instead of three (the router's main cost per request)."""
+
+    def __init__(self, writer: Any) -> None:
+        self.writer = writer
+        self.parts: list[bytes] = []
+        self.size = 0
+
+    async def add(self, conn: h11.Connection, event: Any) -> None:
+        data = conn.send(event)
+        if data:
+            self.parts.append(data)
+            self.size += len(data)
+            if self.size >= READ_SIZE:  # large bodies still stream with back-pressure
+                await self.flush()
+
+    async def flush(self) -> None:
+        if self.parts:
+            self.writer.write(b"".join(self.parts))
+            self.parts.clear()
+            self.size = 0
+            await self.writer.drain()
 
 
 def _head(request: h11.Request) -> RequestHead:
@@ -231,10 +259,12 @@ class HttpRouter:
     async def _response(self, up: _Upstream, writer: Any, down: h11.Connection,
                         reader: Any) -> int:
         status = 0
+        out = _Batch(writer)
         while True:
-            event = await _next_event(up.conn, up.reader)
+            event = await _next_event(up.conn, up.reader, out.flush)
             if isinstance(event, h11.InformationalResponse):
-                await _send(writer, down, event)
+                await out.add(down, event)
+                await out.flush()  # a 100 Continue must go out now: the client waits for it
                 if event.status_code == 101:
                     await self._splice(up, writer, down, reader)
                     return 101
@@ -242,10 +272,12 @@ class HttpRouter:
             if isinstance(event, h11.Response):
                 status = event.status_code
             if isinstance(event, h11.Response | h11.Data | h11.EndOfMessage):
-                await _send(writer, down, event)
+                await out.add(down, event)
             if isinstance(event, h11.EndOfMessage):
+                await out.flush()
                 return status
             if isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
+                await out.flush()
                 raise ConnectionError("the upstream closed mid-response")
 
     async def _splice(self, up: _Upstream, writer: Any, down: h11.Connection,
