@@ -74,6 +74,10 @@ class LeaseSettings:
     #: seconds after the last renewal at which the relay stops routing to the session; three
     #: renewals may be lost before a live laptop loses its traffic
     ttl_seconds: float = 8.0
+    #: seconds an intercept whose daemon went away stays reserved for it (not routed): a
+    #: laptop that sleeps over lunch gets its intercept back instead of finding it taken by
+    #: someone else; others may take it over only with --overwrite
+    resume_seconds: float = 4 * 3600.0
 
 
 # --- addresses ---------------------------------------------------------------------------------

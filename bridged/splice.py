@@ -60,9 +60,11 @@ class Counters:
 class Pipe(asyncio.Protocol):
     """The socket side of a splice; :class:`ChannelSide` forwards the channel's events here."""
 
-    def __init__(self, counters: Counters, live: set[Pipe] | None = None) -> None:
+    def __init__(self, counters: Counters, live: set[Pipe] | None = None,
+                 on_made: Callable[[Pipe], None] | None = None) -> None:
         self.counters = counters
         self._live = live
+        self._on_made = on_made
         if live is not None:
             live.add(self)
         self.transport: asyncio.Transport | None = None
@@ -83,6 +85,10 @@ class Pipe(asyncio.Protocol):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.chan is None:
             self.transport.pause_reading()  # type: ignore[union-attr]
+        if self._on_made is not None:
+            # only now: uvloop calls connection_made a loop turn after the factory, and a
+            # channel that fails before that would have no socket to close
+            self._on_made(self)
 
     def data_received(self, data: bytes) -> None:
         chan = self.chan
@@ -217,13 +223,13 @@ def socket_then_channel(
     open pipes, so their owner can cut them when it goes away.
     """
 
-    def factory() -> Pipe:
-        pipe = Pipe(counters, live)
-        # runs after connection_made (same loop iteration), so the peer address is known
+    def start(pipe: Pipe) -> None:
         task = asyncio.ensure_future(_open(pipe))
         _tasks.add(task)
         task.add_done_callback(_tasks.discard)
-        return pipe
+
+    def factory() -> Pipe:
+        return Pipe(counters, live, on_made=start)
 
     async def _open(pipe: Pipe) -> None:
         peer = ("", 0)

@@ -152,6 +152,9 @@ def register(app: typer.Typer) -> None:
             help="HOST:PORT of the original pods, for requests that match nobody.")] = None,
         http: Annotated[bool, typer.Option(help="Route per HTTP request (implied by "
                                            "--header, --path, --origin).")] = False,
+        overwrite: Annotated[bool, typer.Option(
+            help="Take the port over from a developer who holds it (e.g. disconnected).")]
+            = False,
         fallback: Annotated[str, typer.Option(
             help="When your service is down: error (502) or origin (the original pods).")]
             = "error",
@@ -165,6 +168,7 @@ def register(app: typer.Typer) -> None:
             "remote_port": remote_port, "local_port": local_port, "name": name,
             "local_host": local_host, "bridge": bridge, "headers": header or [],
             "path": path, "origin": origin, "http": http, "fallback": fallback,
+            "overwrite": overwrite,
         })
         emit(result, json_out, lambda r: typer.echo(
             f"intercepting relay port {r['remote_port']} → {r['local_host']}:{r['local_port']}"

@@ -79,6 +79,9 @@ def register(app: typer.Typer) -> None:
         keepalive_seconds: Annotated[
             float, typer.Option(help="SSH keepalive interval; 3 missed = daemon gone.")
         ] = TunnelSettings.keepalive_seconds,
+        resume_seconds: Annotated[
+            float, typer.Option(help="How long a gone daemon's intercept stays reserved.")
+        ] = LeaseSettings.resume_seconds,
         allow_loopback: Annotated[bool, typer.Option(
             help="Let daemons reach the relay's loopback (local runs; never in a pod).")] = False,
         deny: Annotated[list[str] | None, typer.Option(help="Extra CIDR/host pattern to deny.")]
@@ -110,7 +113,8 @@ def register(app: typer.Typer) -> None:
             policy=DestinationPolicy.parse(deny=tuple(deny or ()), allow=tuple(allow or ()),
                                            allow_loopback=allow_loopback),
             lease=LeaseSettings(ttl_seconds=_positive(lease_seconds),
-                                renew_seconds=_positive(lease_seconds) / 4),
+                                renew_seconds=_positive(lease_seconds) / 4,
+                                resume_seconds=max(0.0, resume_seconds)),
             tunnel=replace(TunnelSettings(), keepalive_seconds=_positive(keepalive_seconds)),
         )
 

@@ -117,7 +117,7 @@ def make_app(daemon: Daemon) -> web.Application:
     @routes.post(f"{API}/intercepts")
     async def intercept(request: web.Request) -> web.Response:
         req = InterceptRequest.parse(await _body(request))
-        intercept = await daemon.intercept(req.bridge, req.spec)
+        intercept = await daemon.intercept(req.bridge, req.spec, overwrite=req.overwrite)
         return web.json_response(intercept.to_dict(), status=201)
 
     @routes.delete(f"{API}/intercepts/{{name}}")

@@ -153,6 +153,8 @@ class ForwardRequest:
 class InterceptRequest:
     bridge: str | None
     spec: InterceptSpec
+    #: take the port over from a holder that is disconnected (or, with care, connected)
+    overwrite: bool = False
 
     @classmethod
     def parse(cls, body: dict[str, Any]) -> InterceptRequest:
@@ -172,4 +174,5 @@ class InterceptRequest:
                 origin=_field(body, "origin", str), http=_field(body, "http", bool, False),
                 fallback=_field(body, "fallback", str, "error"),
             ),
+            overwrite=_field(body, "overwrite", bool, False),
         )

@@ -378,13 +378,14 @@ class Daemon:
         async with self._lock:
             await self._find(name, "forward").remove_forward(name)
 
-    async def intercept(self, bridge_name: str | None, spec: InterceptSpec) -> Intercept:
+    async def intercept(self, bridge_name: str | None, spec: InterceptSpec, *,
+                        overwrite: bool = False) -> Intercept:
         async with self._lock:
             bridge = self.bridge(bridge_name)
             if any(spec.name in b.intercepts for b in self.bridges.values()):
                 raise Conflict(f"an intercept named {spec.name!r} exists already",
                                hint="leave it first")
-            return await bridge.add_intercept(spec, secrets.token_hex(8))
+            return await bridge.add_intercept(spec, secrets.token_hex(8), overwrite=overwrite)
 
     async def leave(self, name: str) -> None:
         async with self._lock:

@@ -391,17 +391,19 @@ class Bridge:
 
     # --- intercepts ---
 
-    async def add_intercept(self, spec: InterceptSpec, intercept_id: str) -> Intercept:
+    async def add_intercept(self, spec: InterceptSpec, intercept_id: str, *,
+                            overwrite: bool = False) -> Intercept:
         claim = protocol.InterceptClaim(id=intercept_id, port=spec.remote_port, mode=spec.mode,
                                         matchers=spec.matchers, origin=spec.origin,
                                         fallback=spec.fallback)
         intercept = Intercept(spec, self.name, claim)
         await self.wait_connected()
-        await self._register(intercept, strict=True)
+        await self._register(intercept, strict=True, overwrite=overwrite)
         self.intercepts[spec.name] = intercept
         return intercept
 
-    async def _register(self, intercept: Intercept, *, strict: bool = False) -> None:
+    async def _register(self, intercept: Intercept, *, strict: bool = False,
+                        overwrite: bool = False) -> None:
         conn, control = self.conn, self.control
         if conn is None or control is None:
             return
@@ -411,7 +413,7 @@ class Bridge:
             if intercept.listener is not None:  # re-registering after a lost lease
                 intercept.listener.close()
                 intercept.listener = None
-            await control.call(protocol.Register, claim=claim)
+            await control.call(protocol.Register, claim=claim, overwrite=overwrite)
             try:
                 intercept.listener = await conn.create_server(
                     lambda orig_host, orig_port: channel_then_socket(

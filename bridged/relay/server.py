@@ -296,10 +296,12 @@ class Relay:
 
     def session_ended(self, session: RelaySession) -> None:
         self.sessions.pop(session.id, None)
-        gone = self.table.drop_session(session.id)
+        gone = self.table.drop_session(session.id, asyncio.get_running_loop().time())
         for h in gone:
-            log.info("session %s ended: intercept %s on port %d no longer routed",
-                     session.id, h.claim.id, h.port)
+            log.info("session %s ended: intercept %s on port %d no longer routed%s",
+                     session.id, h.claim.id, h.port,
+                     f" (reserved {h.resume_seconds:.0f}s for its owner)"
+                     if h.resume_seconds else "")
         self._close_idle_ports(gone)
 
     # --- intercepts ---
@@ -316,6 +318,7 @@ class Relay:
             _, displaced = self.table.claim(
                 session.id, claim, now=now, ttl=self.settings.lease.ttl_seconds,
                 overwrite=overwrite, owner=session.key_fingerprint,
+                resume=self.settings.lease.resume_seconds,
             )
         except TableConflict as exc:
             raise RefusedError(str(exc)) from None
@@ -365,8 +368,8 @@ class Relay:
             await asyncio.sleep(tick)
             gone = self.table.expire(loop.time())
             for h in gone:
-                log.warning("lease of intercept %s (session %s) expired: no longer routed",
-                            h.claim.id, h.session)
+                log.warning("intercept %s (session %s) released: its lease and reconnect "
+                            "window ended", h.claim.id, h.session)
             self._close_idle_ports(gone)
 
     # --- outbound ---

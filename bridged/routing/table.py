@@ -28,6 +28,12 @@ class Holding:
     owner: str = ""
     #: the claim's matchers, compiled when it was granted (never per request)
     rule: Rule | None = None
+    #: seconds the holding stays reserved after its lease ended (its daemon may come back)
+    resume_seconds: float = 0.0
+
+    @property
+    def released_at(self) -> float:
+        return self.expires_at + self.resume_seconds
 
     @property
     def port(self) -> int:
@@ -55,7 +61,7 @@ class InterceptTable:
 
     def claim(
         self, session: str, claim: InterceptClaim, *, now: float, ttl: float,
-        overwrite: bool = False, owner: str = "",
+        overwrite: bool = False, owner: str = "", resume: float = 0.0,
     ) -> tuple[Holding, list[Holding]]:
         """Grant ``claim`` to ``session``; returns the holding and the holdings it displaced."""
         self.expire(now)  # an expired holding blocks nobody, swept or not
@@ -71,6 +77,12 @@ class InterceptTable:
         if blocking and not overwrite:
             holder = blocking[0]
             what = "the whole port" if holder.claim.exclusive else "per-request matchers"
+            if holder.expires_at <= now:
+                hours = (holder.released_at - now) / 3600
+                raise TableConflict(
+                    f"port {claim.port} is reserved for a developer who disconnected "
+                    f"({what}, intercept {holder.claim.id!r}, for {hours:.1f} h more); "
+                    "use --overwrite to take it over")
             raise TableConflict(
                 f"port {claim.port} is already intercepted ({what}, intercept "
                 f"{holder.claim.id!r}); leave it first, or use --overwrite to take it over"
@@ -85,7 +97,7 @@ class InterceptTable:
             rule = Rule(rule.intercept_id, rule.matchers, rule.tests, previous.rule.order)
         else:
             self._next_order += 1
-        holding = Holding(claim, session, now + ttl, owner, rule)
+        holding = Holding(claim, session, now + ttl, owner, rule, resume)
         self._by_id[claim.id] = holding
         return holding, displaced
 
@@ -106,14 +118,20 @@ class InterceptTable:
                 holding.expires_at = now + ttl
         return lost
 
-    def drop_session(self, session: str) -> list[Holding]:
+    def drop_session(self, session: str, now: float = 0.0) -> list[Holding]:
+        """The session is gone: its holdings stop routing at once; those with a resume window
+        stay reserved for their owner, the others are released. Returns all of them."""
         gone = [h for h in self._by_id.values() if h.session == session]
         for h in gone:
-            del self._by_id[h.claim.id]
+            if h.resume_seconds > 0:
+                h.expires_at = min(h.expires_at, now)
+            else:
+                del self._by_id[h.claim.id]
         return gone
 
     def expire(self, now: float) -> list[Holding]:
-        gone = [h for h in self._by_id.values() if h.expires_at <= now]
+        """Release holdings whose lease and resume window have both ended."""
+        gone = [h for h in self._by_id.values() if h.released_at <= now]
         for h in gone:
             del self._by_id[h.claim.id]
         return gone

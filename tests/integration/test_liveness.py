@@ -49,8 +49,24 @@ async def test_a_frozen_daemon_loses_its_intercept_when_the_lease_runs_out(
         assert not await port_closed(port)
         os.kill(dp.pid, signal.SIGSTOP)  # a laptop gone to sleep: the SSH connection stays up
         try:
-            await eventually(lambda: port_closed(port), within=10,
-                             what="the relay to drop the unrenewed intercept")
+            async def not_routed() -> bool:  # the port stays reserved, but routes nothing
+                try:
+                    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                except ConnectionRefusedError:
+                    return True
+                writer.write(b"ping")
+                try:  # closed at once by the relay, not left hanging on a frozen laptop
+                    data = await asyncio.wait_for(reader.read(4), 2)
+                except ConnectionResetError:
+                    data = b""
+                except TimeoutError:
+                    data = b"(still routed to the frozen laptop)"
+                finally:
+                    writer.close()
+                return data == b""
+
+            await eventually(not_routed, within=10,
+                             what="the relay to stop routing the unrenewed intercept")
         finally:
             os.kill(dp.pid, signal.SIGCONT)
 
