@@ -93,9 +93,11 @@ async def kv_service() -> asyncio.Server:
     return await asyncio.start_server(handle, "127.0.0.1", 0)
 
 
-async def http_get(port: int, path: str) -> dict[str, Any]:
+async def http_get(port: int, path: str, headers: dict[str, str] | None = None) -> dict[str, Any]:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: demo\r\nConnection: close\r\n\r\n".encode())
+    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: demo\r\n{extra}Connection: close\r\n\r\n"
+                 .encode())
     raw = await asyncio.wait_for(reader.read(), 10)
     writer.close()
     head, _, body = raw.partition(b"\r\n\r\n")
@@ -189,6 +191,21 @@ async def _demo(demo: Demo, workdir: Path) -> None:
             raise AssertionError(f"relay port {cluster_port} still accepts connections")
 
         await demo.check("leave", leave)
+
+        async def route_by_header() -> str:
+            port = free_port()
+            await call("POST", "intercepts", {
+                "remote_port": port, "local_port": port_of(laptop), "name": "orders-alice",
+                "headers": ["x-bridged-route=alice"], "origin": f"127.0.0.1:{port_of(orders)}"})
+            mine = (await http_get(port, "/orders", {"x-bridged-route": "alice"}))["served_by"]
+            others = (await http_get(port, "/orders"))["served_by"]
+            assert (mine, others) == ("orders-api (your laptop)", "orders-api (cluster)"), \
+                (mine, others)
+            await call("DELETE", "intercepts/orders-alice")
+            return (f"relay port {port}: requests with x-bridged-route: alice → your laptop, "
+                    "all others → the cluster")
+
+        await demo.check("by header", route_by_header)
 
         s = await call("GET", "status")
         moved = sum(f["bytes_sent"] + f["bytes_received"] for f in s["forwards"])
