@@ -86,7 +86,7 @@ async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
             await writer.drain()
         writer.write_eof()
         await writer.drain()
-    except ConnectionError:
+    except OSError:  # the other side is gone (reset, not connected): nothing to echo to
         pass
     finally:
         writer.close()

@@ -22,11 +22,6 @@ class ServicePort:
     protocol: str
     cluster_ip: str  # "None" for headless Services
 
-    @property
-    def env_prefix(self) -> str:
-        """What the kubelet calls it in env vars: REDIS_MASTER for redis-master."""
-        return self.service.upper().replace("-", "_").replace(".", "_")
-
 
 async def list_services(kube: Kube, namespace: str | None = None) -> list[ServicePort]:
     ns = namespace or kube.namespace

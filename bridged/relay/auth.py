@@ -9,7 +9,6 @@ never needs a relay restart.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import asyncssh
@@ -76,9 +75,3 @@ class AuthorizedKeys:
             log.warning("cannot read authorized keys at %s: %s", self.path, exc)
         return self._keys.get(key.public_data)
 
-
-def ensure_file(path: Path) -> None:
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch(mode=0o600)
-    os.chmod(path, 0o600) if path.is_file() else None
