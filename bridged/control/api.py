@@ -13,7 +13,15 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from ..errors import BridgedError, ConfigError, ControlError
-from .models import API, ConnectRequest, ForwardRequest, InterceptRequest, error_body, status_for
+from .models import (
+    API,
+    ConnectRequest,
+    ForwardRequest,
+    InterceptRequest,
+    error_body,
+    field,
+    status_for,
+)
 
 if TYPE_CHECKING:
     from ..daemon.app import Daemon
@@ -39,11 +47,8 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 def _strings(body: dict[str, Any], *names: str) -> list[str | None]:
-    values = [body.get(n) for n in names]
-    for name, value in zip(names, values, strict=True):
-        if value is not None and not isinstance(value, str):
-            raise ConfigError(f"field {name!r} must be a string")
-    return values
+    """Optional string fields, checked the way every request body is (models.field)."""
+    return [field(body, name, str) for name in names]
 
 
 async def _body(request: web.Request) -> dict[str, Any]:

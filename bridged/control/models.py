@@ -60,7 +60,8 @@ def error_from_body(status: int, body: Any) -> BridgedError:
     return ControlError(f"the daemon answered HTTP {status} without an error body")
 
 
-def _field(body: dict[str, Any], name: str, kind: type, default: Any = None) -> Any:
+def field(body: dict[str, Any], name: str, kind: type, default: Any = None) -> Any:
+    """A typed field of a request body; absent or null gives ``default``."""
     value = body.get(name)
     if value is None:  # absent and JSON null both mean: the default
         return default
@@ -83,19 +84,19 @@ class ConnectRequest:
 
     @classmethod
     def parse(cls, body: dict[str, Any]) -> ConnectRequest:
-        url = _field(body, "url", str)
-        name = _field(body, "name", str)
-        namespace = _field(body, "namespace", str)
+        url = field(body, "url", str)
+        name = field(body, "name", str)
+        namespace = field(body, "namespace", str)
         if namespace is not None:
             parse_name(namespace, "namespace")
         return cls(
             parse_carrier(url) if url else None,
             parse_name(name, "bridge name") if name else None,
-            token=_field(body, "token", str),
-            context=_field(body, "context", str),
+            token=field(body, "token", str),
+            context=field(body, "context", str),
             namespace=namespace,
-            relay_image=_field(body, "relay_image", str),
-            kubeconfig=_field(body, "kubeconfig", str),
+            relay_image=field(body, "relay_image", str),
+            kubeconfig=field(body, "kubeconfig", str),
         )
 
 
@@ -130,12 +131,12 @@ class ForwardRequest:
 
     @classmethod
     def parse(cls, body: dict[str, Any]) -> ForwardRequest:
-        target = _field(body, "target", str)
+        target = field(body, "target", str)
         if not target:
             raise ConfigError("missing target: give HOST:PORT or a Service name")
-        local_port = parse_port(_field(body, "local_port", int, 0), "local port", allow_zero=True)
-        name = _field(body, "name", str)
-        local_host = parse_host(_field(body, "local_host", str, "127.0.0.1"))
+        local_port = parse_port(field(body, "local_port", int, 0), "local port", allow_zero=True)
+        name = field(body, "name", str)
+        local_host = parse_host(field(body, "local_host", str, "127.0.0.1"))
         service = ServiceTarget.parse(target)
         try:
             spec: ForwardSpec | None = ForwardSpec.parse(
@@ -146,7 +147,7 @@ class ForwardRequest:
             spec = None
         if name is not None:
             parse_name(name, "forward name")
-        return cls(_field(body, "bridge", str), spec, service, local_port, name, local_host)
+        return cls(field(body, "bridge", str), spec, service, local_port, name, local_host)
 
 
 @dataclass(frozen=True)
@@ -158,21 +159,21 @@ class InterceptRequest:
 
     @classmethod
     def parse(cls, body: dict[str, Any]) -> InterceptRequest:
-        remote = _field(body, "remote_port", int)
-        local = _field(body, "local_port", int)
+        remote = field(body, "remote_port", int)
+        local = field(body, "local_port", int)
         if remote is None or local is None:
             raise ConfigError("an intercept needs remote_port and local_port")
-        headers = _field(body, "headers", list, [])
+        headers = field(body, "headers", list, [])
         if not all(isinstance(h, str) for h in headers):
             raise ConfigError("field 'headers' must be a list of NAME=VALUE strings")
         return cls(
-            _field(body, "bridge", str),
+            field(body, "bridge", str),
             InterceptSpec.parse(
-                remote_port=remote, local_port=local, name=_field(body, "name", str),
-                local_host=_field(body, "local_host", str, "127.0.0.1"),
-                headers=tuple(headers), path=_field(body, "path", str),
-                origin=_field(body, "origin", str), http=_field(body, "http", bool, False),
-                fallback=_field(body, "fallback", str, "error"),
+                remote_port=remote, local_port=local, name=field(body, "name", str),
+                local_host=field(body, "local_host", str, "127.0.0.1"),
+                headers=tuple(headers), path=field(body, "path", str),
+                origin=field(body, "origin", str), http=field(body, "http", bool, False),
+                fallback=field(body, "fallback", str, "error"),
             ),
-            overwrite=_field(body, "overwrite", bool, False),
+            overwrite=field(body, "overwrite", bool, False),
         )
