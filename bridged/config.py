@@ -258,15 +258,22 @@ class ForwardSpec:
 
 @dataclass(frozen=True)
 class InterceptSpec:
-    """Traffic that reaches ``remote_port`` in the cluster, delivered to a local port instead.
+    """Traffic the cluster sends to a Service port (or to a relay port), delivered to a local
+    port instead.
 
     ``tcp``: the whole port, exclusively. ``http``: per request, those that match all
-    ``matchers`` (none: every request); the others go to ``origin``, the original pods.
+    ``matchers`` (none: every request); the others go to the original pods — which the relay
+    knows for a Service, and ``origin`` names for a bare relay port.
     """
 
     name: str
-    remote_port: int
     local_port: int
+    #: the Service and its port (number or name) whose traffic is redirected ``via`` a
+    #: strategy (takeover, gateway, cilium, auto); or, without a service, a bare relay port
+    service: str = ""
+    service_port: str = ""
+    via: str = ""
+    remote_port: int = 0
     local_host: str = "127.0.0.1"
     mode: str = "tcp"
     matchers: tuple[Matcher, ...] = field(default=())
@@ -275,33 +282,71 @@ class InterceptSpec:
 
     @classmethod
     def parse(
-        cls, *, remote_port: int, local_port: int, name: str | None = None,
-        local_host: str = "127.0.0.1", headers: tuple[str, ...] = (), path: str | None = None,
-        origin: str | None = None, http: bool = False, fallback: str = "error",
+        cls, *, local_port: int | str, service: str | None = None, remote_port: int | None = None,
+        via: str | None = None, name: str | None = None, local_host: str = "127.0.0.1",
+        headers: tuple[str, ...] = (), path: str | None = None, origin: str | None = None,
+        http: bool = False, tcp: bool = False, fallback: str = "error",
     ) -> InterceptSpec:
-        rport = parse_port(remote_port, "remote port")
+        """``local_port`` is ``LOCAL[:SERVICE_PORT]`` as typed after ``--port``."""
+        local, _, service_port = str(local_port).partition(":")
+        if service and remote_port is not None:
+            raise ConfigError("give a Service or --relay-port, not both")
+        if not service and remote_port is None:
+            raise ConfigError("say what to intercept: a Service name (or --relay-port N for a "
+                              "relay without a cluster)")
+        if service:
+            service = parse_service_name(service)
+            if service_port and not (service_port.isascii() and service_port.isdigit()):
+                service_port = parse_name(service_port, "service port name")
+            elif service_port:
+                service_port = str(parse_port(service_port, "service port"))
+        elif service_port:
+            raise ConfigError("LOCAL:SERVICE_PORT is for a Service; with --relay-port give "
+                              "only the local port")
+        via = via or ("auto" if service else "")
+        if via and not service:
+            raise ConfigError("--via redirects a Service: name one")
+        if via and via not in ("auto", "takeover", "gateway", "cilium"):
+            raise ConfigError(f"bad --via {via!r}: expected takeover, gateway, cilium or auto")
+        rport = parse_port(remote_port, "relay port") if remote_port is not None else 0
         matchers = [parse_header_matcher(h) for h in headers]
         if path is not None:
             if not path.startswith("/"):
                 raise ConfigError(f"bad path {path!r}: expected a prefix starting with '/'")
             matchers.append(Matcher("path", "prefix", "", path))
         if origin:
+            if service:
+                raise ConfigError("--origin is for a bare relay port: for a Service the relay "
+                                  "knows its original pods")
             host, port = parse_host_port(origin)
             origin = format_host_port(host, port)
         if fallback not in ("error", "origin"):
             raise ConfigError(f"bad fallback {fallback!r}: expected error or origin")
-        if fallback == "origin" and not origin:
+        if fallback == "origin" and not (origin or service):
             raise ConfigError("--fallback origin needs --origin HOST:PORT")
+        if tcp and matchers:
+            raise ConfigError("--tcp takes the whole port: it goes without --header/--path")
+        if tcp and via in ("gateway", "cilium"):
+            raise ConfigError(f"--via {via} routes HTTP requests: use --via takeover with --tcp")
         return cls(
-            name=parse_name(name or f"port-{rport}", "intercept name"),
-            remote_port=rport,
-            local_port=parse_port(local_port, "local port"),
+            name=parse_name(name or service or f"port-{rport}", "intercept name"),
+            local_port=parse_port(local, "local port"),
+            service=service or "", service_port=service_port, via=via, remote_port=rport,
             local_host=parse_host(local_host),
-            mode="http" if (http or matchers or origin) else "tcp",
+            mode="tcp" if tcp else "http" if (http or matchers or origin or service) else "tcp",
             matchers=tuple(matchers),
             origin=origin or "",
             fallback=fallback,
         )
+
+
+_SERVICE_NAME = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
+
+
+def parse_service_name(text: str) -> str:
+    if not _SERVICE_NAME.fullmatch(text):
+        raise ConfigError(f"bad Service name {text!r}: expected a DNS label (a-z, 0-9, '-')")
+    return text
 
 
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an RFC 9110 token

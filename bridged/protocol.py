@@ -26,7 +26,10 @@ from .errors import ProtocolError
 
 SUBSYSTEM = "bridged-control"
 #: (major, minor): bump minor for additions old peers may ignore, major for breaking changes
-VERSION = (1, 0)
+VERSION = (1, 1)  # 1.1: claims may name a Service and a redirect strategy
+
+#: how the cluster's traffic for a Service reaches the relay (see :mod:`bridged.redirect`)
+STRATEGIES = ("takeover", "gateway", "cilium")
 #: a line longer than this is a broken or hostile peer, not a message
 MAX_LINE_BYTES = 1024 * 1024
 
@@ -52,6 +55,12 @@ class InterceptClaim:
     origin: str = ""
     #: when the developer's local service cannot be reached: "error" (502) or "origin"
     fallback: str = "error"
+    #: the Service (in the relay's namespace) whose port ``service_port`` is intercepted, and
+    #: how its traffic is redirected to the relay (:data:`STRATEGIES`). With a service, the
+    #: relay picks ``port`` (send 0) and knows the origin itself.
+    service: str = ""
+    service_port: int = 0
+    via: str = ""
 
     @property
     def exclusive(self) -> bool:
@@ -207,6 +216,7 @@ def _build(cls: type[Message], data: dict[str, Any]) -> Message:
 
 
 _CLAIM_ID = re.compile(r"[A-Za-z0-9_-]{1,63}")
+_SERVICE_NAME = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")  # a DNS-1035 label
 
 
 def _claim(data: Any) -> InterceptClaim:
@@ -219,9 +229,19 @@ def _claim(data: Any) -> InterceptClaim:
         Matcher(**{k: str(v) for k, v in m.items() if k in ("kind", "op", "name", "value")})
         for m in raw_matchers
     )
-    port = data.get("port")
-    if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
-        raise ValueError(f"port {port!r} is not a number from 1 to 65535")
+    service = str(data.get("service") or "")
+    if service and not _SERVICE_NAME.fullmatch(service):
+        raise ValueError(f"bad service name {service!r}")
+    via = str(data.get("via") or "")
+    if bool(service) != bool(via) or (via and via not in STRATEGIES):
+        raise ValueError(f"a service needs a redirect strategy ({', '.join(STRATEGIES)}), "
+                         f"and only a service has one (got service {service!r}, via {via!r})")
+    service_port: int = data.get("service_port", 0)
+    port: int = data.get("port")  # type: ignore[assignment]
+    for name, value, low in (("port", port, 0 if service else 1),
+                             ("service_port", service_port, 1 if service else 0)):
+        if not _is_int(value) or not low <= value <= 65535:
+            raise ValueError(f"{name} {value!r} is not a number from {low} to 65535")
     claim_id = data.get("id")
     if not isinstance(claim_id, str) or not _CLAIM_ID.fullmatch(claim_id):
         raise ValueError(f"bad intercept id {claim_id!r}")
@@ -232,7 +252,8 @@ def _claim(data: Any) -> InterceptClaim:
     if fallback not in ("error", "origin"):
         raise ValueError(f"unknown fallback {fallback!r}")
     return InterceptClaim(id=claim_id, port=port, mode=mode, matchers=matchers,
-                          origin=str(data.get("origin") or ""), fallback=fallback)
+                          origin=str(data.get("origin") or ""), fallback=fallback,
+                          service=service, service_port=service_port, via=via)
 
 
 def compatible(theirs: tuple[int, int]) -> bool:

@@ -27,6 +27,15 @@ NoStartOpt = Annotated[
 ]
 
 
+def _intercepting(r: dict[str, Any]) -> None:
+    what = (f"Service {r['service']} port {r['service_port']} (via {r['via']})"
+            if r.get("service") else f"relay port {r['remote_port']}")
+    match = " and ".join(r["matchers"]) or "every request" if r["mode"] == "http" \
+        else "every connection"
+    typer.echo(f"intercepting {what} → {r['local_host']}:{r['local_port']}: {match}  "
+               f"({r['name']})")
+
+
 def _client(no_start: bool = False) -> ControlClient:
     client = ControlClient()
     if not no_start:
@@ -140,39 +149,51 @@ def register(app: typer.Typer) -> None:
     @app.command()
     @handles_errors
     def intercept(
-        remote_port: Annotated[int, typer.Option(help="Port the cluster sends traffic to.")],
-        local_port: Annotated[int, typer.Option(help="Port of your local service.")],
-        name: Annotated[str | None, typer.Option(help="Name of the intercept.")] = None,
-        local_host: Annotated[str, typer.Option(help="Host of your local service.")] = "127.0.0.1",
+        service: Annotated[str | None, typer.Argument(
+            help="The Service whose traffic comes to you (its namespace: the bridge's).")]
+            = None,
+        port: Annotated[str, typer.Option(
+            "--port", help="LOCAL[:SERVICE_PORT]: your local service's port, and which port "
+            "of the Service (number or name; needed when it has several).")] = "",
         header: Annotated[list[str] | None, typer.Option(
             help="Only requests with this header: NAME=VALUE or NAME~REGEX (repeatable).")]
             = None,
         path: Annotated[str | None, typer.Option(help="Only requests under this path.")] = None,
-        origin: Annotated[str | None, typer.Option(
-            help="HOST:PORT of the original pods, for requests that match nobody.")] = None,
-        http: Annotated[bool, typer.Option(help="Route per HTTP request (implied by "
-                                           "--header, --path, --origin).")] = False,
-        overwrite: Annotated[bool, typer.Option(
-            help="Take the port over from a developer who holds it (e.g. disconnected).")]
-            = False,
+        via: Annotated[str, typer.Option(
+            help="How the cluster's traffic reaches you: takeover (any cluster), gateway "
+            "(Gateway API HTTPRoute), cilium (CiliumEnvoyConfig), auto.")] = "auto",
         fallback: Annotated[str, typer.Option(
             help="When your service is down: error (502) or origin (the original pods).")]
             = "error",
+        tcp: Annotated[bool, typer.Option(
+            help="Take the whole port as TCP (not HTTP): every connection comes to you.")]
+            = False,
+        overwrite: Annotated[bool, typer.Option(
+            help="Take the port over from a developer who holds it (e.g. disconnected).")]
+            = False,
+        name: Annotated[str | None, typer.Option(
+            help="Name of the intercept (default: the Service's).")] = None,
+        local_host: Annotated[str, typer.Option(help="Host of your local service.")] = "127.0.0.1",
+        relay_port: Annotated[int | None, typer.Option(
+            help="Without a cluster: intercept this port of the relay itself.")] = None,
+        origin: Annotated[str | None, typer.Option(
+            help="With --relay-port: HOST:PORT where unmatched requests go.")] = None,
         bridge: BridgeOpt = None,
         no_start: NoStartOpt = False,
         json_out: JsonOpt = False,
     ) -> None:
-        """Send the traffic of a relay port to a local service: the whole port (TCP), or with
-        --header/--path only the HTTP requests that match, the rest to the original pods."""
+        """Send a Service's requests to your local service: all of them, or with --header /
+        --path only those that match (the others keep reaching the cluster's pods)."""
+        if not port:
+            raise ConfigError("--port LOCAL[:SERVICE_PORT] is required: where your local "
+                              "service listens")
         result = _client(no_start).post("intercepts", {
-            "remote_port": remote_port, "local_port": local_port, "name": name,
-            "local_host": local_host, "bridge": bridge, "headers": header or [],
-            "path": path, "origin": origin, "http": http, "fallback": fallback,
-            "overwrite": overwrite,
+            "service": service, "local_port": port, "remote_port": relay_port, "via":
+            via if service else None, "name": name, "local_host": local_host,
+            "bridge": bridge, "headers": header or [], "path": path, "origin": origin,
+            "http": bool(origin), "tcp": tcp, "fallback": fallback, "overwrite": overwrite,
         })
-        emit(result, json_out, lambda r: typer.echo(
-            f"intercepting relay port {r['remote_port']} → {r['local_host']}:{r['local_port']}"
-            f"  ({r['name']})"))
+        emit(result, json_out, _intercepting)
 
     @app.command()
     @handles_errors
@@ -180,9 +201,11 @@ def register(app: typer.Typer) -> None:
         name: Annotated[str, typer.Argument(help="Intercept name (see bridged status).")],
         json_out: JsonOpt = False,
     ) -> None:
-        """End an intercept: the relay stops routing to you at once."""
+        """End an intercept: the relay stops routing to you at once, and restores the Service
+        when nobody else intercepts it."""
         result = _client(no_start=True).delete(f"intercepts/{name}")
-        emit(result, json_out, lambda r: typer.echo(f"left intercept {r['left']}"))
+        emit(result, json_out, lambda r: typer.echo("\n".join(
+            [f"left intercept {r['left']}", *r.get("notes", [])])))
 
     @app.command()
     @handles_errors
@@ -254,8 +277,9 @@ def register(app: typer.Typer) -> None:
         """Remove everything bridged made in the namespace (works with a broken relay)."""
         result = _client().post("clean", {"context": context, "namespace": namespace,
                                           "kubeconfig": os.environ.get("KUBECONFIG")})
-        emit(result, json_out, lambda r: typer.echo(
-            f"removed from {r['namespace']}: {', '.join(r['deleted']) or 'nothing to remove'}"))
+        emit(result, json_out, lambda r: typer.echo("\n".join([
+            f"removed from {r['namespace']}: {', '.join(r['deleted']) or 'nothing to remove'}",
+            *r.get("restored", [])])))
 
     @app.command()
     @handles_errors

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -82,6 +83,9 @@ def register(app: typer.Typer) -> None:
         resume_seconds: Annotated[
             float, typer.Option(help="How long a gone daemon's intercept stays reserved.")
         ] = LeaseSettings.resume_seconds,
+        redirect_services: Annotated[bool, typer.Option(
+            help="In a cluster: redirect intercepted Services to this relay (takeover).")]
+            = False,
         allow_loopback: Annotated[bool, typer.Option(
             help="Let daemons reach the relay's loopback (local runs; never in a pod).")] = False,
         deny: Annotated[list[str] | None, typer.Option(help="Extra CIDR/host pattern to deny.")]
@@ -132,20 +136,26 @@ def register(app: typer.Typer) -> None:
                 from ..kube.client import Kube
                 from ..kube.hostkey import load_or_publish
 
-                async with await Kube.connect() as kube:
-                    await load_or_publish(kube, host_key_secret, publish_configmap, host_key)
-            relay = Relay(settings)
-            try:
-                await relay.start()
-            except OSError as exc:
-                await relay.close()
-                raise Conflict(f"the relay cannot listen: {exc.strerror or exc}",
-                               hint="is another relay running on that port?") from None
-            async with relay as r:
-                print(json.dumps({"event": "ready", "ssh_port": r.ssh_port,
-                                  "http_port": r.http_port,
-                                  "host_key": fingerprint(r.host_key)}), flush=True)
-                await stop.wait()
+                async with await Kube.connect() as api:
+                    await load_or_publish(api, host_key_secret, publish_configmap, host_key)
+            async with contextlib.AsyncExitStack() as stack:
+                kube: Any = None
+                if redirect_services:
+                    from ..kube.client import Kube as KubeClient
+
+                    kube = await stack.enter_async_context(await KubeClient.connect())
+                relay = Relay(settings, kube)
+                try:
+                    await relay.start()
+                except OSError as exc:
+                    await relay.close()
+                    raise Conflict(f"the relay cannot listen: {exc.strerror or exc}",
+                                   hint="is another relay running on that port?") from None
+                async with relay as r:
+                    print(json.dumps({"event": "ready", "ssh_port": r.ssh_port,
+                                      "http_port": r.http_port,
+                                      "host_key": fingerprint(r.host_key)}), flush=True)
+                    await stop.wait()
 
         run(main())
 

@@ -127,8 +127,8 @@ def make_app(daemon: Daemon) -> web.Application:
 
     @routes.delete(f"{API}/intercepts/{{name}}")
     async def leave(request: web.Request) -> web.Response:
-        await daemon.leave(request.match_info["name"])
-        return web.json_response({"left": request.match_info["name"]})
+        notes = await daemon.leave(request.match_info["name"])
+        return web.json_response({"left": request.match_info["name"], "notes": notes})
 
     @routes.post(f"{API}/env")
     async def env(request: web.Request) -> web.Response:

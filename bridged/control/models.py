@@ -60,13 +60,16 @@ def error_from_body(status: int, body: Any) -> BridgedError:
     return ControlError(f"the daemon answered HTTP {status} without an error body")
 
 
-def field(body: dict[str, Any], name: str, kind: type, default: Any = None) -> Any:
+def field(body: dict[str, Any], name: str, kind: type | tuple[type, ...],
+          default: Any = None) -> Any:
     """A typed field of a request body; absent or null gives ``default``."""
     value = body.get(name)
     if value is None:  # absent and JSON null both mean: the default
         return default
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ConfigError(f"field {name!r} must be a {'number' if kind is int else kind.__name__}")
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        names = " or ".join("number" if k is int else k.__name__ for k in kinds)
+        raise ConfigError(f"field {name!r} must be a {names}")
     return value
 
 
@@ -159,20 +162,22 @@ class InterceptRequest:
 
     @classmethod
     def parse(cls, body: dict[str, Any]) -> InterceptRequest:
-        remote = field(body, "remote_port", int)
-        local = field(body, "local_port", int)
-        if remote is None or local is None:
-            raise ConfigError("an intercept needs remote_port and local_port")
+        local = field(body, "local_port", (int, str))
+        if local is None:
+            raise ConfigError("an intercept needs local_port (LOCAL or LOCAL:SERVICE_PORT)")
         headers = field(body, "headers", list, [])
         if not all(isinstance(h, str) for h in headers):
             raise ConfigError("field 'headers' must be a list of NAME=VALUE strings")
         return cls(
             field(body, "bridge", str),
             InterceptSpec.parse(
-                remote_port=remote, local_port=local, name=field(body, "name", str),
+                local_port=local, service=field(body, "service", str),
+                remote_port=field(body, "remote_port", int), via=field(body, "via", str),
+                name=field(body, "name", str),
                 local_host=field(body, "local_host", str, "127.0.0.1"),
                 headers=tuple(headers), path=field(body, "path", str),
                 origin=field(body, "origin", str), http=field(body, "http", bool, False),
+                tcp=field(body, "tcp", bool, False),
                 fallback=field(body, "fallback", str, "error"),
             ),
             overwrite=field(body, "overwrite", bool, False),

@@ -230,6 +230,7 @@ class Daemon:
                     kubeconfig: str | None = None) -> dict[str, Any]:
         """Remove everything bridged made in a namespace, whether the relay works or not."""
         from ..kube.client import Kube, KubeTarget
+        from ..kube.redirects import restore_stale
         from ..kube.relay import remove_relay
 
         async with self._lock:
@@ -239,9 +240,11 @@ class Daemon:
                     del self.bridges[bridge.name]
                     await bridge.close()
                 deleted = await remove_relay(kube)
+                # a live relay restores its Services as it stops; a dead one left them
+                restored = [r.describe() for r in await restore_stale(kube)]
                 self.pins.forget(relay)  # a new relay brings a new host key
                 return {"namespace": kube.namespace, "context": kube.context,
-                        "deleted": deleted}
+                        "deleted": deleted, "restored": restored}
 
     # --- forwards and intercepts ---
 
@@ -385,11 +388,22 @@ class Daemon:
             if any(spec.name in b.intercepts for b in self.bridges.values()):
                 raise Conflict(f"an intercept named {spec.name!r} exists already",
                                hint="leave it first")
-            return await bridge.add_intercept(spec, secrets.token_hex(8), overwrite=overwrite)
+            service_port, via = 0, ""
+            if spec.service:
+                if bridge.kube is None:
+                    raise ConfigError(
+                        f"bridge {bridge.name!r} has no cluster: it cannot intercept Service "
+                        f"{spec.service}", hint="intercept a relay port with --relay-port")
+                from ..kube.redirects import resolve_intercept
 
-    async def leave(self, name: str) -> None:
+                service_port, via = await resolve_intercept(
+                    bridge.kube, spec.service, spec.service_port, spec.via)
+            return await bridge.add_intercept(spec, secrets.token_hex(8), overwrite=overwrite,
+                                              service_port=service_port, via=via)
+
+    async def leave(self, name: str) -> list[str]:
         async with self._lock:
-            await self._find(name, "intercept").remove_intercept(name)
+            return await self._find(name, "intercept").remove_intercept(name)
 
     # --- status ---
 

@@ -104,13 +104,17 @@ class Intercept:
     counters: Counters = field(default_factory=Counters)
     #: the remote-forward "listener" on the current connection (virtual on the relay)
     listener: asyncssh.SSHListener | None = None
+    #: the relay port the cluster's traffic arrives on (the relay picks it for a Service)
+    relay_port: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         s = self.spec
         return {"name": s.name, "bridge": self.bridge, "id": self.claim.id, "mode": s.mode,
                 "matchers": [" ".join(p for p in (m.kind, m.name, m.op, m.value) if p)
                              for m in s.matchers], "origin": s.origin,
-                "remote_port": s.remote_port, "local_host": s.local_host,
+                "service": s.service, "service_port": self.claim.service_port or None,
+                "via": self.claim.via or None, "fallback": s.fallback,
+                "remote_port": self.relay_port or s.remote_port, "local_host": s.local_host,
                 "local_port": s.local_port, "state": self.state, "error": self.error,
                 **self.counters.snapshot()}
 
@@ -392,10 +396,14 @@ class Bridge:
     # --- intercepts ---
 
     async def add_intercept(self, spec: InterceptSpec, intercept_id: str, *,
-                            overwrite: bool = False) -> Intercept:
+                            overwrite: bool = False, service_port: int = 0,
+                            via: str = "") -> Intercept:
+        """``service_port`` and ``via``: the Service's port as a number and the strategy,
+        resolved by the caller (a kube bridge) from the spec's name/auto."""
         claim = protocol.InterceptClaim(id=intercept_id, port=spec.remote_port, mode=spec.mode,
                                         matchers=spec.matchers, origin=spec.origin,
-                                        fallback=spec.fallback)
+                                        fallback=spec.fallback, service=spec.service,
+                                        service_port=service_port, via=via)
         intercept = Intercept(spec, self.name, claim)
         await self.wait_connected()
         await self._register(intercept, strict=True, overwrite=overwrite)
@@ -413,7 +421,9 @@ class Bridge:
             if intercept.listener is not None:  # re-registering after a lost lease
                 intercept.listener.close()
                 intercept.listener = None
-            await control.call(protocol.Register, claim=claim, overwrite=overwrite)
+            answer = await control.call(protocol.Register, claim=claim, overwrite=overwrite,
+                                        wait=30)
+            intercept.relay_port = int(answer.get("port") or claim.port)
             try:
                 intercept.listener = await conn.create_server(
                     lambda orig_host, orig_port: channel_then_socket(
@@ -433,24 +443,33 @@ class Bridge:
             log.warning("bridge %s: intercept %s not restored: %s", self.name, spec.name, exc)
             return
         intercept.state, intercept.error = "active", ""
-        log.info("bridge %s: intercept %s: relay port %d → %s:%d", self.name, spec.name,
-                 claim.port, spec.local_host, spec.local_port)
+        log.info("bridge %s: intercept %s: %s → %s:%d", self.name, spec.name,
+                 f"Service {spec.service} port {claim.service_port} via {claim.via}"
+                 if spec.service else f"relay port {claim.port}", spec.local_host,
+                 spec.local_port)
 
-    async def remove_intercept(self, name: str) -> None:
+    async def remove_intercept(self, name: str) -> list[str]:
+        """Leave it; what the relay reports about restoring the Service, if anything."""
         intercept = self.intercepts.pop(name)
-        await self._release(intercept)
+        return await self._release(intercept)
 
-    async def _release(self, intercept: Intercept) -> None:
+    async def _release(self, intercept: Intercept) -> list[str]:
         conn, control = self.conn, self.control
         if conn is None or control is None or intercept.state != "active":
-            return
+            return []
         if intercept.listener is not None:
             intercept.listener.close()
             intercept.listener = None
         try:
-            await control.call(protocol.Release, intercept_id=intercept.claim.id, wait=5)
+            # a Service is restored before the answer: allow for a few API calls
+            answer = await control.call(protocol.Release, intercept_id=intercept.claim.id,
+                                        wait=30)
         except RefusedError:
-            pass
+            return []
+        notes = [str(n) for n in answer.get("notes") or []]
+        for note in notes:
+            log.info("bridge %s: %s", self.name, note)
+        return notes
 
     # --- traffic log ---
 

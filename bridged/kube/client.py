@@ -119,6 +119,25 @@ def translate(exc: ApiException, doing: str) -> KubeError:
     return error
 
 
+async def rest(kube: Kube, method: str, path: str, body: Any = None,
+               query: dict[str, str] | None = None) -> dict[str, Any]:
+    """One API call on plain JSON objects: what the server sent, every field of it.
+
+    The typed models would drop fields this client version does not know, and an update
+    written from them would erase those fields on the server: whatever bridged changes and
+    later restores (Services, routes) is read and written as dicts.
+    Raises ApiException like the typed calls do.
+    """
+    codes = {200: "object", 201: "object", 202: "object"}
+    result: dict[str, Any] = await kube.api.call_api(
+        path, method, query_params=list((query or {}).items()),
+        header_params={"Accept": "application/json", "Content-Type": "application/json"},
+        body=body, response_types_map=codes, auth_settings=["BearerToken"],
+        _return_http_data_only=True,
+    )
+    return result
+
+
 def _incluster_namespace() -> str:
     try:
         with open("/var/run/secrets/kubernetes.io/serviceaccount/namespace") as f:

@@ -9,8 +9,13 @@ The relay's rights (Role ``bridged-relay``), each for one reason:
 - ``configmaps`` get/update on ``bridged-relay`` only: the relay publishes its public host key
   there for daemons to pin.
 Both objects are created (empty) by ``bridged connect``, so the relay needs no ``create`` right,
-which RBAC could not restrict by name. Authorized developer keys reach the relay as a mounted
-Secret volume: the kubelet reads it, the relay needs no right for it.
+which RBAC could not restrict by name.
+- ``services`` get/list/update/create/delete: the takeover redirect points an intercepted
+  Service at the relay and back (update), keeps the original pods reachable through a shadow
+  Service (create/delete), and at start-up finds takeovers a dead relay left (list). The
+  Services to intercept are the developers' choice, so the right cannot name them.
+Authorized developer keys reach the relay as a mounted Secret volume: the kubelet reads it,
+the relay needs no right for it.
 """
 
 from __future__ import annotations
@@ -55,6 +60,8 @@ def role(namespace: str) -> dict[str, Any]:
              "verbs": ["get", "update"]},
             {"apiGroups": [""], "resources": ["configmaps"],
              "resourceNames": [PUBLISHED_CONFIGMAP], "verbs": ["get", "update"]},
+            {"apiGroups": [""], "resources": ["services"],
+             "verbs": ["get", "list", "update", "create", "delete"]},
         ],
     }
 
@@ -88,7 +95,10 @@ def deployment(namespace: str, image: str = DEFAULT_IMAGE, replicas: int = 1) ->
             "strategy": {"type": "RollingUpdate",
                          "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
             "template": {
-                "metadata": {"labels": labels()},
+                "metadata": {"labels": labels(), "annotations": {
+                    # the relay reaches the original pods itself: a mesh sidecar would send
+                    # its requests to the Service's routes, i.e. back to the relay
+                    "sidecar.istio.io/inject": "false", "linkerd.io/inject": "disabled"}},
                 "spec": {
                     "serviceAccountName": RELAY,
                     "automountServiceAccountToken": True,
@@ -108,6 +118,7 @@ def deployment(namespace: str, image: str = DEFAULT_IMAGE, replicas: int = 1) ->
                             "--host-key-secret", HOST_KEY_SECRET,
                             "--publish-configmap", PUBLISHED_CONFIGMAP,
                             "--authorized-keys", "/etc/bridged/authorized-keys",
+                            "--redirect-services",
                         ],
                         "ports": [{"name": "ssh", "containerPort": SSH_PORT},
                                   {"name": "http", "containerPort": HTTP_PORT}],

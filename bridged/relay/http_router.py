@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import asyncssh
 import h11
 
 from ..routing.decide import Route
@@ -38,6 +39,23 @@ Decide = Callable[[RequestHead], Route]
 
 #: bytes read at a time; with drain() after each write this bounds what a connection buffers
 READ_SIZE = 64 * 1024
+
+
+async def splice_streams(reader: Any, writer: Any, other_reader: Any, other_writer: Any) -> None:
+    """Copy raw bytes both ways until both directions ended, EOF passed on as EOF; one read
+    at a time, drained before the next (back-pressure). Closes nothing itself."""
+
+    async def copy(src: Any, dst: Any) -> None:
+        try:
+            while data := await src.read(READ_SIZE):
+                dst.write(data)
+                await dst.drain()
+        finally:
+            with contextlib.suppress(Exception):
+                dst.write_eof()
+
+    await asyncio.gather(copy(reader, other_writer), copy(other_reader, writer),
+                         return_exceptions=True)
 
 
 class UpstreamUnavailable(Exception):
@@ -190,7 +208,7 @@ class HttpRouter:
                 if down.our_state is not h11.DONE or down.their_state is not h11.DONE:
                     return  # Connection: close, or an early answer before the whole body
                 down.start_next_cycle()
-        except (ConnectionError, asyncio.IncompleteReadError):
+        except (ConnectionError, asyncio.IncompleteReadError, asyncssh.Error):
             pass
         finally:
             writer.close()
@@ -229,7 +247,8 @@ class HttpRouter:
                     body.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await body
-        except (h11.ProtocolError, ConnectionError) as exc:
+        except (h11.ProtocolError, ConnectionError, asyncssh.Error) as exc:
+            # asyncssh.Error: a developer's session ended while its channel was in use
             log.info("request to %s failed: %s", route.target, exc)
             up.writer.close()
             if down.our_state in (h11.IDLE, h11.SEND_RESPONSE):
@@ -290,17 +309,7 @@ class HttpRouter:
         if up_rest:
             writer.write(up_rest)
 
-        async def copy(src: Any, dst: Any) -> None:
-            try:
-                while data := await src.read(READ_SIZE):
-                    dst.write(data)
-                    await dst.drain()
-            finally:
-                with contextlib.suppress(Exception):
-                    dst.write_eof()
-
-        await asyncio.gather(copy(reader, up.writer), copy(up.reader, writer),
-                             return_exceptions=True)
+        await splice_streams(reader, writer, up.reader, up.writer)
         up.writer.close()
 
     def close(self) -> None:

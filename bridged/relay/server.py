@@ -8,7 +8,7 @@ import itertools
 import logging
 import secrets
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ import asyncssh
 
 from .. import __version__, protocol
 from ..config import LeaseSettings, TunnelSettings, format_host_port, parse_host_port
-from ..errors import RefusedError
+from ..errors import BridgedError, RefusedError
 from ..keys import fingerprint, load_or_create_key
 from ..routing.decide import ORIGIN, Route, decide
 from ..routing.rules import RequestHead
@@ -24,8 +24,9 @@ from ..routing.table import Holding, InterceptTable, TableConflict
 from ..splice import Counters, channel_then_socket, socket_then_channel
 from ..tasks import TaskSet
 from .auth import AuthorizedKeys
-from .http_router import HttpRouter, UpstreamUnavailable
+from .http_router import HttpRouter, UpstreamUnavailable, splice_streams
 from .policy import DestinationPolicy
+from .redirect import Redirector
 
 log = logging.getLogger(__name__)
 
@@ -110,9 +111,14 @@ class VirtualListener(asyncssh.SSHListener):
 class PortListener:
     """A real listening port of a whole-port intercept; each connection goes to its holder."""
 
-    def __init__(self, relay: Relay, port: int) -> None:
+    #: "tcp": whole-port intercepts; "http": per request; "origin": pass-through only
+    mode = "tcp"
+
+    def __init__(self, relay: Relay, port: int, origin: str = "") -> None:
         self.relay = relay
         self.port = port
+        #: "host:port" of the original pods (a redirected Service's), "" if unknown
+        self.origin = origin
         self.counters = Counters()
         self.server: asyncio.AbstractServer | None = None
 
@@ -147,12 +153,45 @@ class PortListener:
             await self.server.wait_closed()
 
 
+class OriginListener(PortListener):
+    """A port of a redirected Service that nobody intercepts: a pass-through to the original
+    pods (a taken-over Service moves all its ports to the relay, not only the intercepted)."""
+
+    mode = "origin"
+
+    async def start(self, host: str) -> None:
+        self.server = await asyncio.start_server(
+            self._pass, host, self.port, reuse_address=True,
+            backlog=self.relay.settings.tunnel.listen_backlog)
+
+    async def _pass(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.counters.connections += 1
+        self.counters.active += 1
+        try:
+            if not self.origin:
+                raise OSError("the original pods are not known yet")
+            host, port = parse_host_port(self.origin)
+            up_reader, up_writer = await asyncio.open_connection(host, port)
+        except OSError as exc:
+            self.counters.fail(f"origin {self.origin or '-'}: {exc.strerror or exc}")
+            self.counters.active -= 1
+            writer.close()
+            return
+        try:
+            await splice_streams(reader, writer, up_reader, up_writer)
+        finally:
+            self.counters.active -= 1
+            up_writer.close()
+            writer.close()
+
+
 class HttpPortListener(PortListener):
     """An intercepted port whose requests are routed one by one (:mod:`.http_router`)."""
 
-    def __init__(self, relay: Relay, port: int, origin: str) -> None:
-        super().__init__(relay, port)
-        self.origin = origin
+    mode = "http"
+
+    def __init__(self, relay: Relay, port: int, origin: str = "") -> None:
+        super().__init__(relay, port, origin)
         self.router = HttpRouter(self._decide, self._open_upstream, self._count,
                                  self._fallback)
 
@@ -213,9 +252,15 @@ class HttpPortListener(PortListener):
 class Relay:
     """The relay: owns the SSH servers, the intercept table, the port listeners and the leases."""
 
-    def __init__(self, settings: RelaySettings) -> None:
+    def __init__(self, settings: RelaySettings, kube: Any = None) -> None:
         self.settings = settings
         self.table = InterceptTable()
+        #: redirects Services to the relay; None without Kubernetes access (local runs)
+        self.redirector = Redirector(
+            kube, host=settings.intercept_host, live=self._live_services,
+            listen=self._listen_origin, set_origin=self._set_origin,
+            closed=self._close_idle_ports_by_number,
+        ) if kube is not None else None
         self.sessions: dict[str, RelaySession] = {}
         self.ports: dict[int, PortListener] = {}
         self.outbound = Counters()
@@ -224,6 +269,7 @@ class Relay:
         self.acceptor = StreamAcceptor()
         self.tasks = TaskSet("relay")
         self._ids = itertools.count(1)
+        self._syncing: asyncio.Task[Any] | None = None
         self._ssh: list[asyncssh.SSHAcceptor] = []
         self._http: Any = None
         self.ssh_port = 0
@@ -257,6 +303,8 @@ class Relay:
     async def start(self) -> None:
         s = self.settings
         self.keys.refresh()
+        if self.redirector is not None:
+            await self.redirector.restore_stale()
         server = await asyncssh.listen(s.ssh_host, s.ssh_port, reuse_address=True,
                                        **self._ssh_options())
         self._ssh.append(server)
@@ -277,6 +325,8 @@ class Relay:
         await self.tasks.cancel_all()
         for server in self._ssh:
             server.close()
+        if self.redirector is not None:
+            await self.redirector.close()  # the Services first: traffic goes back at once
         for session in list(self.sessions.values()):
             session.conn.close()
         if self._http is not None:
@@ -303,16 +353,24 @@ class Relay:
                      f" (reserved {h.resume_seconds:.0f}s for its owner)"
                      if h.resume_seconds else "")
         self._close_idle_ports(gone)
+        self._sync_redirects()
 
     # --- intercepts ---
 
     async def register(self, session: RelaySession, claim: protocol.InterceptClaim,
                        overwrite: bool) -> dict[str, Any]:
+        if claim.service:
+            if self.redirector is None:
+                raise RefusedError(
+                    f"this relay has no Kubernetes access: it cannot redirect Service "
+                    f"{claim.service} (intercept a relay port instead)")
+            claim = replace(claim, port=self.redirector.port_for(claim.service,
+                                                                 claim.service_port))
         existing = self.ports.get(claim.port)
-        if existing is not None and isinstance(existing, HttpPortListener) != \
-                (claim.mode == "http"):
+        if existing is not None and existing.mode not in (claim.mode, "origin") \
+                and self.table.on_port(claim.port):
             raise RefusedError(f"port {claim.port} is intercepted in another mode "
-                               f"({'http' if isinstance(existing, HttpPortListener) else 'tcp'})")
+                               f"({existing.mode})")
         now = asyncio.get_running_loop().time()
         try:
             _, displaced = self.table.claim(
@@ -325,25 +383,77 @@ class Relay:
         for h in displaced:
             log.info("intercept %s displaced by %s", h.claim.id, claim.id)
         self._close_idle_ports(displaced)
-        if claim.port not in self.ports:
-            listener = HttpPortListener(self, claim.port, claim.origin) \
-                if claim.mode == "http" else PortListener(self, claim.port)
+        listener = self.ports.get(claim.port)
+        if listener is None or listener.mode != claim.mode:
+            cls = HttpPortListener if claim.mode == "http" else PortListener
             try:
-                await listener.start(self.settings.intercept_host)
+                await self._swap_listener(cls(self, claim.port, claim.origin or (
+                    listener.origin if listener is not None else "")))
             except OSError as exc:
                 self.table.release(session.id, claim.id)
                 raise RefusedError(
                     f"the relay cannot listen on port {claim.port}: {exc.strerror or exc}"
                 ) from None
-            if claim.port in self.ports or not self.table.on_port(claim.port):
-                # the session ended (or another claim bound it) while we were binding
-                await listener.close()
-            else:
-                self.ports[claim.port] = listener
-        log.info("session %s (%s) intercepts port %d as %s", session.id, session.owner,
-                 claim.port, claim.id)
+            if not self.table.on_port(claim.port):
+                # the session ended while we were binding
+                self._close_idle_ports_by_number({claim.port})
+        if claim.service and self.redirector is not None:
+            try:
+                await self.redirector.ensure(claim)
+            except BridgedError as exc:
+                self.table.release(session.id, claim.id)
+                self._close_idle_ports_by_number({claim.port})
+                raise RefusedError(str(exc)) from None
+        log.info("session %s (%s) intercepts %s as %s", session.id, session.owner,
+                 f"Service {claim.service} port {claim.service_port} (relay port "
+                 f"{claim.port}, via {claim.via})" if claim.service else f"port {claim.port}",
+                 claim.id)
         return {"intercept_id": claim.id, "port": claim.port,
-                "lease_seconds": self.settings.lease.ttl_seconds}
+                "lease_seconds": self.settings.lease.ttl_seconds, "via": claim.via}
+
+    async def _swap_listener(self, new: PortListener) -> None:
+        """Serve ``new.port`` with ``new``; the listener it replaces stops accepting first
+        (its connections carry on)."""
+        old = self.ports.pop(new.port, None)
+        if old is not None:
+            old.stop_accepting()
+            self.tasks.start(old.close(), name=f"close-port-{new.port}")
+        await new.start(self.settings.intercept_host)
+        self.ports[new.port] = new
+
+    async def _listen_origin(self, port: int, origin: str) -> None:
+        if port not in self.ports:
+            await self._swap_listener(OriginListener(self, port, origin))
+
+    def _set_origin(self, port: int, origin: str) -> None:
+        if port in self.ports:
+            self.ports[port].origin = origin
+
+    def _live_services(self) -> dict[str, list[protocol.InterceptClaim]]:
+        now = asyncio.get_running_loop().time()
+        live: dict[str, list[protocol.InterceptClaim]] = {}
+        for h in self.table.holdings():
+            if h.claim.service and h.expires_at > now:
+                live.setdefault(h.claim.service, []).append(h.claim)
+        return live
+
+    def _sync_redirects(self) -> asyncio.Task[Any] | None:
+        if self.redirector is None or not self.redirector.out_of_sync():
+            return self._syncing
+        if self._syncing is None or self._syncing.done():  # one run at a time; it sees all
+            self._syncing = self.tasks.start(self.redirector.sync(), name="redirect-sync")
+        return self._syncing
+
+    async def redirects_settled(self) -> list[str]:
+        """Wait for the cluster to reflect the table (a leave restores its Service before it
+        is answered); what changed, one line per Service."""
+        task = self._sync_redirects()
+        if task is None:
+            return []
+        try:
+            return list(await asyncio.shield(task))
+        except Exception as exc:  # logged by the task set; the daemon gets the reason
+            return [f"the Service could not be restored yet: {exc}"]
 
     def release(self, session: RelaySession, intercept_id: str) -> bool:
         holding = self.table.release(session.id, intercept_id)
@@ -351,15 +461,33 @@ class Relay:
             return False
         session.virtual.pop(holding.claim.listen_host, None)
         self._close_idle_ports([holding])
+        self._sync_redirects()
         log.info("intercept %s released", intercept_id)
         return True
 
     def _close_idle_ports(self, holdings: list[Holding]) -> None:
-        for port in {h.port for h in holdings}:
-            if not self.table.on_port(port) and port in self.ports:
-                listener = self.ports.pop(port)
-                listener.stop_accepting()  # at once: the port is free when we answer
-                self.tasks.start(listener.close(), name=f"close-port-{port}")
+        self._close_idle_ports_by_number({h.port for h in holdings})
+
+    def _close_idle_ports_by_number(self, ports: set[int]) -> None:
+        """Close the listeners nothing needs any more. A port of a redirected Service stays
+        served: by a pass-through to the original pods once no intercept holds it."""
+        in_use = self.redirector.ports_in_use() if self.redirector is not None else set()
+        closed = set()
+        for port in ports:
+            if self.table.on_port(port) or port not in self.ports:
+                continue
+            listener = self.ports[port]
+            if port in in_use:
+                if listener.mode != "origin":
+                    self.tasks.start(self._swap_listener(
+                        OriginListener(self, port, listener.origin)), name=f"origin-{port}")
+                continue
+            del self.ports[port]
+            listener.stop_accepting()  # at once: the port is free when we answer
+            self.tasks.start(listener.close(), name=f"close-port-{port}")
+            closed.add(port)
+        if self.redirector is not None:
+            self.redirector.forget_ports(closed)
 
     async def _expire_leases(self) -> None:
         loop = asyncio.get_running_loop()
@@ -371,6 +499,7 @@ class Relay:
                 log.warning("intercept %s (session %s) released: its lease and reconnect "
                             "window ended", h.claim.id, h.session)
             self._close_idle_ports(gone)
+            self._sync_redirects()
 
     # --- outbound ---
 
@@ -562,7 +691,8 @@ class ControlHandler:
         if isinstance(msg, protocol.Register):
             return await relay.register(session, msg.claim, msg.overwrite)
         if isinstance(msg, protocol.Release):
-            return {"released": relay.release(session, msg.intercept_id)}
+            released = relay.release(session, msg.intercept_id)
+            return {"released": released, "notes": await relay.redirects_settled()}
         if isinstance(msg, protocol.Renew):
             now = asyncio.get_running_loop().time()
             lost = relay.table.renew(session.id, msg.intercept_ids, now=now,

@@ -108,14 +108,14 @@ async def test_duplicate_exclusive_intercept_is_refused(
     echo_server: int,
 ) -> None:
     port = free_port()
-    first = bridge.cli("intercept", "--remote-port", str(port), "--local-port",
+    first = bridge.cli("intercept", "--relay-port", str(port), "--port",
                        str(echo_server), "--json")
     assert first.returncode == 0, first.stderr
     assert json.loads(first.stdout)["state"] == "active"
     other = await make_daemon("alice")
     relay.authorize(await other.public_key())
     assert other.cli("connect", relay.url).returncode == 0
-    result = other.cli("intercept", "--remote-port", str(port), "--local-port", str(echo_server))
+    result = other.cli("intercept", "--relay-port", str(port), "--port", str(echo_server))
     _one_line_error(result, 1, f"port {port} is already intercepted", "--overwrite")
 
 
@@ -187,7 +187,7 @@ async def test_a_gone_developers_port_is_reserved_until_overwrite(
     echo_server: int,
 ) -> None:
     port = free_port()
-    first = await bridge.acli("intercept", "--remote-port", str(port), "--local-port",
+    first = await bridge.acli("intercept", "--relay-port", str(port), "--port",
                               str(echo_server))
     assert first.returncode == 0, first.stderr
     bridge.process.kill()  # the laptop vanishes: its intercept stays reserved, unrouted
@@ -196,14 +196,14 @@ async def test_a_gone_developers_port_is_reserved_until_overwrite(
     assert (await other.acli("connect", relay.url)).returncode == 0
 
     async def reserved() -> bool:
-        r = await other.acli("intercept", "--remote-port", str(port), "--local-port",
+        r = await other.acli("intercept", "--relay-port", str(port), "--port",
                              str(echo_server))
         return r.returncode == 1 and "reserved for a developer who disconnected" in r.stderr
 
     from ..helpers import eventually
 
     await eventually(reserved, within=15, what="the relay to notice the vanished laptop")
-    taken = await other.acli("intercept", "--remote-port", str(port), "--local-port",
+    taken = await other.acli("intercept", "--relay-port", str(port), "--port",
                              str(echo_server), "--overwrite", "--json")
     assert taken.returncode == 0, taken.stderr
     assert json.loads(taken.stdout)["state"] == "active"

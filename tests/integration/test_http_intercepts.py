@@ -38,7 +38,7 @@ async def test_two_developers_and_the_cluster_share_one_port(
     try:
         for daemon, dev, local in ((bridge, "alice", alice_port), (bob, "bob", bob_port)):
             result = await daemon.acli(
-                "intercept", "--remote-port", str(port), "--local-port", str(local),
+                "intercept", "--relay-port", str(port), "--port", str(local),
                 "--header", f"x-dev={dev}", "--origin", f"127.0.0.1:{origin_port}", "--json")
             assert result.returncode == 0, result.stderr
 
@@ -93,10 +93,10 @@ async def test_a_whole_port_and_a_per_request_intercept_do_not_mix(
     bridge: Daemon, echo_server: int
 ) -> None:
     port = free_port()
-    tcp = await bridge.acli("intercept", "--remote-port", str(port), "--local-port",
+    tcp = await bridge.acli("intercept", "--relay-port", str(port), "--port",
                             str(echo_server), "--name", "whole")
     assert tcp.returncode == 0, tcp.stderr
-    http = await bridge.acli("intercept", "--remote-port", str(port), "--local-port",
+    http = await bridge.acli("intercept", "--relay-port", str(port), "--port",
                              str(echo_server), "--header", "x-dev=me", "--name", "some")
     assert http.returncode == 1
     assert "intercepted in another mode" in http.stderr or "already intercepted" in http.stderr
@@ -109,14 +109,14 @@ async def test_fallback_origin_sends_requests_to_the_cluster_while_you_are_down(
     port, nothing_here = free_port(), free_port()
     try:
         result = await bridge.acli(
-            "intercept", "--remote-port", str(port), "--local-port", str(nothing_here),
+            "intercept", "--relay-port", str(port), "--port", str(nothing_here),
             "--header", "x-dev=me", "--origin", f"127.0.0.1:{origin_port}",
             "--fallback", "origin")
         assert result.returncode == 0, result.stderr
         async with aiohttp.ClientSession() as s, s.get(
                 f"http://127.0.0.1:{port}/", headers={"x-dev": "me"}) as r:
             assert r.status == 200 and (await r.json())["who"] == "origin"
-        bad = await bridge.acli("intercept", "--remote-port", str(free_port()), "--local-port",
+        bad = await bridge.acli("intercept", "--relay-port", str(free_port()), "--port",
                                 "1", "--header", "x-dev=me", "--fallback", "origin")
         assert bad.returncode == 2 and "--fallback origin needs --origin" in bad.stderr
     finally:

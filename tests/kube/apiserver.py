@@ -64,6 +64,7 @@ from .controllers import (
 )
 from .kubeconfig import Context, Credentials, write_kubeconfig
 from .kubelet import ContainerWaiting, Kubelet, KubeletHook, PodHandle, PodSandbox
+from .kubeproxy import KubeProxy
 from .pki import CertificateAuthority
 from .rbac import BOOTSTRAP_BINDINGS, BOOTSTRAP_CLUSTER_ROLES, Authorizer, User
 from .registry import Registry
@@ -87,12 +88,14 @@ class KubeApiServer:
     ``stream_idle_timeout``: port-forward idle timeout (the kubelet's default: 4 h).
     ``websocket_create_check``: also require ``create`` for websocket ``pods/portforward``
     (1.35+; False behaves as 1.30-1.34).
+    ``kube_proxy``: serve Services at their (loopback) ClusterIPs (see :mod:`.kubeproxy`).
     """
 
     def __init__(self, *, tls: bool = True, kubelet: KubeletHook | None = None,
                  bookmark_interval: float = 60.0, min_request_timeout: float = 1800.0,
                  window: int = 10_000, stream_idle_timeout: float | None = None,
-                 websocket_create_check: bool = True, namespaces: Iterable[str] = ()) -> None:
+                 websocket_create_check: bool = True, namespaces: Iterable[str] = (),
+                 kube_proxy: bool = False) -> None:
         self.tls = tls
         self.bookmark_interval = bookmark_interval
         self.min_request_timeout = min_request_timeout
@@ -120,6 +123,9 @@ class KubeApiServer:
             GarbageCollector(self.registry, self.recorder),
             self.kubelet,
         ]
+        self.kube_proxy = KubeProxy(self.registry, self.recorder) if kube_proxy else None
+        if self.kube_proxy is not None:
+            self._controllers.append(self.kube_proxy)
         self._users: dict[str, Credentials] = {}
         self._tokens: dict[str, User] = {}
         self.requests: list[tuple[str, str]] = []  # (method, path?query) of every request

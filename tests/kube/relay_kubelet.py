@@ -33,6 +33,8 @@ class RelayKubelet:
         self.pullable: set[str] | None = None
         #: when set, every relay container crashes at start (CrashLoopBackOff)
         self.crash: str | None = None
+        #: runs every other pod (the application's); None: they run and serve nothing
+        self.others: Any = None
 
     def attach(self, api: KubeApiServer) -> None:
         self.api = api
@@ -44,7 +46,7 @@ class RelayKubelet:
         pod = sandbox.pod
         labels = pod["metadata"].get("labels") or {}
         if labels.get("app.kubernetes.io/name") != "bridged-relay":
-            return PodHandle()  # any other workload: runs, serves nothing
+            return await self.others(sandbox) if self.others is not None else PodHandle()
         container = pod["spec"]["containers"][0]
         if self.pullable is not None and container["image"] not in self.pullable:
             raise ContainerWaiting("ImagePullBackOff",
@@ -62,8 +64,11 @@ class RelayKubelet:
         kubeconfig = self.api.write_kubeconfig(home / "kubeconfig",
                                                [Context("in-cluster", user, ns)])
         args = [_map(a, home) for a in container.get("args", [])]
-        # the test's "cluster services" live on loopback; intercepted ports stay on it too
-        args += ["--allow-loopback", "--intercept-host", "127.0.0.1"]
+        # the test's "cluster services" live on loopback; the pod's IP is a loopback address
+        # too (127.244.x.y): intercepted Services reach the relay there, as in a pod
+        current = self.api.get("pods", ns, sandbox.name) or pod
+        pod_ip = (current.get("status") or {}).get("podIP") or "127.0.0.1"
+        args += ["--allow-loopback", "--intercept-host", pod_ip]
         secret_name = next(v["secret"]["secretName"] for v in pod["spec"]["volumes"]
                            if "secret" in v)
         sync = asyncio.create_task(self._sync_secret(ns, secret_name, keys))

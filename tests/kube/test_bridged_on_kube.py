@@ -88,11 +88,14 @@ async def test_connect_from_scratch_deploys_a_locked_down_relay(
         obj = cluster.get(plural, NS, name)
         assert obj is not None, (plural, name)
         assert obj["metadata"]["labels"][m.MANAGED_BY] == "bridged"
-    # least privilege: two named objects, no create, no list
+    # least privilege: two named objects; Services (takeover) and nothing else
     role = cluster.get("roles", NS, m.RELAY)
     assert role is not None
-    assert all(r.get("resourceNames") and set(r["verbs"]) <= {"get", "update"}
-               for r in role["rules"])
+    named = [r for r in role["rules"] if r.get("resourceNames")]
+    assert len(named) == 2 and all(set(r["verbs"]) <= {"get", "update"} for r in named)
+    assert [r for r in role["rules"] if not r.get("resourceNames")] == [
+        {"apiGroups": [""], "resources": ["services"],
+         "verbs": ["get", "list", "update", "create", "delete"]}]
     pod_spec = cluster.get("deployments", NS, m.RELAY)["spec"]["template"]["spec"]  # type: ignore[index]
     sc = pod_spec["containers"][0]["securityContext"]
     assert sc["readOnlyRootFilesystem"] and not sc["allowPrivilegeEscalation"]

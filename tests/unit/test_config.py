@@ -16,6 +16,7 @@ from bridged.config import (
     parse_port,
 )
 from bridged.errors import ConfigError
+from bridged.routing.rules import Matcher
 
 
 def config_error(call, *args, **kwargs) -> str:
@@ -395,17 +396,37 @@ def test_default_name_cuts_long_text_uniquely():
 # --- InterceptSpec.parse -----------------------------------------------------------------------
 
 
+def _spec(name, local, **kw):
+    return InterceptSpec(name=name, local_port=local, **kw)
+
+
+H = Matcher("header", "equals", "x-dev", "alice")
+
+
 @pytest.mark.parametrize(
     ("kwargs", "expected"),
     [
-        ({"remote_port": 8080, "local_port": 3000},
-         InterceptSpec("port-8080", 8080, 3000, "127.0.0.1", "tcp", ())),
-        ({"remote_port": 80, "local_port": 80, "name": "api"},
-         InterceptSpec("api", 80, 80, "127.0.0.1", "tcp", ())),
+        # a bare relay port (no cluster): whole-port TCP unless matchers or an origin
+        ({"remote_port": 8080, "local_port": 3000}, _spec("port-8080", 3000, remote_port=8080)),
+        ({"remote_port": 80, "local_port": "80", "name": "api"},
+         _spec("api", 80, remote_port=80)),
         ({"remote_port": 80, "local_port": 8000, "local_host": "::1"},
-         InterceptSpec("port-80", 80, 8000, "::1", "tcp", ())),
-        ({"remote_port": 65535, "local_port": 1},
-         InterceptSpec("port-65535", 65535, 1, "127.0.0.1", "tcp", ())),
+         _spec("port-80", 8000, remote_port=80, local_host="::1")),
+        ({"remote_port": 65535, "local_port": 1}, _spec("port-65535", 1, remote_port=65535)),
+        ({"remote_port": 80, "local_port": 1, "headers": ("x-dev=alice",), "origin": "o:80"},
+         _spec("port-80", 1, remote_port=80, mode="http", matchers=(H,), origin="o:80")),
+        # a Service: HTTP by default, named after it, strategy auto unless given
+        ({"service": "orders", "local_port": "8080"},
+         _spec("orders", 8080, service="orders", via="auto", mode="http")),
+        ({"service": "orders", "local_port": "8080:80", "via": "takeover"},
+         _spec("orders", 8080, service="orders", service_port="80", via="takeover",
+               mode="http")),
+        ({"service": "orders", "local_port": "8080:http", "headers": ("x-dev=alice",),
+          "fallback": "origin"},
+         _spec("orders", 8080, service="orders", service_port="http", via="auto",
+               mode="http", matchers=(H,), fallback="origin")),
+        ({"service": "db", "local_port": "5432", "tcp": True, "name": "mydb"},
+         _spec("mydb", 5432, service="db", via="auto", mode="tcp")),
     ],
 )
 def test_intercept_spec_parse(kwargs, expected):
@@ -415,12 +436,27 @@ def test_intercept_spec_parse(kwargs, expected):
 @pytest.mark.parametrize(
     ("kwargs", "expected"),
     [
-        ({"remote_port": 0, "local_port": 80}, "bad remote port 0: expected a number from 1"),
-        ({"remote_port": 65536, "local_port": 80}, "bad remote port 65536"),
-        ({"remote_port": 80, "local_port": 0}, "bad local port 0: expected a number from 1"),
+        ({"remote_port": 0, "local_port": 80}, "bad relay port 0: expected a number from 1"),
+        ({"remote_port": 65536, "local_port": 80}, "bad relay port 65536"),
+        ({"remote_port": 80, "local_port": 0}, "bad local port '0': expected a number from 1"),
         ({"remote_port": 80, "local_port": "x"}, "bad local port 'x'"),
         ({"remote_port": 80, "local_port": 80, "name": "API"}, "bad intercept name 'API'"),
         ({"remote_port": 80, "local_port": 80, "local_host": "x y"}, "bad host 'x y'"),
+        ({"local_port": 80}, "say what to intercept"),
+        ({"service": "orders", "remote_port": 80, "local_port": 80}, "not both"),
+        ({"service": "Orders", "local_port": 80}, "bad Service name 'Orders'"),
+        ({"service": "orders", "local_port": "80:0"}, "bad service port '0'"),
+        ({"service": "orders", "local_port": "80:Web"}, "bad service port name 'Web'"),
+        ({"service": "orders", "local_port": "x:80"}, "bad local port 'x'"),
+        ({"remote_port": 80, "local_port": "80:80"}, "LOCAL:SERVICE_PORT is for a Service"),
+        ({"service": "orders", "local_port": 80, "via": "magic"}, "bad --via 'magic'"),
+        ({"remote_port": 80, "local_port": 80, "via": "takeover"}, "--via redirects a Service"),
+        ({"service": "orders", "local_port": 80, "origin": "h:1"}, "--origin is for a bare"),
+        ({"remote_port": 80, "local_port": 80, "fallback": "origin"}, "--fallback origin needs"),
+        ({"service": "orders", "local_port": 80, "fallback": "pods"}, "bad fallback 'pods'"),
+        ({"service": "orders", "local_port": 80, "tcp": True, "path": "/a"}, "--tcp takes"),
+        ({"service": "orders", "local_port": 80, "tcp": True, "via": "gateway"},
+         "use --via takeover with --tcp"),
     ],
 )
 def test_intercept_spec_parse_rejects(kwargs, expected):

@@ -212,10 +212,15 @@ def test_forward_request_rejects(body, expected):
     ("body", "expected"),
     [
         ({"remote_port": 8080, "local_port": 3000},
-         InterceptRequest(None, InterceptSpec("port-8080", 8080, 3000, "127.0.0.1"))),
+         InterceptRequest(None, InterceptSpec("port-8080", 3000, remote_port=8080))),
         ({"remote_port": 80, "local_port": 8000, "bridge": "prod", "name": "api",
           "local_host": "localhost"},
-         InterceptRequest("prod", InterceptSpec("api", 80, 8000, "localhost"))),
+         InterceptRequest("prod", InterceptSpec("api", 8000, remote_port=80,
+                                                local_host="localhost"))),
+        ({"service": "orders", "local_port": "8000:http", "via": "takeover"},
+         InterceptRequest(None, InterceptSpec("orders", 8000, service="orders",
+                                              service_port="http", via="takeover",
+                                              mode="http"))),
     ],
 )
 def test_intercept_request_parse(body, expected):
@@ -225,16 +230,17 @@ def test_intercept_request_parse(body, expected):
 @pytest.mark.parametrize(
     ("body", "expected"),
     [
-        ({}, "an intercept needs remote_port and local_port"),
-        ({"remote_port": 80}, "an intercept needs remote_port and local_port"),
-        ({"local_port": 80}, "an intercept needs remote_port and local_port"),
-        ({"remote_port": None, "local_port": 80}, "an intercept needs remote_port and local_port"),
+        ({}, "an intercept needs local_port"),
+        ({"remote_port": 80}, "an intercept needs local_port"),
+        ({"local_port": 80}, "say what to intercept"),
+        ({"remote_port": None, "local_port": 80}, "say what to intercept"),
+        ({"service": 3, "local_port": 80}, "field 'service' must be a str"),
         ({"remote_port": "80", "local_port": 80}, "field 'remote_port' must be a number"),
-        ({"remote_port": 80, "local_port": 8.0}, "field 'local_port' must be a number"),
+        ({"remote_port": 80, "local_port": 8.0}, "field 'local_port' must be a number or str"),
         ({"remote_port": 80, "local_port": 80, "name": ["x"]}, "field 'name' must be a str"),
         ({"remote_port": 80, "local_port": 80, "bridge": 2}, "field 'bridge' must be a str"),
-        ({"remote_port": 0, "local_port": 80}, "bad remote port 0"),
-        ({"remote_port": 80, "local_port": 0}, "bad local port 0"),
+        ({"remote_port": 0, "local_port": 80}, "bad relay port 0"),
+        ({"remote_port": 80, "local_port": 0}, "bad local port '0'"),
         ({"remote_port": 80, "local_port": 80, "name": "Api"}, "bad intercept name 'Api'"),
     ],
 )

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from bridged import protocol
 from bridged.errors import ProtocolError
 from bridged.protocol import (
     MAX_LINE_BYTES,
@@ -70,7 +71,7 @@ def test_every_message_type_is_registered_by_its_type_name():
 @pytest.mark.parametrize(
     ("message", "wire"),
     [
-        (Hello(id=1, agent="x"), b'{"type":"hello","id":1,"version":[1,0],"agent":"x"}\n'),
+        (Hello(id=1, agent="x"), b'{"type":"hello","id":1,"version":[1,1],"agent":"x"}\n'),
         (Release(id=5, intercept_id="abc"), b'{"type":"release","id":5,"intercept_id":"abc"}\n'),
         (Renew(id=2, intercept_ids=("a",)), b'{"type":"renew","id":2,"intercept_ids":["a"]}\n'),
         (GetStats(id=3), b'{"type":"stats","id":3}\n'),
@@ -78,8 +79,8 @@ def test_every_message_type_is_registered_by_its_type_name():
         (Error(re=5, code="conflict", message="m"),
          b'{"type":"error","re":5,"code":"conflict","message":"m"}\n'),
         (Register(id=1, claim=InterceptClaim("i", 80)),
-         b'{"type":"register","id":1,"claim":{"id":"i","port":80,"mode":"tcp","matchers":[],"origin":"","fallback":"error"},'
-         b'"overwrite":false}\n'),
+         b'{"type":"register","id":1,"claim":{"id":"i","port":80,"mode":"tcp","matchers":[],"origin":"","fallback":"error",'
+         b'"service":"","service_port":0,"via":""},"overwrite":false}\n'),
     ],
 )
 def test_encode_wire_format(message, wire):
@@ -303,11 +304,48 @@ def test_max_line_is_one_mebibyte():
     ],
 )
 def test_compatible_means_same_major_any_minor(theirs, ok):
-    assert VERSION == (1, 0)
+    assert VERSION == (1, 1)
     assert compatible(theirs) is ok
 
 
 # --- claims --------------------------------------------------------------------------------------
+
+
+def _register(**claim):
+    return json.dumps({"type": "register", "id": 1, "claim": {"id": "a", **claim}})
+
+
+@pytest.mark.parametrize(
+    ("claim", "expected"),
+    [
+        ({"port": 0, "service": "orders", "service_port": 80, "via": "takeover", "mode": "http"},
+         InterceptClaim("a", 0, mode="http", service="orders", service_port=80, via="takeover")),
+        ({"port": 0, "service": "o-1", "service_port": 65535, "via": "gateway"},
+         InterceptClaim("a", 0, service="o-1", service_port=65535, via="gateway")),
+    ],
+)
+def test_service_claims_decode(claim, expected):
+    assert decode(_register(**claim)).claim == expected
+
+
+@pytest.mark.parametrize(
+    ("claim", "error"),
+    [
+        ({"port": 0}, "port 0 is not a number from 1"),
+        ({"port": 0, "service": "orders", "service_port": 80}, "needs a redirect strategy"),
+        ({"port": 80, "via": "takeover"}, "only a service has one"),
+        ({"port": 0, "service": "orders", "service_port": 80, "via": "magic"}, "strategy"),
+        ({"port": 0, "service": "Orders", "service_port": 80, "via": "takeover"},
+         "bad service name 'Orders'"),
+        ({"port": 0, "service": "orders", "service_port": 0, "via": "takeover"},
+         "service_port 0 is not a number from 1"),
+        ({"port": 0, "service": "orders", "service_port": "80", "via": "takeover"},
+         "service_port '80'"),
+    ],
+)
+def test_bad_service_claims_are_refused(claim, error):
+    with pytest.raises(protocol.BadMessage, match=error):
+        decode(_register(**claim))
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,216 @@
+"""Applying and undoing redirects in the cluster (what they are: :mod:`bridged.redirect`).
+
+Everything is read and written as plain JSON (:func:`.client.rest`), so a restore writes back
+every field the server has, known to this client or not. Each write carries the
+resourceVersion it was computed from; a 409 re-reads and recomputes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from ..errors import KubeError, RefusedError
+from ..redirect import REDIRECT_OF
+from ..redirect import takeover as plan
+from . import manifests as m
+from .client import Kube, rest, translate
+
+log = logging.getLogger(__name__)
+
+ATTEMPTS = 10  # read-modify-write rounds before giving up on a Service others keep changing
+
+
+def _services(kube: Kube, name: str = "") -> str:
+    return f"/api/v1/namespaces/{kube.namespace}/services" + (f"/{name}" if name else "")
+
+
+async def read_service(kube: Kube, name: str) -> dict[str, Any]:
+    try:
+        return await rest(kube, "GET", _services(kube, name))
+    except ApiException as exc:
+        if exc.status == 404:
+            raise KubeError(f"Service {name} not found in namespace {kube.namespace}",
+                            hint="bridged services lists them") from None
+        raise translate(exc, f"cannot read Service {name}") from exc
+
+
+async def _delete(kube: Kube, path: str, what: str) -> bool:
+    try:
+        await rest(kube, "DELETE", path)
+        return True
+    except ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise translate(exc, f"cannot delete {what}") from exc
+
+
+async def resolve_intercept(kube: Kube, service: str, port: str, via: str) -> tuple[int, str]:
+    """The Service port (a number) an intercept names by number, by name or, for a Service
+    with one port, not at all; and the strategy ``auto`` stands for. Errors list the choices."""
+    found = await read_service(kube, service)
+    ports = (found.get("spec") or {}).get("ports") or []
+    listed = ", ".join(f"{p['port']}" + (f" ({p['name']})" if p.get("name") else "")
+                       for p in ports) or "none"
+    if port:
+        chosen = [p for p in ports if str(p["port"]) == port or p.get("name") == port]
+    else:
+        chosen = ports if len(ports) == 1 else []
+    if len(chosen) != 1:
+        raise KubeError(
+            f"Service {service} has no port {port!r}" if port else
+            f"Service {service} has several ports: {listed}",
+            hint=f"say which with --port LOCAL:PORT (its ports: {listed})")
+    if chosen[0].get("protocol", "TCP") != "TCP":
+        raise KubeError(f"port {chosen[0]['port']} of Service {service} is "
+                        f"{chosen[0]['protocol']}: only TCP can be intercepted")
+    if via == "auto":
+        via = "gateway" if await gateway_api_present(kube) else "takeover"
+    return int(chosen[0]["port"]), via
+
+
+async def gateway_api_present(kube: Kube) -> bool:
+    """Whether the cluster serves HTTPRoutes (the Gateway API's CRDs are installed)."""
+    try:
+        found = await rest(kube, "GET", "/apis/gateway.networking.k8s.io/v1")
+    except ApiException as exc:
+        if exc.status in (404, 403):
+            return False
+        raise translate(exc, "cannot ask whether the Gateway API is installed") from exc
+    return any(r.get("name") == "httproutes" for r in found.get("resources") or [])
+
+
+@dataclass(frozen=True)
+class TakenOver:
+    record: plan.Record
+    #: service port → "clusterIP:port" of the shadow Service: where the original pods answer
+    origins: dict[int, str]
+
+
+@dataclass(frozen=True)
+class Restored:
+    service: str
+    #: fields someone else changed during the takeover, left as they made them
+    changed_by_others: list[str] = field(default_factory=list)
+    gone: bool = False  # the Service was deleted meanwhile
+
+    def describe(self) -> str:
+        if self.gone:
+            return f"Service {self.service} was deleted during the takeover; its shadow removed"
+        if self.changed_by_others:
+            return (f"Service {self.service} was changed by someone else during the takeover "
+                    f"({', '.join(self.changed_by_others)}): their change is kept, only "
+                    "bridged's annotation was removed")
+        return f"Service {self.service} restored"
+
+
+async def take_over(kube: Kube, name: str, relay_selector: Mapping[str, str],
+                    relay_ports: Any) -> TakenOver:
+    """Point Service ``name`` at the relay. ``relay_ports(service)`` gives the relay port for
+    every port of the Service as read (the relay starts its listeners there)."""
+    for _ in range(ATTEMPTS):
+        service = await read_service(kube, name)
+        if plan.record_of(service) is not None:
+            # left by a relay that died before restoring it: undo that first
+            log.warning("Service %s carries a stale takeover: restoring it first", name)
+            await restore(kube, name)
+            continue
+        try:
+            new, shadow, record = plan.take_over(service, relay_selector, relay_ports(service))
+        except plan.TakeoverRefused as exc:
+            raise RefusedError(str(exc)) from None
+        shadow_now = await _ensure_shadow(kube, shadow)
+        try:
+            await rest(kube, "PUT", _services(kube, name), new)
+        except ApiException as exc:
+            if exc.status == 409:
+                continue  # changed since we read it: plan again
+            await _delete(kube, _services(kube, record.shadow), f"Service {record.shadow}")
+            raise translate(exc, f"cannot take Service {name} over") from exc
+        ip = shadow_now["spec"].get("clusterIP")
+        origins = {p["port"]: f"{ip}:{p['port']}" for p in shadow_now["spec"]["ports"]}
+        log.info("Service %s taken over (original pods via %s)", name, record.shadow)
+        return TakenOver(record, origins)
+    raise KubeError(f"Service {name} kept changing under us; try again")
+
+
+async def _ensure_shadow(kube: Kube, shadow: dict[str, Any]) -> dict[str, Any]:
+    name = shadow["metadata"]["name"]
+    try:
+        return await rest(kube, "POST", _services(kube), shadow)
+    except ApiException as exc:
+        if exc.status != 409:
+            raise translate(exc, f"cannot create the shadow Service {name}") from exc
+    current = await rest(kube, "GET", _services(kube, name))
+    if (current["metadata"].get("labels") or {}).get(m.MANAGED_BY) != "bridged":
+        raise RefusedError(f"a Service named {name} exists and is not bridged's: "
+                           "rename it or intercept with --via gateway")
+    current["spec"]["selector"] = shadow["spec"]["selector"]
+    current["spec"]["ports"] = shadow["spec"]["ports"]
+    try:
+        return await rest(kube, "PUT", _services(kube, name), current)
+    except ApiException as exc:
+        raise translate(exc, f"cannot update the shadow Service {name}") from exc
+
+
+async def restore(kube: Kube, name: str, record: plan.Record | None = None) -> Restored:
+    """Undo the takeover of Service ``name``: from the record in its annotation, or ``record``
+    (what the relay remembers) when someone removed the annotation."""
+    for _ in range(ATTEMPTS):
+        try:
+            current = await rest(kube, "GET", _services(kube, name))
+        except ApiException as exc:
+            if exc.status != 404:
+                raise translate(exc, f"cannot read Service {name}") from exc
+            if record is not None:
+                await _delete(kube, _services(kube, record.shadow), f"Service {record.shadow}")
+            return Restored(name, gone=True)
+        try:
+            found = plan.record_of(current)
+        except ValueError as exc:
+            raise KubeError(f"Service {name}: {exc}; restore it by hand") from None
+        rec = found or record
+        if rec is None:
+            return Restored(name)  # not taken over
+        new, changed = plan.restore(current, rec)
+        if new != current:
+            try:
+                await rest(kube, "PUT", _services(kube, name), new)
+            except ApiException as exc:
+                if exc.status == 409:
+                    continue
+                raise translate(exc, f"cannot restore Service {name}") from exc
+        await _delete(kube, _services(kube, rec.shadow), f"Service {rec.shadow}")
+        result = Restored(name, changed)
+        (log.warning if changed else log.info)("%s", result.describe())
+        return result
+    raise KubeError(f"Service {name} kept changing under us; try again")
+
+
+async def restore_stale(kube: Kube) -> list[Restored]:
+    """Undo every takeover in the namespace, and remove shadows whose takeover is gone: what a
+    relay does when it starts (it holds no lease yet) and ``bridged clean`` does."""
+    try:
+        items = (await rest(kube, "GET", _services(kube)))["items"]
+    except ApiException as exc:
+        raise translate(exc, "cannot list Services") from exc
+    done = []
+    for service in items:
+        annotations = service["metadata"].get("annotations") or {}
+        if plan.ANNOTATION in annotations:
+            done.append(await restore(kube, service["metadata"]["name"]))
+    taken = {s["metadata"]["name"] for s in items
+             if plan.ANNOTATION in (s["metadata"].get("annotations") or {})}
+    for service in items:
+        labels = service["metadata"].get("labels") or {}
+        of = labels.get(REDIRECT_OF)
+        if labels.get(m.MANAGED_BY) == "bridged" and of and of not in taken \
+                and service["metadata"]["name"] == plan.shadow_name(of):
+            if await _delete(kube, _services(kube, service["metadata"]["name"]),
+                             f"Service {service['metadata']['name']}"):
+                log.info("removed the orphaned shadow Service %s", service["metadata"]["name"])
+    return done

@@ -1,0 +1,362 @@
+"""Intercepting a Service end to end: the stand-in cluster runs three replicas of ``orders``
+that say who they are, kube-proxy serves the Service's ClusterIP, and developers' daemons
+intercept it through the relay (takeover). What a user checks: each request lands where it
+should, and the Service comes back exactly as it was."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import signal
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from bridged.control.client import ControlClient
+from bridged.kube import manifests as m
+from bridged.localrun import DaemonProcess
+from bridged.redirect.takeover import ANNOTATION
+
+from ..helpers import Daemon, assert_clean_log, eventually, free_port
+from .apiserver import Context, KubeApiServer, PodHandle, PodSandbox
+from .relay_kubelet import RelayKubelet
+
+NS = "team-a"
+
+
+async def _identity_app(host: str, port: int, name: str) -> web.AppRunner:
+    """An HTTP server that answers every request with who it is and what it received."""
+
+    async def handle(request: web.Request) -> web.Response:
+        digest, size = hashlib.sha256(), 0
+        async for chunk in request.content.iter_any():
+            digest.update(chunk)
+            size += len(chunk)
+        return web.json_response({"who": name, "path": request.path, "bytes": size,
+                                  "sha256": digest.hexdigest()})
+
+    app = web.Application(client_max_size=1 << 30)
+    app.router.add_route("*", "/{tail:.*}", handle)
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.2)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner
+
+
+class Replicas:
+    """The application's pods: each containerPort served on the pod's (loopback) IP."""
+
+    def __init__(self, api: KubeApiServer) -> None:
+        self.api = api
+
+    async def __call__(self, sandbox: PodSandbox) -> PodHandle:
+        pod = self.api.get("pods", sandbox.namespace, sandbox.name) or sandbox.pod
+        ip = pod["status"]["podIP"]
+        runners = [await _identity_app(ip, port, sandbox.name)
+                   for port in sandbox.container_ports]
+
+        async def stop() -> None:
+            for runner in runners:
+                await runner.cleanup()
+
+        return PodHandle(stop=stop)
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[KubeApiServer]:
+    kubelet = RelayKubelet(tmp_path / "node")
+    async with KubeApiServer(kubelet=kubelet, namespaces=[NS], bookmark_interval=0.2,
+                             kube_proxy=True) as api:
+        kubelet.attach(api)
+        kubelet.others = Replicas(api)
+        api.kubelet_hook = kubelet  # type: ignore[attr-defined]
+        kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig", [
+            Context("admin", api.admin, NS, auth="cert")])
+        monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+        yield api
+
+
+@pytest.fixture
+async def orders(cluster: KubeApiServer) -> dict[str, Any]:
+    """Three replicas behind a Service whose targetPort is a name; the Service as created."""
+    labels = {"app": "orders"}
+    cluster.apply({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "orders", "namespace": NS},
+        "spec": {"replicas": 3, "selector": {"matchLabels": labels},
+                 "template": {"metadata": {"labels": labels}, "spec": {"containers": [{
+                     "name": "app", "image": "orders:1",
+                     "ports": [{"name": "web", "containerPort": 8080},
+                               {"name": "admin", "containerPort": 9090}]}]}}}})
+    service = cluster.apply({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "orders", "namespace": NS, "labels": labels},
+        "spec": {"selector": labels, "ports": [
+            {"name": "http", "port": 80, "targetPort": "web"},
+            {"name": "admin", "port": 9090}]}})
+    async def three_ready() -> bool:
+        return len(_ready_pods(cluster, "orders")) == 3
+
+    await eventually(three_ready, within=30, what="three ready replicas")
+    return service
+
+
+def _ready_pods(cluster: KubeApiServer, app: str) -> list[str]:
+    return [p["metadata"]["name"] for p in cluster.list("pods", NS)
+            if (p["metadata"].get("labels") or {}).get("app") == app
+            and any(c["type"] == "Ready" and c["status"] == "True"
+                    for c in p.get("status", {}).get("conditions") or [])]
+
+
+async def _laptop(home: Path, who: str) -> tuple[Daemon, web.AppRunner, int]:
+    process = await DaemonProcess(home).start()
+    daemon = Daemon(process, ControlClient(process.socket))
+    port = free_port()
+    return daemon, await _identity_app("127.0.0.1", port, who), port
+
+
+@pytest.fixture
+async def alice(tmp_path: Path, cluster: KubeApiServer) -> AsyncIterator[tuple[Daemon, int]]:
+    daemon, app, port = await _laptop(tmp_path / "alice", "alice")
+    yield daemon, port
+    await app.cleanup()
+    await daemon.process.stop()
+    assert_clean_log(daemon.process.log_path)
+
+
+@pytest.fixture
+async def bob(tmp_path: Path, cluster: KubeApiServer) -> AsyncIterator[tuple[Daemon, int]]:
+    daemon, app, port = await _laptop(tmp_path / "bob", "bob")
+    yield daemon, port
+    await app.cleanup()
+    await daemon.process.stop()
+    assert_clean_log(daemon.process.log_path)
+
+
+def _comparable(obj: dict[str, Any] | None) -> dict[str, Any]:
+    """The whole object but what every write changes."""
+    assert obj is not None
+    meta = {k: v for k, v in obj["metadata"].items()
+            if k not in ("resourceVersion", "managedFields")}
+    return {**obj, "metadata": meta}
+
+
+async def _requests(url: str, headers: list[dict[str, str]], *,
+                    body: bytes | None = None) -> list[str]:
+    """Send one request per header set, in order, on one keep-alive connection."""
+    connector = aiohttp.TCPConnector(limit=1)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        seen = []
+        for h in headers:
+            async with session.post(url, headers=h, data=body) as response:
+                assert response.status == 200, await response.text()
+                seen.append((await response.json())["who"])
+        return seen
+
+
+ALICE = {"x-dev": "alice"}
+BOB = {"x-dev": "bob"}
+NOBODY: dict[str, str] = {}
+
+
+async def test_two_developers_and_the_cluster_share_a_service_then_it_is_restored(
+    cluster: KubeApiServer, orders: dict[str, Any], alice: tuple[Daemon, int],
+    bob: tuple[Daemon, int],
+) -> None:
+    url = f"http://{orders['spec']['clusterIP']}/orders"
+    replicas = set(_ready_pods(cluster, "orders"))
+    before = cluster.get("services", NS, "orders")
+    assert set(await _requests(url, [NOBODY] * 3)) <= replicas  # kube-proxy works
+
+    (a, a_port), (b, b_port) = alice, bob
+    for daemon in (a, b):
+        await daemon.call("POST", "bridges", {})
+    made = await a.acli("intercept", "orders", "--port", f"{a_port}:http",
+                        "--header", "x-dev=alice", "--via", "takeover", "--json")
+    assert made.returncode == 0, made.stderr
+    made = await b.acli("intercept", "orders", "--port", f"{b_port}:80",
+                        "--header", "x-dev=bob", "--via", "takeover")
+    assert made.returncode == 0, made.stderr
+    assert "intercepting Service orders port 80 (via takeover)" in made.stdout
+
+    taken = cluster.get("services", NS, "orders")
+    assert taken is not None and taken["spec"]["selector"] == {
+        m.NAME_LABEL: m.RELAY, m.MANAGED_BY: "bridged"}
+    assert all(isinstance(p["targetPort"], int) for p in taken["spec"]["ports"])  # no names
+    assert ANNOTATION in taken["metadata"]["annotations"]
+    shadow = cluster.get("services", NS, "bridged-origin-orders")
+    assert shadow is not None and shadow["spec"]["selector"] == {"app": "orders"}
+
+    # three kinds of requests interleaved on each keep-alive connection, 12 connections
+    pattern = [ALICE, NOBODY, BOB, NOBODY, ALICE, BOB, NOBODY]
+    results = await asyncio.gather(*(_requests(url, pattern) for _ in range(12)))
+    for seen in results:
+        for h, who in zip(pattern, seen, strict=True):
+            if h is ALICE:
+                assert who == "alice"
+            elif h is BOB:
+                assert who == "bob"
+            else:
+                assert who in replicas
+    unmatched = Counter(who for seen in results for who in seen if who in replicas)
+    assert sum(unmatched.values()) == 12 * 3
+    assert set(unmatched) == replicas  # all three replicas answer, through the shadow
+
+    # the port nobody intercepts passes through the relay to the original pods
+    admin = f"http://{orders['spec']['clusterIP']}:9090/admin"
+    assert set(await _requests(admin, [ALICE, NOBODY])) <= replicas
+
+    # a body crosses intact both ways: to a developer and to the cluster
+    payload = os.urandom(3 * 1024 * 1024)
+    for h in (ALICE, NOBODY):
+        async with aiohttp.ClientSession() as session, \
+                session.post(url, headers=h, data=payload) as response:
+            answer = await response.json()
+        assert answer["sha256"] == hashlib.sha256(payload).hexdigest()
+
+    # alice's laptop dies: her requests go to the cluster at once, bob keeps his
+    os.kill(a.process.pid, signal.SIGKILL)
+    await a.process.proc.wait()  # type: ignore[union-attr]
+
+    async def alices_go_to_the_cluster() -> bool:
+        try:
+            return (await _requests(url, [ALICE]))[0] in replicas
+        except (AssertionError, aiohttp.ClientError):
+            return False  # in flight to her session when it ended: a 502 or a reset
+
+    await eventually(alices_go_to_the_cluster, within=15)
+    seen = await _requests(url, [BOB, ALICE, NOBODY])
+    assert seen[0] == "bob" and seen[1] in replicas and seen[2] in replicas
+    assert cluster.get("services", NS, "orders")["spec"]["selector"] != {"app": "orders"}
+
+    # bob leaves: the last intercept is gone, the Service is back exactly, the shadow gone
+    left = await b.acli("leave", "orders")
+    assert left.returncode == 0, left.stderr
+    async def shadow_gone() -> bool:
+        return cluster.get("services", NS, "bridged-origin-orders") is None
+
+    await eventually(shadow_gone, within=10, what="the shadow Service removed")
+    assert _comparable(cluster.get("services", NS, "orders")) == _comparable(before)
+    assert set(await _requests(url, [BOB, NOBODY])) <= replicas
+
+
+async def _intercept(daemon: Daemon, port: int, *args: str) -> None:
+    await daemon.call("POST", "bridges", {})
+    made = await daemon.acli("intercept", "orders", "--port", f"{port}:http", "--via",
+                             "takeover", *args)
+    assert made.returncode == 0, made.stderr
+
+
+def _taken_over(cluster: KubeApiServer) -> bool:
+    svc = cluster.get("services", NS, "orders") or {}
+    return ANNOTATION in (svc["metadata"].get("annotations") or {})
+
+
+async def _restored(cluster: KubeApiServer, before: dict[str, Any]) -> bool:
+    return cluster.get("services", NS, "bridged-origin-orders") is None and \
+        _comparable(cluster.get("services", NS, "orders")) == _comparable(before)
+
+
+async def test_a_dead_laptop_gives_the_service_back(
+    cluster: KubeApiServer, orders: dict[str, Any], alice: tuple[Daemon, int],
+) -> None:
+    (a, port), before = alice, cluster.get("services", NS, "orders")
+    assert before is not None
+    await _intercept(a, port)  # no matcher: every request
+    url = f"http://{orders['spec']['clusterIP']}/"
+    assert await _requests(url, [NOBODY, ALICE]) == ["alice", "alice"]
+    os.kill(a.process.pid, signal.SIGKILL)
+    await a.process.proc.wait()  # type: ignore[union-attr]
+    await eventually(lambda: _restored(cluster, before), within=8,  # the lease: 8 s
+                     what="the Service restored")
+    assert set(await _requests(url, [NOBODY])) <= set(_ready_pods(cluster, "orders"))
+
+
+def _relay_process(cluster: KubeApiServer) -> tuple[str, Any]:
+    kubelet: RelayKubelet = cluster.kubelet_hook  # type: ignore[attr-defined]
+    (pod, process), = kubelet.processes.items()
+    return pod, process
+
+
+async def test_a_takeover_left_by_a_crashed_relay_is_restored_when_it_restarts(
+    cluster: KubeApiServer, orders: dict[str, Any], alice: tuple[Daemon, int],
+) -> None:
+    (a, port), before = alice, cluster.get("services", NS, "orders")
+    assert before is not None
+    await _intercept(a, port, "--header", "x-dev=alice")
+    pod, relay = _relay_process(cluster)
+    relay.kill()  # no goodbye: the takeover stays behind
+    await relay.wait()
+    await a.call("DELETE", "bridges/" + (await a.status())["bridges"][0]["name"])
+    assert _taken_over(cluster)
+    await cluster.restart_pod(NS, pod)
+    await eventually(lambda: _restored(cluster, before), within=30,
+                     what="the stale takeover restored")
+
+
+async def test_clean_restores_a_takeover_when_the_relay_is_gone(
+    cluster: KubeApiServer, orders: dict[str, Any], alice: tuple[Daemon, int],
+) -> None:
+    (a, port), before = alice, cluster.get("services", NS, "orders")
+    assert before is not None
+    await _intercept(a, port, "--header", "x-dev=alice")
+    _, relay = _relay_process(cluster)
+    relay.kill()
+    await relay.wait()
+    cleaned = await a.acli("clean", "--json")
+    assert cleaned.returncode == 0, cleaned.stderr
+    assert "Service orders restored" in cleaned.stdout
+    assert await _restored(cluster, before)
+
+
+async def test_a_change_made_during_the_takeover_is_kept_and_reported(
+    cluster: KubeApiServer, orders: dict[str, Any], alice: tuple[Daemon, int],
+) -> None:
+    a, port = alice
+    await _intercept(a, port, "--header", "x-dev=alice")
+    # someone re-applies the Service from git meanwhile, with a new selector
+    theirs = {"apiVersion": "v1", "kind": "Service",
+              "metadata": {"name": "orders", "namespace": NS, "labels": {"app": "orders"}},
+              "spec": {"selector": {"app": "orders", "track": "stable"}, "ports": [
+                  {"name": "http", "port": 80, "targetPort": "web"}]}}
+    cluster.apply(theirs)
+    left = await a.acli("leave", "orders")
+    assert left.returncode == 0, left.stderr
+    assert "Service orders was changed by someone else during the takeover (selector, " \
+           "ports): their change is kept" in left.stdout
+    now = cluster.get("services", NS, "orders")
+    assert now is not None
+    assert now["spec"]["selector"] == theirs["spec"]["selector"]
+    assert [p["targetPort"] for p in now["spec"]["ports"]] == ["web"]
+    assert ANNOTATION not in (now["metadata"].get("annotations") or {})
+    assert cluster.get("services", NS, "bridged-origin-orders") is None
+
+
+async def test_intercepting_what_cannot_be_intercepted_says_why(
+    cluster: KubeApiServer, orders: dict[str, Any], alice: tuple[Daemon, int],
+) -> None:
+    a, port = alice
+    await a.call("POST", "bridges", {})
+    cluster.apply({"apiVersion": "v1", "kind": "Service",
+                   "metadata": {"name": "external", "namespace": NS},
+                   "spec": {"ports": [{"port": 80}]}})
+    for args, message in (
+        (("nope", "--port", str(port)), "Service nope not found in namespace team-a"),
+        (("orders", "--port", str(port)), "Service orders has several ports: 80 (http), "
+                                          "9090 (admin)"),
+        (("orders", "--port", f"{port}:81"), "Service orders has no port '81'"),
+        (("external", "--port", str(port), "--via", "takeover"),
+         "Service external has no selector"),
+    ):
+        result = await a.acli("intercept", *args)
+        assert result.returncode != 0, result.stdout
+        assert message in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+    assert not _taken_over(cluster)
+    assert cluster.get("services", NS, "external")["spec"].get("selector") is None  # type: ignore[index]
