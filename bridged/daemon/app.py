@@ -230,7 +230,7 @@ class Daemon:
                     kubeconfig: str | None = None) -> dict[str, Any]:
         """Remove everything bridged made in a namespace, whether the relay works or not."""
         from ..kube.client import Kube, KubeTarget
-        from ..kube.redirects import restore_stale
+        from ..kube.redirects import remove_routes, restore_stale
         from ..kube.relay import remove_relay
 
         async with self._lock:
@@ -242,6 +242,7 @@ class Daemon:
                 deleted = await remove_relay(kube)
                 # a live relay restores its Services as it stops; a dead one left them
                 restored = [r.describe() for r in await restore_stale(kube)]
+                deleted += await remove_routes(kube)
                 self.pins.forget(relay)  # a new relay brings a new host key
                 return {"namespace": kube.namespace, "context": kube.context,
                         "deleted": deleted, "restored": restored}

@@ -14,6 +14,8 @@ which RBAC could not restrict by name.
   Service at the relay and back (update), keeps the original pods reachable through a shadow
   Service (create/delete), and at start-up finds takeovers a dead relay left (list). The
   Services to intercept are the developers' choice, so the right cannot name them.
+- ``httproutes`` (Gateway API) and ``ciliumenvoyconfigs`` get/list/create/update/delete: the
+  gateway and cilium redirects; rights on kinds a cluster does not serve are harmless.
 Authorized developer keys reach the relay as a mounted Secret volume: the kubelet reads it,
 the relay needs no right for it.
 """
@@ -61,6 +63,10 @@ def role(namespace: str) -> dict[str, Any]:
             {"apiGroups": [""], "resources": ["configmaps"],
              "resourceNames": [PUBLISHED_CONFIGMAP], "verbs": ["get", "update"]},
             {"apiGroups": [""], "resources": ["services"],
+             "verbs": ["get", "list", "update", "create", "delete"]},
+            {"apiGroups": ["gateway.networking.k8s.io"], "resources": ["httproutes"],
+             "verbs": ["get", "list", "update", "create", "delete"]},
+            {"apiGroups": ["cilium.io"], "resources": ["ciliumenvoyconfigs"],
              "verbs": ["get", "list", "update", "create", "delete"]},
         ],
     }

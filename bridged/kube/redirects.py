@@ -15,7 +15,7 @@ from typing import Any
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from ..errors import KubeError, RefusedError
-from ..redirect import REDIRECT_OF
+from ..redirect import REDIRECT_OF, cilium, gateway
 from ..redirect import takeover as plan
 from . import manifests as m
 from .client import Kube, rest, translate
@@ -25,8 +25,81 @@ log = logging.getLogger(__name__)
 ATTEMPTS = 10  # read-modify-write rounds before giving up on a Service others keep changing
 
 
+def _path(kube: Kube, group: str, version: str, plural: str, name: str = "") -> str:
+    base = f"/apis/{group}/{version}" if group else f"/api/{version}"
+    return f"{base}/namespaces/{kube.namespace}/{plural}" + (f"/{name}" if name else "")
+
+
 def _services(kube: Kube, name: str = "") -> str:
-    return f"/api/v1/namespaces/{kube.namespace}/services" + (f"/{name}" if name else "")
+    return _path(kube, "", "v1", "services", name)
+
+
+#: what a route strategy makes, by kind: (group, version, plural, what to call it)
+SERVICES = ("", "v1", "services", "Service")
+HTTPROUTES = (gateway.GROUP, gateway.VERSION, gateway.PLURAL, "HTTPRoute")
+ENVOY_CONFIGS = (cilium.GROUP, cilium.VERSION, cilium.PLURAL, "CiliumEnvoyConfig")
+MISSING_CRD = {
+    "HTTPRoute": "the cluster does not serve HTTPRoutes (the Gateway API is not installed)",
+    "CiliumEnvoyConfig": "the cluster does not serve CiliumEnvoyConfigs (Cilium's Envoy "
+                         "config CRD is not installed)",
+}
+
+
+async def apply_object(kube: Kube, kind: tuple[str, str, str, str],
+                       obj: dict[str, Any]) -> dict[str, Any]:
+    """Create ``obj``, or replace the one of that name if it is bridged's."""
+    group, version, plural, what = kind
+    name = obj["metadata"]["name"]
+    for _ in range(ATTEMPTS):
+        try:
+            return await rest(kube, "POST", _path(kube, group, version, plural), obj)
+        except ApiException as exc:
+            if exc.status == 404 and what in MISSING_CRD:
+                raise RefusedError(f"{MISSING_CRD[what]}: use --via takeover") from None
+            if exc.status != 409:
+                raise translate(exc, f"cannot create {what} {name}") from exc
+        try:
+            current = await rest(kube, "GET", _path(kube, group, version, plural, name))
+        except ApiException as exc:
+            if exc.status == 404:
+                continue  # deleted meanwhile: create it again
+            raise translate(exc, f"cannot read {what} {name}") from exc
+        if (current["metadata"].get("labels") or {}).get(m.MANAGED_BY) != "bridged":
+            raise RefusedError(f"a {what} named {name} exists and is not bridged's")
+        new = {**obj, "metadata": {**obj["metadata"],
+                                   "resourceVersion": current["metadata"]["resourceVersion"]}}
+        if what == "Service":  # a Service's ClusterIP cannot change: keep the allocated one
+            new["spec"] = {**obj["spec"], "clusterIP": current["spec"].get("clusterIP"),
+                           "clusterIPs": current["spec"].get("clusterIPs")}
+        try:
+            return await rest(kube, "PUT", _path(kube, group, version, plural, name), new)
+        except ApiException as exc:
+            if exc.status not in (404, 409):
+                raise translate(exc, f"cannot update {what} {name}") from exc
+    raise KubeError(f"{what} {name} kept changing under us; try again")
+
+
+async def delete_owned(kube: Kube, kind: tuple[str, str, str, str], service: str | None,
+                       keep: frozenset[str] = frozenset()) -> list[str]:
+    """Delete what bridged made of ``kind`` for ``service`` (every Service if None), but the
+    names in ``keep``. A kind the cluster does not serve has nothing to delete."""
+    group, version, plural, what = kind
+    selector = f"{m.MANAGED_BY}=bridged," + (f"{REDIRECT_OF}={service}" if service
+                                             else REDIRECT_OF)
+    try:
+        items = (await rest(kube, "GET", _path(kube, group, version, plural),
+                            query={"labelSelector": selector}))["items"]
+    except ApiException as exc:
+        if exc.status == 404:
+            return []
+        raise translate(exc, f"cannot list {what}s") from exc
+    deleted = []
+    for obj in items:
+        name = obj["metadata"]["name"]
+        if name not in keep and await _delete(kube, _path(kube, group, version, plural, name),
+                                              f"{what} {name}"):
+            deleted.append(f"{what} {name}")
+    return deleted
 
 
 async def read_service(kube: Kube, name: str) -> dict[str, Any]:
@@ -214,3 +287,36 @@ async def restore_stale(kube: Kube) -> list[Restored]:
                              f"Service {service['metadata']['name']}"):
                 log.info("removed the orphaned shadow Service %s", service["metadata"]["name"])
     return done
+
+
+async def remove_routes(kube: Kube, service: str | None = None) -> list[str]:
+    """Undo the gateway and cilium strategies for ``service`` (every Service if None): their
+    routes first (traffic goes back to the Service's pods), then the backend Services."""
+    removed = []
+    for kind in (HTTPROUTES, ENVOY_CONFIGS):
+        removed += await delete_owned(kube, kind, service)
+    for svc in await _owned_backends(kube, service):
+        if await _delete(kube, _services(kube, svc), f"Service {svc}"):
+            removed.append(f"Service {svc}")
+    return removed
+
+
+async def _owned_backends(kube: Kube, service: str | None) -> list[str]:
+    selector = f"{m.MANAGED_BY}=bridged,{gateway.INTERCEPT_LABEL}" + \
+        (f",{REDIRECT_OF}={service}" if service else "")
+    try:
+        items = (await rest(kube, "GET", _services(kube),
+                            query={"labelSelector": selector}))["items"]
+    except ApiException as exc:
+        raise translate(exc, "cannot list Services") from exc
+    return [o["metadata"]["name"] for o in items]
+
+
+async def sync_backends(kube: Kube, service: str, wanted: list[dict[str, Any]]) -> None:
+    """Make the backend Services of ``service`` exactly ``wanted``."""
+    for backend in wanted:
+        await apply_object(kube, SERVICES, backend)
+    keep = {b["metadata"]["name"] for b in wanted}
+    for name in await _owned_backends(kube, service):
+        if name not in keep:
+            await _delete(kube, _services(kube, name), f"Service {name}")

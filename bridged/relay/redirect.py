@@ -17,34 +17,39 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import BridgedError, RefusedError
+from ..errors import RefusedError
 from ..kube import manifests as m
 from ..kube import redirects as ops
 from ..protocol import InterceptClaim
+from ..redirect import cilium, gateway
 from ..redirect.takeover import Record
 
 log = logging.getLogger(__name__)
 
-#: the labels every relay pod carries: what a taken-over Service selects
+#: the labels every relay pod carries: what a taken-over Service (or a backend) selects
 RELAY_SELECTOR = {m.NAME_LABEL: m.RELAY, m.MANAGED_BY: "bridged"}
+
+Live = dict[str, list[InterceptClaim]]  # Service → its live intercepts, in table order
 
 
 @dataclass
 class Redirected:
-    """One Service whose traffic currently reaches the relay."""
+    """One Service whose traffic (or part of it) currently reaches the relay."""
 
     via: str
-    #: service port → "host:port" where the original pods answer
+    #: the live intercepts the cluster's objects were written for
+    ids: frozenset[str] = frozenset()
+    record: Record | None = None  # takeover: what to restore
     origins: dict[int, str] = field(default_factory=dict)
-    record: Record | None = None
 
 
 class Redirector:
     """Owns the Services the relay redirects. ``listen(port, origin)`` makes sure the relay
     serves ``port`` (a pass-through to ``origin`` unless an intercept holds it);
-    ``set_origin(port, origin)`` tells an existing listener where the original pods are."""
+    ``set_origin(port, origin)`` tells an existing listener where the original pods are;
+    ``closed(ports)`` hands back ports no redirect needs any more."""
 
-    def __init__(self, kube: Any, *, host: str, live: Callable[[], dict[str, list[InterceptClaim]]],
+    def __init__(self, kube: Any, *, host: str, live: Callable[[], Live],
                  listen: Callable[[int, str], Any], set_origin: Callable[[int, str], None],
                  closed: Callable[[set[int]], None]) -> None:
         self.kube = kube
@@ -70,30 +75,48 @@ class Redirector:
     def ports_in_use(self) -> set[int]:
         return {p for (svc, _), p in self.ports.items() if svc in self.redirected}
 
+    def forget_ports(self, ports: set[int]) -> None:
+        """Those relay ports are closed: their numbers may be given out again."""
+        for key in [k for k, p in self.ports.items() if p in ports and
+                    k[0] not in self.redirected]:
+            del self.ports[key]
+
     # --- the state the cluster should be in ---
 
     def out_of_sync(self) -> bool:
-        return bool(set(self.redirected) - set(self._live()))
+        live = self._live()
+        return any(service not in live or
+                   (state.via != "takeover" and state.ids != _ids(live[service]))
+                   for service, state in self.redirected.items())
 
     async def ensure(self, claim: InterceptClaim) -> None:
-        """Redirect ``claim.service`` now (an intercept was just granted); raises
-        :class:`RefusedError` with the reason if the cluster cannot be changed."""
+        """Redirect ``claim.service`` now (an intercept was just granted), with every live
+        intercept of it; raises :class:`RefusedError` with the reason if the cluster cannot
+        be changed."""
         async with self._lock:
             current = self.redirected.get(claim.service)
             if current is not None and current.via != claim.via:
                 raise RefusedError(f"Service {claim.service} is redirected via {current.via} "
                                    f"by another intercept; use --via {current.via}")
-            if current is None:
-                await self._apply(claim.service, claim.via)
+            claims = self._live().get(claim.service) or [claim]
+            if current is None or (current.via != "takeover" and current.ids != _ids(claims)):
+                await self._apply(claim.service, claim.via, claims)
+            else:  # a takeover serves every intercept of the Service as it is
+                current.ids = _ids(claims)
 
     async def sync(self) -> list[str]:
-        """Restore every Service that no live intercept names any more; what happened, one
-        line per Service. (Redirecting is done by :meth:`ensure` when an intercept is granted:
-        its error goes back to the daemon.)"""
+        """Restore every Service no live intercept names any more, rewrite the routes of
+        those whose intercepts changed; what happened, one line per Service restored.
+        (A first redirect is :meth:`ensure`'s: its error goes back to the daemon.)"""
         async with self._lock:
             live = self._live()
-            return [await self._undo(service)
-                    for service in [s for s in self.redirected if s not in live]]
+            notes = []
+            for service, state in list(self.redirected.items()):
+                if service not in live:
+                    notes.append(await self._undo(service))
+                elif state.via != "takeover" and state.ids != _ids(live[service]):
+                    await self._apply(service, state.via, live[service])
+            return notes
 
     async def close(self) -> None:
         """Restore everything (the relay is stopping): the cluster is left as found."""
@@ -101,19 +124,31 @@ class Redirector:
             for service in list(self.redirected):
                 try:
                     await self._undo(service)
-                except BridgedError as exc:
+                except Exception as exc:  # the next relay's start-up retries
                     log.error("could not restore Service %s: %s", service, exc)
 
     async def restore_stale(self) -> None:
-        """At start-up no lease is live: every takeover found was left by a relay that died."""
+        """At start-up no lease is live: every redirect found was left by a relay that died."""
         for restored in await ops.restore_stale(self.kube):
             log.warning("stale takeover: %s", restored.describe())
+        for removed in await ops.remove_routes(self.kube):
+            log.warning("stale redirect removed: %s", removed)
 
     # --- strategies ---
 
-    async def _apply(self, service: str, via: str) -> None:
-        if via != "takeover":
-            raise RefusedError(f"--via {via} is not available on this relay yet")
+    async def _apply(self, service: str, via: str, claims: list[InterceptClaim]) -> None:
+        if via == "takeover":
+            state = await self._take_over(service)
+        else:
+            state = await self._route(service, via, claims)
+        state.ids = _ids(claims)
+        self.redirected[service] = state
+        for service_port, origin in state.origins.items():
+            port = self.port_for(service, service_port)
+            await self._listen(port, origin)
+            self._set_origin(port, origin)
+
+    async def _take_over(self, service: str) -> Redirected:
         current = await ops.read_service(self.kube, service)
         for p in (current.get("spec") or {}).get("ports") or []:
             await self._listen(self.port_for(service, p["port"]), "")
@@ -123,27 +158,51 @@ class Redirector:
                     for p in svc["spec"].get("ports") or []}
 
         taken = await ops.take_over(self.kube, service, RELAY_SELECTOR, relay_ports)
-        self.redirected[service] = Redirected("takeover", taken.origins, taken.record)
-        for service_port, origin in taken.origins.items():
-            port = self.port_for(service, service_port)
-            await self._listen(port, origin)
-            self._set_origin(port, origin)
+        return Redirected("takeover", record=taken.record, origins=taken.origins)
+
+    async def _route(self, service: str, via: str, claims: list[InterceptClaim]) -> Redirected:
+        """gateway / cilium: a backend Service per intercept, one route object per port."""
+        found = await ops.read_service(self.kube, service)
+        ns, ip = self.kube.namespace, found["spec"].get("clusterIP")
+        if not ip or ip == "None":
+            raise RefusedError(f"Service {service} is headless: --via {via} routes through "
+                               "its ClusterIP; use --via takeover")
+        backends = [gateway.backend_service(
+            ns, service, c.id, c.service_port, self.port_for(service, c.service_port),
+            RELAY_SELECTOR) for c in claims]
+        await ops.sync_backends(self.kube, service, backends)
+        by_port: dict[int, list[tuple[str, Any]]] = {}
+        for c in claims:
+            by_port.setdefault(c.service_port, []).append((c.id, c.matchers))
+        kind = ops.HTTPROUTES if via == "gateway" else ops.ENVOY_CONFIGS
+        objects = [gateway.http_route(ns, service, port, intercepts) if via == "gateway"
+                   else cilium.envoy_config(ns, service, port, intercepts)
+                   for port, intercepts in by_port.items()]
+        for obj in objects:
+            await ops.apply_object(self.kube, kind, obj)
+        await ops.delete_owned(self.kube, kind, service,
+                               keep=frozenset(o["metadata"]["name"] for o in objects))
+        # requests that reach the relay but match nobody (a fallback): the Service's own
+        # pods, through its ClusterIP (the relay pod is outside the mesh: no loop)
+        return Redirected(via, origins={port: f"{ip}:{port}" for port in by_port})
 
     async def _undo(self, service: str) -> str:
         state = self.redirected[service]
-        restored = await ops.restore(self.kube, service, state.record)
+        if state.via == "takeover":
+            note = (await ops.restore(self.kube, service, state.record)).describe()
+        else:
+            await ops.remove_routes(self.kube, service)
+            note = f"Service {service}: its {state.via} routes removed"
         del self.redirected[service]
         ports = {p for (svc, _), p in self.ports.items() if svc == service}
         for port in ports:
             self._set_origin(port, "")
         self._closed(ports)
-        return restored.describe()
+        return note
 
-    def forget_ports(self, ports: set[int]) -> None:
-        """Those relay ports are closed: their numbers may be given out again."""
-        for key in [k for k, p in self.ports.items() if p in ports and
-                    k[0] not in self.redirected]:
-            del self.ports[key]
+
+def _ids(claims: list[InterceptClaim]) -> frozenset[str]:
+    return frozenset(c.id for c in claims)
 
 
 def _free_port(host: str) -> int:

@@ -123,6 +123,7 @@ class KubeApiServer:
             GarbageCollector(self.registry, self.recorder),
             self.kubelet,
         ]
+        self._crds: list[Any] = []
         self.kube_proxy = KubeProxy(self.registry, self.recorder) if kube_proxy else None
         if self.kube_proxy is not None:
             self._controllers.append(self.kube_proxy)
@@ -159,8 +160,19 @@ class KubeApiServer:
             raise
         return self
 
+    def install_crd(self, crd: dict[str, Any]) -> None:
+        """Serve a CustomResourceDefinition's kind (see :mod:`.crds`) while this server runs."""
+        from . import crds
+
+        self._crds.append(crds.install(self, crd))
+
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> None:
+        from . import crds
+
+        for res in self._crds:
+            crds.uninstall(self, res)
+        self._crds.clear()
         self.store.close_watchers()
         for uid in list(self.kubelet.streams):
             await self.kubelet.drop_streams(uid)

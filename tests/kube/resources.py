@@ -79,7 +79,7 @@ def _scale() -> Subresource:
     return Subresource("scale", "Scale", ("get", "patch", "update"), "autoscaling", "v1")
 
 
-RESOURCES: tuple[ResourceType, ...] = (
+RESOURCES: list[ResourceType] = [
     ResourceType("", "v1", "namespaces", "Namespace", False, "namespace",
                  verbs=("create", "delete", "get", "list", "patch", "update", "watch"),
                  short_names=("ns",), returns_deleted=True,
@@ -116,7 +116,7 @@ RESOURCES: tuple[ResourceType, ...] = (
                  False, "clusterrolebinding"),
     ResourceType("authorization.k8s.io", "v1", "selfsubjectaccessreviews",
                  "SelfSubjectAccessReview", False, "selfsubjectaccessreview", verbs=("create",)),
-)
+]  # a list: installing a CustomResourceDefinition adds to it (see :mod:`.crds`)
 
 _BY_PATH = {(r.group, r.version, r.plural): r for r in RESOURCES}
 _BY_KIND = {(r.group, r.kind): r for r in RESOURCES}

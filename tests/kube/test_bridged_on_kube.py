@@ -88,14 +88,16 @@ async def test_connect_from_scratch_deploys_a_locked_down_relay(
         obj = cluster.get(plural, NS, name)
         assert obj is not None, (plural, name)
         assert obj["metadata"]["labels"][m.MANAGED_BY] == "bridged"
-    # least privilege: two named objects; Services (takeover) and nothing else
+    # least privilege: two named objects; the redirects' kinds and nothing else
     role = cluster.get("roles", NS, m.RELAY)
     assert role is not None
     named = [r for r in role["rules"] if r.get("resourceNames")]
     assert len(named) == 2 and all(set(r["verbs"]) <= {"get", "update"} for r in named)
-    assert [r for r in role["rules"] if not r.get("resourceNames")] == [
-        {"apiGroups": [""], "resources": ["services"],
-         "verbs": ["get", "list", "update", "create", "delete"]}]
+    assert [(r["apiGroups"], r["resources"], r["verbs"]) for r in role["rules"]
+            if not r.get("resourceNames")] == [
+        (group, [kind], ["get", "list", "update", "create", "delete"])
+        for group, kind in ((([""]), "services"), (["gateway.networking.k8s.io"], "httproutes"),
+                            (["cilium.io"], "ciliumenvoyconfigs"))]
     pod_spec = cluster.get("deployments", NS, m.RELAY)["spec"]["template"]["spec"]  # type: ignore[index]
     sc = pod_spec["containers"][0]["securityContext"]
     assert sc["readOnlyRootFilesystem"] and not sc["allowPrivilegeEscalation"]

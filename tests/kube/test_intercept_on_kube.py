@@ -23,6 +23,7 @@ from bridged.kube import manifests as m
 from bridged.localrun import DaemonProcess
 from bridged.redirect.takeover import ANNOTATION
 
+from ..crds import CILIUM, HTTPROUTE, load_crd
 from ..helpers import Daemon, assert_clean_log, eventually, free_port
 from .apiserver import Context, KubeApiServer, PodHandle, PodSandbox
 from .relay_kubelet import RelayKubelet
@@ -80,6 +81,8 @@ async def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncItera
             Context("admin", api.admin, NS, auth="cert")])
         monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
         yield api
+    for log in (tmp_path / "node").glob("*/relay.log"):
+        assert_clean_log(log)  # no traceback, no task died, in any relay that ran
 
 
 @pytest.fixture
@@ -360,3 +363,59 @@ async def test_intercepting_what_cannot_be_intercepted_says_why(
         assert "Traceback" not in result.stderr
     assert not _taken_over(cluster)
     assert cluster.get("services", NS, "external")["spec"].get("selector") is None  # type: ignore[index]
+
+
+@pytest.mark.parametrize(("crd", "via", "plural"), [
+    (HTTPROUTE, "auto", "httproutes"),  # auto: the cluster serves HTTPRoutes
+    (CILIUM, "cilium", "ciliumenvoyconfigs"),
+])
+async def test_route_strategies_send_only_matching_requests_and_never_touch_the_service(
+    cluster: KubeApiServer, orders: dict[str, Any], alice: tuple[Daemon, int],
+    bob: tuple[Daemon, int], crd: str, via: str, plural: str,
+) -> None:
+    # the stand-in validates every object against the published CRD schema, as a real
+    # API server with the CRD installed would
+    cluster.install_crd(load_crd(crd))
+    before = cluster.get("services", NS, "orders")
+    (a, a_port), (b, b_port) = alice, bob
+    for daemon, port, who in ((a, a_port, "alice"), (b, b_port, "bob")):
+        await daemon.call("POST", "bridges", {})
+        made = await daemon.acli("intercept", "orders", "--port", f"{port}:80", "--header",
+                                 f"x-dev={who}", "--via", via, "--json")
+        assert made.returncode == 0, made.stderr
+        assert f'"via": "{"gateway" if via == "auto" else via}"' in made.stdout
+
+    route = cluster.get(plural, NS, "bridged-orders-80")
+    assert route is not None
+    backends = {s["metadata"]["labels"]["bridged.dev/intercept"]: s
+                for s in cluster.list("services", NS)
+                if "bridged.dev/intercept" in (s["metadata"].get("labels") or {})}
+    assert len(backends) == 2
+    assert _comparable(cluster.get("services", NS, "orders")) == _comparable(before)
+    assert not cluster.get("services", NS, "bridged-origin-orders")
+
+    # what the mesh does with a matching request: it sends it to that intercept's backend
+    status = await a.status()
+    alice_id = status["intercepts"][0]["id"]
+    backend_ip = backends[alice_id]["spec"]["clusterIP"]
+    assert await _requests(f"http://{backend_ip}/", [ALICE, ALICE]) == ["alice", "alice"]
+
+    # alice leaves: her rule and backend go, bob's stay
+    assert (await a.acli("leave", "orders")).returncode == 0
+    route = cluster.get(plural, NS, "bridged-orders-80")
+    assert route is not None and alice_id not in str(route["spec"])
+    assert not any(alice_id in s["metadata"]["name"] or
+                   (s["metadata"].get("labels") or {}).get("bridged.dev/intercept") == alice_id
+                   for s in cluster.list("services", NS))
+
+    # bob's laptop dies: every object of the redirect goes
+    os.kill(b.process.pid, signal.SIGKILL)
+    await b.process.proc.wait()  # type: ignore[union-attr]
+
+    async def all_gone() -> bool:
+        return not cluster.list(plural, NS) and not any(
+            "bridged.dev/intercept" in (s["metadata"].get("labels") or {})
+            for s in cluster.list("services", NS))
+
+    await eventually(all_gone, within=10, what="the routes and backends removed")
+    assert _comparable(cluster.get("services", NS, "orders")) == _comparable(before)
