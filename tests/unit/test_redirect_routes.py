@@ -10,7 +10,6 @@ import pytest
 
 from bridged.protocol import Matcher
 from bridged.redirect import cilium, gateway
-
 from tests.crds import CILIUM, HTTPROUTE, load_crd, schema
 
 RELAY = {"app.kubernetes.io/name": "bridged-relay", "app.kubernetes.io/managed-by": "bridged"}
