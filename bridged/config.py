@@ -80,6 +80,17 @@ class LeaseSettings:
     resume_seconds: float = 4 * 3600.0
 
 
+@dataclass(frozen=True)
+class RouterSettings:
+    """The relay's HTTP router."""
+
+    #: seconds to wait for a response's head before answering 504; None: no limit, because a
+    #: request held at a developer's breakpoint must complete however long the pause
+    response_timeout_seconds: float | None = None
+    #: header names redacted in the traffic log besides the defaults (credentials, cookies)
+    redact_headers: tuple[str, ...] = ()
+
+
 # --- addresses ---------------------------------------------------------------------------------
 
 _HOSTNAME = re.compile(r"(?=.{1,253}\Z)[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?")

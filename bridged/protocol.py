@@ -26,7 +26,7 @@ from .errors import ProtocolError
 
 SUBSYSTEM = "bridged-control"
 #: (major, minor): bump minor for additions old peers may ignore, major for breaking changes
-VERSION = (1, 1)  # 1.1: claims may name a Service and a redirect strategy
+VERSION = (1, 2)  # 1.1: claims may name a Service and a strategy; 1.2: traffic headers
 
 #: how the cluster's traffic for a Service reaches the relay (see :mod:`bridged.redirect`)
 STRATEGIES = ("takeover", "gateway", "cilium")
@@ -140,7 +140,8 @@ class Error(Message):
 @dataclass(frozen=True)
 class Traffic(Message):
     """Relay → daemon, unasked: one request the router sent to this session (or that failed
-    on its way there). No headers, no bodies: nothing secret crosses into logs."""
+    on its way there). Request headers with secrets redacted (:mod:`bridged.routing.redact`),
+    never bodies."""
 
     type: ClassVar[str] = "traffic"
     intercept_id: str
@@ -149,6 +150,7 @@ class Traffic(Message):
     status: int  # 0: no response (the connection broke)
     duration_ms: float
     client: str = ""
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 MESSAGES: dict[str, type[Message]] = {
@@ -207,6 +209,8 @@ def _build(cls: type[Message], data: dict[str, Any]) -> Message:
         kwargs["version"] = (int(major), int(minor))
     if cls is Register:
         kwargs["claim"] = _claim(kwargs.get("claim"))
+    if "headers" in kwargs:
+        kwargs["headers"] = tuple((str(n), str(v)) for n, v in kwargs["headers"])
     if "intercept_ids" in kwargs:
         kwargs["intercept_ids"] = tuple(str(i) for i in kwargs["intercept_ids"])
     for name in ("id", "re"):

@@ -286,6 +286,8 @@ def register(app: typer.Typer) -> None:
     def traffic(
         follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep showing new ones.")]
             = False,
+        headers: Annotated[bool, typer.Option(
+            "--headers", help="Show each request's headers (secrets redacted).")] = False,
         json_out: JsonOpt = False,
     ) -> None:
         """The requests the cluster sent to your intercepts (the last 1000 per bridge)."""
@@ -303,6 +305,9 @@ def register(app: typer.Typer) -> None:
                     typer.echo(f"{stamp} {e['intercept']:<16} {e['status'] or 'ERR':>3} "
                                f"{e['method']:<6} {e['path']}  {e['duration_ms']:.1f} ms"
                                f"  from {e['client']}")
+                    if headers:
+                        for name, value in e.get("headers") or []:
+                            typer.echo(f"    {name}: {value}")
                 since = max(since, e["time"])
             if not follow:
                 return

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ..config import LeaseSettings, TunnelSettings, parse_host_port
+from ..config import LeaseSettings, RouterSettings, TunnelSettings, parse_host_port
 from ..errors import ConfigError, Conflict
 from .output import handles_errors
 
@@ -28,6 +28,9 @@ def register(app: typer.Typer) -> None:
         keepalive_seconds: Annotated[
             float, typer.Option(help="SSH keepalive interval; 3 missed = relay dead.")
         ] = TunnelSettings.keepalive_seconds,
+        redact_header: Annotated[list[str] | None, typer.Option(
+            help="Also redact this header in the traffic log (repeatable; credentials and "
+                 "cookies always are).")] = None,
         log_level: LogLevel = "info",
         log_format: LogFormat = "text",
     ) -> None:
@@ -45,7 +48,8 @@ def register(app: typer.Typer) -> None:
         tunnel = replace(TunnelSettings(), keepalive_seconds=_positive(keepalive_seconds))
 
         async def main() -> None:
-            await Daemon(DaemonSettings(tunnel=tunnel)).run(ready)
+            await Daemon(DaemonSettings(tunnel=tunnel, redact_headers=tuple(
+                redact_header or ()))).run(ready)
 
         run(main())
 
@@ -86,6 +90,12 @@ def register(app: typer.Typer) -> None:
         redirect_services: Annotated[bool, typer.Option(
             help="In a cluster: redirect intercepted Services to this relay (takeover).")]
             = False,
+        response_timeout: Annotated[float | None, typer.Option(
+            help="Seconds the router waits for a response's head before a 504 (default: no "
+                 "limit, so a request paused at a breakpoint still completes).")] = None,
+        redact_header: Annotated[list[str] | None, typer.Option(
+            help="Also redact this header in traffic events (repeatable; credentials and "
+                 "cookies always are).")] = None,
         allow_loopback: Annotated[bool, typer.Option(
             help="Let daemons reach the relay's loopback (local runs; never in a pod).")] = False,
         deny: Annotated[list[str] | None, typer.Option(help="Extra CIDR/host pattern to deny.")]
@@ -120,6 +130,10 @@ def register(app: typer.Typer) -> None:
                                 renew_seconds=_positive(lease_seconds) / 4,
                                 resume_seconds=max(0.0, resume_seconds)),
             tunnel=replace(TunnelSettings(), keepalive_seconds=_positive(keepalive_seconds)),
+            router=RouterSettings(
+                response_timeout_seconds=_positive(response_timeout)
+                if response_timeout is not None else None,
+                redact_headers=tuple(redact_header or ())),
         )
 
         async def main() -> None:

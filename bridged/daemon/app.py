@@ -31,6 +31,8 @@ class DaemonSettings:
     socket: Path = field(default_factory=paths.control_socket)
     state_dir: Path = field(default_factory=paths.state_dir)
     tunnel: TunnelSettings = field(default_factory=TunnelSettings)
+    #: header names the traffic log redacts besides the defaults (the relay redacts too)
+    redact_headers: tuple[str, ...] = ()
 
     @property
     def client_key(self) -> Path:
@@ -115,7 +117,8 @@ class Daemon:
                 return existing
             bridge = Bridge(name, spec.url, carrier_for(spec, token=token),
                             client_key=self.client_key, pins=self.pins,
-                            tunnel=self.settings.tunnel, target=target)
+                            tunnel=self.settings.tunnel, target=target,
+                            redact_headers=self.settings.redact_headers)
             await bridge.start()
             self.bridges[name] = bridge
             return bridge
@@ -163,7 +166,7 @@ class Daemon:
                 name, relay, KubeCarrier(kube, manifests.SELECTOR, manifests.SSH_PORT),
                 client_key=self.client_key, pins=self.pins,
                 published_host_key=info.host_key, tunnel=self.settings.tunnel,
-                target=target,
+                target=target, redact_headers=self.settings.redact_headers,
             )
             bridge.kube = kube
             bridge.published_key_source = lambda: published_host_key(kube)

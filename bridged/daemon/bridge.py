@@ -31,6 +31,7 @@ from ..errors import (
     SessionError,
 )
 from ..keys import PinnedHostKeys, fingerprint
+from ..routing.redact import redact
 from ..splice import Counters, Pipe, channel_then_socket, socket_then_channel
 from ..tasks import TaskSet
 from .control_channel import ControlChannel
@@ -127,9 +128,10 @@ class Bridge:
         self, name: str, relay: str, carrier: Carrier, *, client_key: asyncssh.SSHKey,
         pins: PinnedHostKeys, published_host_key: str | None = None,
         tunnel: TunnelSettings | None = None, backoff: Backoff | None = None,
-        target: dict[str, Any] | None = None,
+        target: dict[str, Any] | None = None, redact_headers: tuple[str, ...] = (),
     ) -> None:
         self.name = name
+        self.redact_headers = redact_headers
         #: who the relay is, for pins, status and messages: a URL, or kube://CONTEXT/NAMESPACE
         self.relay = relay
         self.carrier = carrier
@@ -480,6 +482,8 @@ class Bridge:
             "time": time.time(), "bridge": self.name, "intercept": name,
             "method": msg.method, "path": msg.path, "status": msg.status,
             "duration_ms": msg.duration_ms, "client": msg.client,
+            # the relay redacted with its list; this daemon's list applies too
+            "headers": redact(msg.headers, self.redact_headers),
         })
 
     # --- status ---

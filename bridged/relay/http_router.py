@@ -177,8 +177,11 @@ class HttpRouter:
     def __init__(self, decide: Decide, open_upstream: OpenUpstream,
                  on_request: Callable[[RequestHead, Route, int, float, tuple[str, int]], None]
                  | None = None,
-                 fallback: Callable[[Route], Route | None] | None = None) -> None:
+                 fallback: Callable[[Route], Route | None] | None = None,
+                 response_timeout: float | None = None) -> None:
         self.decide = decide
+        #: seconds to wait for a response's head (then 504); None: as long as it takes
+        self.response_timeout = response_timeout
         self.pool = UpstreamPool(open_upstream)
         self.on_request = on_request
         #: where a request goes when its destination cannot be reached (None: a 502)
@@ -247,6 +250,12 @@ class HttpRouter:
                     body.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await body
+        except TimeoutError:
+            up.writer.close()
+            await self._refuse(writer, down, 504, f"bridged: no answer from {route.target} "
+                                                  f"within {self.response_timeout:g} s")
+            status = 504
+            return False
         except (h11.ProtocolError, ConnectionError, asyncssh.Error) as exc:
             # asyncssh.Error: a developer's session ended while its channel was in use
             log.info("request to %s failed: %s", route.target, exc)
@@ -279,8 +288,15 @@ class HttpRouter:
                         reader: Any) -> int:
         status = 0
         out = _Batch(writer)
+        loop = asyncio.get_running_loop()
+        deadline = None if self.response_timeout is None else \
+            loop.time() + self.response_timeout
         while True:
-            event = await _next_event(up.conn, up.reader, out.flush)
+            if deadline is not None and not status:  # until the response's head arrived
+                async with asyncio.timeout_at(deadline):
+                    event = await _next_event(up.conn, up.reader, out.flush)
+            else:
+                event = await _next_event(up.conn, up.reader, out.flush)
             if isinstance(event, h11.InformationalResponse):
                 await out.add(down, event)
                 await out.flush()  # a 100 Continue must go out now: the client waits for it

@@ -15,10 +15,17 @@ from typing import Any
 import asyncssh
 
 from .. import __version__, protocol
-from ..config import LeaseSettings, TunnelSettings, format_host_port, parse_host_port
+from ..config import (
+    LeaseSettings,
+    RouterSettings,
+    TunnelSettings,
+    format_host_port,
+    parse_host_port,
+)
 from ..errors import BridgedError, RefusedError
 from ..keys import fingerprint, load_or_create_key
 from ..routing.decide import ORIGIN, Route, decide
+from ..routing.redact import redact
 from ..routing.rules import RequestHead
 from ..routing.table import Holding, InterceptTable, TableConflict
 from ..splice import Counters, channel_then_socket, socket_then_channel
@@ -51,6 +58,7 @@ class RelaySettings:
     policy: DestinationPolicy = field(default_factory=DestinationPolicy)
     tunnel: TunnelSettings = field(default_factory=TunnelSettings)
     lease: LeaseSettings = field(default_factory=LeaseSettings)
+    router: RouterSettings = field(default_factory=RouterSettings)
 
 
 class StreamAcceptor:
@@ -192,8 +200,9 @@ class HttpPortListener(PortListener):
 
     def __init__(self, relay: Relay, port: int, origin: str = "") -> None:
         super().__init__(relay, port, origin)
-        self.router = HttpRouter(self._decide, self._open_upstream, self._count,
-                                 self._fallback)
+        self.router = HttpRouter(
+            self._decide, self._open_upstream, self._count, self._fallback,
+            response_timeout=relay.settings.router.response_timeout_seconds)
 
     async def start(self, host: str) -> None:
         self.server = await asyncio.start_server(
@@ -224,7 +233,9 @@ class HttpPortListener(PortListener):
             session.control.write(protocol.encode(protocol.Traffic(
                 intercept_id=route.target, method=head.method, path=head.path[:2048],
                 status=status, duration_ms=round(seconds * 1000, 2),
-                client=format_host_port(*peer) if peer[0] else "")))
+                client=format_host_port(*peer) if peer[0] else "",
+                headers=tuple(redact(head.headers,
+                                     self.relay.settings.router.redact_headers)))))
 
     async def _open_upstream(self, route: Route, peer: tuple[str, int]) -> Any:
         if route.to_origin:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -121,3 +124,90 @@ async def test_fallback_origin_sends_requests_to_the_cluster_while_you_are_down(
         assert bad.returncode == 2 and "--fallback origin needs --origin" in bad.stderr
     finally:
         await origin.cleanup()
+
+
+async def _intercept_on(relay_args: tuple[str, ...], daemon: Daemon, tmp_path: Path,
+                        local: int, *extra: str) -> tuple[RelayProcess, int]:
+    relay = await RelayProcess(tmp_path / "relay2", extra_args=relay_args).start()
+    relay.authorize(await daemon.public_key())
+    await daemon.call("POST", "bridges", {"url": relay.url, "name": "r2"})
+    port = free_port()
+    made = await daemon.acli("intercept", "--relay-port", str(port), "--port", str(local),
+                             "--header", "x-dev=alice", "--bridge", "r2", *extra)
+    assert made.returncode == 0, made.stderr
+    return relay, port
+
+
+async def test_secret_headers_never_reach_the_traffic_log(daemon: Daemon, tmp_path: Path) -> None:
+    alice_svc, alice_port = await _who("alice's laptop")
+    relay, port = await _intercept_on(("--redact-header", "x-team-secret"), daemon, tmp_path,
+                                      alice_port)
+    secrets = {"authorization": "Bearer tok-4f1c9", "cookie": "session=ck-77aa",
+               "x-team-secret": "team-9d3e"}
+    try:
+        async with aiohttp.ClientSession() as s, s.get(
+                f"http://127.0.0.1:{port}/pay", headers={"x-dev": "alice", **secrets}) as r:
+            assert (await r.json())["who"] == "alice's laptop"
+
+        async def logged() -> list[dict[str, Any]]:
+            return await daemon.call("GET", "traffic")  # type: ignore[no-any-return]
+
+        (entry,) = await eventually(logged, within=10, what="the request in the log")
+        shown = dict((n.lower(), v) for n, v in entry["headers"])
+        assert shown["x-dev"] == "alice"
+        assert {shown[n] for n in secrets} == {"[redacted]"}
+        printed = await daemon.acli("traffic", "--headers")
+        assert "x-dev: alice" in printed.stdout and "[redacted]" in printed.stdout
+        as_json = await daemon.acli("traffic", "--json")
+        for text in (printed.stdout, as_json.stdout, daemon.process.log_path.read_text(),
+                     relay.log_path.read_text()):
+            assert not any(v in text for v in secrets.values())
+    finally:
+        await relay.stop()
+        await alice_svc.cleanup()
+
+
+async def _slow(seconds: float) -> tuple[web.AppRunner, int]:
+    """A local service 'paused at a breakpoint' for ``seconds`` before it answers."""
+    async def paused(request: web.Request) -> web.Response:
+        await asyncio.sleep(seconds)
+        return web.json_response({"who": "alice, after the breakpoint"})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", paused)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner, port
+
+
+async def test_a_request_held_at_a_breakpoint_outlives_many_leases(
+    daemon: Daemon, tmp_path: Path
+) -> None:
+    # leases of 1 s; the request is held 4 s: the daemon renews, nothing times out
+    svc, local = await _slow(4)
+    relay, port = await _intercept_on(("--lease-seconds", "1"), daemon, tmp_path, local)
+    try:
+        async with aiohttp.ClientSession() as s, s.get(
+                f"http://127.0.0.1:{port}/", headers={"x-dev": "alice"}) as r:
+            assert r.status == 200
+            assert (await r.json())["who"] == "alice, after the breakpoint"
+        (intercept,) = (await daemon.status())["intercepts"]
+        assert intercept["state"] == "active"
+    finally:
+        await relay.stop()
+        await svc.cleanup()
+
+
+async def test_a_configured_response_timeout_answers_504(daemon: Daemon, tmp_path: Path) -> None:
+    svc, local = await _slow(30)
+    relay, port = await _intercept_on(("--response-timeout", "0.5"), daemon, tmp_path, local)
+    try:
+        async with aiohttp.ClientSession() as s, s.get(
+                f"http://127.0.0.1:{port}/", headers={"x-dev": "alice"}) as r:
+            assert r.status == 504
+            assert "no answer from" in await r.text() and "within 0.5 s" in await r.text()
+    finally:
+        await relay.stop()
+        await svc.cleanup()
