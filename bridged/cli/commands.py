@@ -350,9 +350,14 @@ def _print_status(s: dict[str, Any]) -> None:
             for f in s["forwards"]
         ])
     if s["intercepts"]:
-        table("intercepts", ["name", "relay port", "local", "state", "active", "total",
-                             "failed", "last error"], [
-            [i["name"], i["remote_port"], f"{i['local_host']}:{i['local_port']}",
+        table("intercepts", ["name", "intercepts", "match", "via", "local", "state",
+                             "active", "total", "failed", "last error"], [
+            [i["name"],
+             f"{i['service']}:{i['service_port']}" if i.get("service")
+             else f"relay port {i['remote_port']}",
+             " and ".join(i["matchers"]) or ("every request" if i["mode"] == "http"
+                                             else "every connection"),
+             i.get("via") or "-", f"{i['local_host']}:{i['local_port']}",
              i["state"], i["active"], i["connections"], i["failed"],
              i["error"] or i["last_error"]]
             for i in s["intercepts"]

@@ -419,3 +419,21 @@ async def test_route_strategies_send_only_matching_requests_and_never_touch_the_
 
     await eventually(all_gone, within=10, what="the routes and backends removed")
     assert _comparable(cluster.get("services", NS, "orders")) == _comparable(before)
+
+
+async def test_a_whole_port_tcp_intercept_of_one_port_leaves_the_other_to_the_cluster(
+    cluster: KubeApiServer, orders: dict[str, Any], alice: tuple[Daemon, int],
+) -> None:
+    a, port = alice
+    await a.call("POST", "bridges", {})
+    made = await a.acli("intercept", "orders", "--port", f"{port}:admin", "--tcp")
+    assert made.returncode == 0, made.stderr
+    assert "every connection" in made.stdout
+    ip = orders["spec"]["clusterIP"]
+    assert await _requests(f"http://{ip}:9090/", [NOBODY, ALICE]) == ["alice", "alice"]
+    assert set(await _requests(f"http://{ip}/", [NOBODY, ALICE])) <= \
+        set(_ready_pods(cluster, "orders"))
+    (intercept,) = (await a.status())["intercepts"]
+    assert (intercept["service"], intercept["service_port"], intercept["via"],
+            intercept["mode"], intercept["state"]) == ("orders", 9090, "takeover", "tcp",
+                                                       "active")
