@@ -117,29 +117,27 @@ def _ready_pods(cluster: KubeApiServer, app: str) -> list[str]:
                     for c in p.get("status", {}).get("conditions") or [])]
 
 
-async def _laptop(home: Path, who: str) -> tuple[Daemon, web.AppRunner, int]:
-    process = await DaemonProcess(home).start()
-    daemon = Daemon(process, ControlClient(process.socket))
-    port = free_port()
-    return daemon, await _identity_app("127.0.0.1", port, who), port
+def _developer(who: str) -> Any:
+    """A fixture: ``who``'s laptop — a daemon, and a local copy of the service that answers
+    with ``who``; yields (daemon, local port)."""
+
+    @pytest.fixture
+    async def laptop(tmp_path: Path, cluster: KubeApiServer
+                     ) -> AsyncIterator[tuple[Daemon, int]]:
+        process = await DaemonProcess(tmp_path / who).start()
+        daemon = Daemon(process, ControlClient(process.socket))
+        port = free_port()
+        app = await _identity_app("127.0.0.1", port, who)
+        yield daemon, port
+        await app.cleanup()
+        await process.stop()
+        assert_clean_log(process.log_path)
+
+    return laptop
 
 
-@pytest.fixture
-async def alice(tmp_path: Path, cluster: KubeApiServer) -> AsyncIterator[tuple[Daemon, int]]:
-    daemon, app, port = await _laptop(tmp_path / "alice", "alice")
-    yield daemon, port
-    await app.cleanup()
-    await daemon.process.stop()
-    assert_clean_log(daemon.process.log_path)
-
-
-@pytest.fixture
-async def bob(tmp_path: Path, cluster: KubeApiServer) -> AsyncIterator[tuple[Daemon, int]]:
-    daemon, app, port = await _laptop(tmp_path / "bob", "bob")
-    yield daemon, port
-    await app.cleanup()
-    await daemon.process.stop()
-    assert_clean_log(daemon.process.log_path)
+alice = _developer("alice")
+bob = _developer("bob")
 
 
 def _comparable(obj: dict[str, Any] | None) -> dict[str, Any]:
