@@ -212,7 +212,7 @@ async def bench(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         raise SystemExit("wrk not found: apt-get install -y wrk (the load generator is required)")
     taskset = shutil.which("taskset") is not None and (os.cpu_count() or 1) >= 2
     wrk_cpus = "1" if taskset else None
-    server_cpus = "0" if taskset else None  # nginx off wrk's core; the relay is left unpinned
+    server_cpus = "0" if taskset else None  # nginx proxy and relay both off wrk's core
 
     procs: list[subprocess.Popen[bytes]] = []
     results: dict[str, dict[str, Any] | None] = {"direct": None, "nginx": None, "router": None}
@@ -245,6 +245,8 @@ async def bench(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             async def call(method: str, path: str, body: dict[str, Any] | None = None) -> Any:
                 return await asyncio.to_thread(client.request, method, path, body)
 
+            if server_cpus:  # the same CPU as the nginx proxy had: like for like
+                os.sched_setaffinity(relay.pid, {int(c) for c in server_cpus.split(",")})
             status = await call("GET", "status")
             relay.authorize(status["daemon"]["client_key"])
             await call("POST", "bridges", {"url": relay.url})

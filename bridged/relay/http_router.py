@@ -1,19 +1,27 @@
 """The relay's HTTP/1.1 router: decides per request where it goes, and proxies it there.
 
-Each downstream connection is parsed with h11 (server side); each request is decided by
-:func:`bridged.routing.decide.decide` on its head alone and sent to an upstream (a developer's
-session, or the original pods) through an h11 client connection taken from a per-destination
-pool. Requests are handled one after the other, so pipelined requests keep their order; a
-keep-alive connection may send each request somewhere else.
+Built on asyncio protocols and httptools (llhttp, the parser of Node.js) because the router
+sits in the path of every request of an intercepted Service, matched or not: each downstream
+connection's requests are parsed as they arrive; a request's head is decided by
+:func:`bridged.routing.decide.decide` alone, then sent to an upstream (a developer's session,
+or the original pods) taken from a per-destination pool. Responses are forwarded *verbatim*,
+byte for byte, the upstream's parser only finding where each ends. Requests are re-framed from
+the parser's events: the head with its headers in order and case as sent, the body as is, or
+re-chunked (with its trailers) when it came chunked.
 
-What passes through: chunked bodies and trailers (h11 re-frames them), ``Expect:
-100-continue`` (the upstream's 100 is relayed, so the client sends its body only then), large
-bodies streamed with back-pressure (one read at a time, drained before the next), and
-``Upgrade`` (the connection is routed by its upgrade request, then spliced as raw bytes).
-Defences: malformed requests get 400 and the connection closes; a request with both
-``Content-Length`` and ``Transfer-Encoding`` is refused with 400 (RFC 9112 §6.3 allows a
-server to reject it, and a proxy that accepts it is how request smuggling starts); an upstream
-that cannot be reached gets 502 with a body that says so.
+- Order: requests are answered one after the other, so pipelined requests keep their order
+  (the next is read only once the current has been answered); a keep-alive connection may
+  send each request somewhere else.
+- Back-pressure both ways: a full downstream buffer pauses reading the upstream and the other
+  way round; a request waiting for its upstream connection pauses its downstream.
+- ``Expect: 100-continue`` works by itself (the upstream's 100 is forwarded; the client then
+  sends the body); ``Upgrade`` (websockets) routes by the upgrade request, then splices raw
+  bytes once the upstream answered 101; a HEAD's response ends with its head.
+- Defences: a malformed request gets 400 and the connection closes; a request with both
+  ``Content-Length`` and ``Transfer-Encoding``, or two lengths, is refused with 400 (RFC 9112
+  §6.3; a proxy that accepts it is how request smuggling starts); a transfer coding other than
+  ``chunked`` gets 501; an upstream that cannot be reached gets 502 with a body that says so;
+  with a response timeout set, a response head late by that much gets 504.
 """
 
 from __future__ import annotations
@@ -21,24 +29,40 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
-import asyncssh
-import h11
+import httptools
 
 from ..routing.decide import Route
 from ..routing.rules import RequestHead
 
 log = logging.getLogger(__name__)
 
-Stream = tuple[Any, Any]  # (reader, writer), asyncio or asyncssh streams
-OpenUpstream = Callable[[Route, tuple[str, int]], Awaitable[Stream]]
+Peer = tuple[str, int]
+#: connects to a route's destination with the given protocol; returns its transport (an
+#: asyncio transport, or anything with write/write_eof/close/pause_reading/resume_reading)
+OpenUpstream = Callable[[Route, Peer, Callable[[], Any]], Awaitable[Any]]
 Decide = Callable[[RequestHead], Route]
+OnRequest = Callable[[RequestHead, Route, int, float, Peer], None]
 
-#: bytes read at a time; with drain() after each write this bounds what a connection buffers
+#: bytes read at a time by the stream splice; with drain() after each write this bounds what
+#: a connection buffers
 READ_SIZE = 64 * 1024
+
+
+class UpstreamUnavailable(Exception):
+    """The chosen destination cannot be reached; the message is the 502's body."""
+
+
+async def tcp_upstream(host: str, port: int, factory: Callable[[], Any], what: str) -> Any:
+    """An :data:`OpenUpstream` helper for TCP destinations."""
+    try:
+        transport, _ = await asyncio.get_running_loop().create_connection(factory, host, port)
+    except OSError as exc:
+        raise UpstreamUnavailable(f"{what}: {exc.strerror or exc}") from None
+    return transport
 
 
 async def splice_streams(reader: Any, writer: Any, other_reader: Any, other_writer: Any) -> None:
@@ -58,275 +82,522 @@ async def splice_streams(reader: Any, writer: Any, other_reader: Any, other_writ
                          return_exceptions=True)
 
 
-class UpstreamUnavailable(Exception):
-    """The chosen destination cannot be reached; the message is the 502's body."""
+class _Request:
+    """One request as parsed: its head, and the bytes for the upstream not sent yet."""
+
+    __slots__ = (
+        "chunked",
+        "complete",
+        "head",
+        "headers",
+        "keep_alive",
+        "out",
+        "route",
+        "started",
+        "status",
+        "timer",
+        "trailers",
+        "upgrade",
+        "upstream",
+        "url",
+    )
+
+    def __init__(self) -> None:
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.trailers: list[tuple[bytes, bytes]] | None = None  # set once the head ended
+        self.head: RequestHead | None = None
+        self.chunked = False
+        self.complete = False
+        self.out: list[bytes] = []
+        self.upstream: _Upstream | None = None
+        self.route: Route | None = None
+        self.status = 0
+        self.started = 0.0
+        self.keep_alive = True
+        self.upgrade = False
+        self.timer: asyncio.TimerHandle | None = None
+
+    def send(self, data: bytes) -> None:
+        if self.upstream is not None:
+            self.upstream.transport.write(data)
+        else:
+            self.out.append(data)
 
 
-@dataclass
-class _Upstream:
-    reader: Any
-    writer: Any
-    conn: h11.Connection = field(default_factory=lambda: h11.Connection(h11.CLIENT))
+def _serialize_head(method: bytes, url: bytes, version: str,
+                    headers: list[tuple[bytes, bytes]]) -> bytes:
+    lines = [method, b" ", url, b" HTTP/", version.encode(), b"\r\n"]
+    for name, value in headers:
+        lines += (name, b": ", value, b"\r\n")
+    lines.append(b"\r\n")
+    return b"".join(lines)
+
+
+def _error_response(status: int, why: str) -> bytes:
+    reason = {400: "Bad Request", 501: "Not Implemented", 502: "Bad Gateway",
+              504: "Gateway Timeout"}.get(status, "Error")
+    body = f"{why}\n".encode()
+    return (f"HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain\r\n"
+            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n").encode() + body
+
+
+class _Upstream(asyncio.Protocol):
+    """One connection to a destination; carries one request/response at a time."""
+
+    def __init__(self, pool: UpstreamPool, key: str) -> None:
+        self.pool = pool
+        self.key = key
+        self.transport: Any = None
+        self.down: _Downstream | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.closed = False
+        self.informational = False
+        self.head_request = False
+        self.done = False
+        self.keep_alive = False
+        self.paused = False
+
+    # transport events
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        down = self.down
+        if down is None:  # an idle pooled connection must not talk: drop it
+            self.transport.close()
+            return
+        down.transport.write(data)  # verbatim; the parser only finds where it ends
+        if down.spliced:
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            down.spliced_by(self)
+            return
+        except httptools.HttpParserError as exc:
+            down.upstream_broke(self, f"sent a malformed response ({exc})")
+            return
+        if self.done:
+            self.done = False
+            if self.head_request:  # its parser still waits for the body it announced
+                self.parser = httptools.HttpResponseParser(self)
+            down.response_done(self, self.keep_alive)
+
+    def eof_received(self) -> bool:
+        down = self.down
+        if down is not None and down.spliced:
+            with contextlib.suppress(Exception):
+                down.transport.write_eof()
+            return True
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.down is not None:
+            self.down.upstream_broke(self, "closed the connection before answering")
+        else:
+            self.pool.discard(self)
+
+    def pause_writing(self) -> None:
+        if self.down is not None:
+            self.down._pause()
+
+    def resume_writing(self) -> None:
+        if self.down is not None:
+            self.down._resume()
+
+    # parser events
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            self.informational = True  # 100 Continue and friends: the real answer follows
+            return
+        if self.down is not None:
+            self.down.response_started(self, status)
+        if self.head_request:
+            # a HEAD's response has no body, whatever its headers say; the parser does not
+            # know it was a HEAD, so this one is replaced before the next response
+            self.keep_alive = self.parser.should_keep_alive()
+            self.done = True
+
+    def on_message_complete(self) -> None:
+        if self.informational:
+            self.informational = False
+        elif not self.head_request:
+            self.keep_alive = self.parser.should_keep_alive()  # (reset once it returns)
+            self.done = True
 
     def usable(self) -> bool:
-        """Idle and still open both ways: a pooled connection the other side closed meanwhile
-        (its service restarted, its keep-alive timed out) must not get the next request."""
-        return (not self.writer.is_closing() and not self.reader.at_eof()
-                and self.conn.our_state is h11.IDLE)
+        return not self.closed and not self.transport.is_closing()
+
+    def pause_reading(self, paused: bool) -> None:
+        """Back-pressure from the downstream; a pooled connection is never left paused."""
+        if paused != self.paused and not self.closed:
+            self.paused = paused
+            (self.transport.pause_reading if paused else self.transport.resume_reading)()
+
+    def close(self) -> None:
+        self.down = None
+        self.closed = True
+        self.transport.close()
 
 
 class UpstreamPool:
-    """Idle keep-alive connections per destination, reused by later requests."""
+    """Idle upstream connections, per destination."""
 
-    #: idle connections kept per destination: as many as the concurrency it sees, or every
-    #: request beyond them pays a new upstream connection
     def __init__(self, open_upstream: OpenUpstream, per_target: int = 128) -> None:
         self.open_upstream = open_upstream
         self.per_target = per_target
-        self._idle: dict[str, list[_Upstream]] = {}
+        self.idle: dict[str, list[_Upstream]] = {}
 
-    async def acquire(self, route: Route, peer: tuple[str, int]) -> _Upstream:
-        idle = self._idle.get(route.target, [])
+    def idle_one(self, route: Route) -> _Upstream | None:
+        idle = self.idle.get(route.target)
         while idle:
-            upstream = idle.pop()
-            if upstream.usable():
-                return upstream
-        try:
-            reader, writer = await self.open_upstream(route, peer)
-        except UpstreamUnavailable:
-            raise
-        except Exception as exc:  # asyncssh / OS errors: the reason goes in the 502
-            reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc)
-            raise UpstreamUnavailable(f"{route.target}: {reason}") from None
-        return _Upstream(reader, writer)
+            up = idle.pop()
+            if up.usable():
+                return up
+        return None
 
-    def release(self, route: Route, upstream: _Upstream) -> None:
-        if upstream.conn.our_state is h11.DONE and upstream.conn.their_state is h11.DONE:
-            upstream.conn.start_next_cycle()
-            idle = self._idle.setdefault(route.target, [])
-            if len(idle) < self.per_target:
-                idle.append(upstream)
-                return
-        upstream.writer.close()
+    async def acquire(self, route: Route, peer: Peer) -> _Upstream:
+        up = self.idle_one(route)
+        if up is not None:
+            return up
+        up = _Upstream(self, route.target)
+        await self.open_upstream(route, peer, lambda: up)
+        if up.transport is None or up.closed:
+            raise UpstreamUnavailable(f"{route.target}: the connection closed at once")
+        return up
+
+    def release(self, up: _Upstream) -> None:
+        idle = self.idle.setdefault(up.key, [])
+        up.pause_reading(False)
+        if up.usable() and len(idle) < self.per_target:
+            idle.append(up)
+        else:
+            up.close()
+
+    def discard(self, up: _Upstream) -> None:
+        with contextlib.suppress(ValueError):
+            self.idle.get(up.key, []).remove(up)
 
     def close(self) -> None:
-        for idle in self._idle.values():
-            for upstream in idle:
-                upstream.writer.close()
-        self._idle.clear()
+        for idle in self.idle.values():
+            for up in idle:
+                up.close()
+        self.idle.clear()
 
 
-async def _next_event(conn: h11.Connection, reader: Any,
-                      before_read: Callable[[], Awaitable[None]] | None = None) -> Any:
-    while True:
-        event = conn.next_event()
-        if event is not h11.NEED_DATA:
-            return event
-        if before_read is not None:
-            await before_read()  # send what is pending before waiting for more
-        data = await reader.read(READ_SIZE)
-        conn.receive_data(data or b"")
+class _Downstream(asyncio.Protocol):
+    """One client connection: parses its requests and answers them in order."""
 
+    def __init__(self, router: HttpRouter) -> None:
+        self.router = router
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: Any = None
+        self.peer: Peer = ("", 0)
+        self.current: _Request | None = None  # being parsed
+        self.queue: deque[_Request] = deque()  # parsed heads, not yet sent
+        self.active: _Request | None = None  # sent (or being sent), not yet answered
+        self.spliced = False
+        self.upgrading = False
+        self.closing = False
+        self.eof = False
+        self.writing_paused = False  # our transport's buffer is full
+        self.reading_paused = False
+        self.task: asyncio.Task[None] | None = None
 
-async def _send(writer: Any, conn: h11.Connection, event: Any) -> None:
-    data = conn.send(event)
-    if data:
-        writer.write(data)
-        await writer.drain()
+    # --- transport events ---
 
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        peer = transport.get_extra_info("peername") or ("", 0)
+        self.peer = (str(peer[0]), int(peer[1]))
 
-class _Batch:
-    """Bytes for one writer, sent in one write when the reader must wait anyway: a response's
-    head, body and end become one send instead of three (the router's main cost per request)."""
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        if self.spliced:
+            assert self.active is not None and self.active.upstream is not None
+            self.active.upstream.transport.write(data)
+            return
+        if self.upgrading:  # bytes of the new protocol: sent once the upstream agreed
+            if self.active is not None:
+                self.active.send(data)
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self.upgrading = True
+            rest = data[int(exc.args[0]):]
+            if rest and self.active is not None:
+                self.active.send(rest)
+        except httptools.HttpParserError as exc:
+            self.refuse(400, f"bridged: bad request ({exc})")
 
-    def __init__(self, writer: Any) -> None:
-        self.writer = writer
-        self.parts: list[bytes] = []
-        self.size = 0
+    def eof_received(self) -> bool:
+        if self.spliced and self.active is not None and self.active.upstream is not None:
+            with contextlib.suppress(Exception):
+                self.active.upstream.transport.write_eof()
+            return True
+        self.eof = True
+        if self.active is None and not self.queue:
+            return False
+        return True  # answer what was asked, then close
 
-    async def add(self, conn: h11.Connection, event: Any) -> None:
-        data = conn.send(event)
-        if data:
-            self.parts.append(data)
-            self.size += len(data)
-            if self.size >= READ_SIZE:  # large bodies still stream with back-pressure
-                await self.flush()
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        if self.task is not None:
+            self.task.cancel()
+        active = self.active
+        if active is not None:
+            if active.timer is not None:
+                active.timer.cancel()
+            if active.upstream is not None:
+                if not self.spliced and active.head is not None and active.route is not None:
+                    self._report(active, 0)
+                active.upstream.close()
 
-    async def flush(self) -> None:
-        if self.parts:
-            self.writer.write(b"".join(self.parts))
-            self.parts.clear()
-            self.size = 0
-            await self.writer.drain()
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+        if self.active is not None and self.active.upstream is not None:
+            self.active.upstream.pause_reading(True)
 
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        if self.active is not None and self.active.upstream is not None:
+            self.active.upstream.pause_reading(False)
 
-def _head(request: h11.Request) -> RequestHead:
-    return RequestHead(request.method.decode("latin-1"), request.target.decode("latin-1"),
-                       tuple((n.decode("latin-1"), v.decode("latin-1"))
-                             for n, v in request.headers))
+    def _pause(self) -> None:
+        if not self.reading_paused:
+            self.reading_paused = True
+            self.transport.pause_reading()
 
+    def _resume(self) -> None:
+        if self.reading_paused and not self.closing:
+            self.reading_paused = False
+            self.transport.resume_reading()
 
-def _smuggling_risk(request: h11.Request) -> bool:
-    names = {n.lower() for n, _ in request.headers}
-    return b"content-length" in names and b"transfer-encoding" in names
+    # --- parser events (requests) ---
+
+    def on_message_begin(self) -> None:
+        self.current = _Request()
+
+    def on_url(self, url: bytes) -> None:
+        assert self.current is not None
+        self.current.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        r = self.current
+        assert r is not None
+        if r.trailers is None:
+            r.headers.append((name, value))
+        else:
+            r.trailers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        r = self.current
+        assert r is not None
+        r.trailers = []
+        if self.closing:
+            return
+        lengths = [v for n, v in r.headers if n.lower() == b"content-length"]
+        codings = [v for n, v in r.headers if n.lower() == b"transfer-encoding"]
+        if (codings and lengths) or len(lengths) > 1:
+            self.refuse(400, "bridged: conflicting Content-Length / Transfer-Encoding")
+            return
+        if codings:
+            if len(codings) > 1 or codings[0].strip().lower() != b"chunked":
+                self.refuse(501, "bridged: transfer codings other than chunked")
+                return
+            r.chunked = True
+        method = self.parser.get_method()
+        r.keep_alive = self.parser.should_keep_alive()
+        r.upgrade = self.parser.should_upgrade()
+        r.head = RequestHead(method.decode("latin-1"), r.url.decode("latin-1"),
+                             [(n.decode("latin-1"), v.decode("latin-1")) for n, v in r.headers])
+        r.out.append(_serialize_head(method, r.url, self.parser.get_http_version(), r.headers))
+        self.queue.append(r)
+        self._next()
+
+    def on_body(self, body: bytes) -> None:
+        r = self.current
+        if r is None or self.closing:
+            return
+        if r.chunked:
+            r.send(b"%x\r\n%b\r\n" % (len(body), body))
+        else:
+            r.send(body)
+
+    def on_message_complete(self) -> None:
+        r = self.current
+        if r is None or self.closing:
+            return
+        self.current = None
+        r.complete = True
+        if r.chunked:
+            trailers = b"".join(n + b": " + v + b"\r\n" for n, v in r.trailers or [])
+            r.send(b"0\r\n" + trailers + b"\r\n")
+        if r is not self.active or self.queue:
+            # pipelined: read no further until the requests before are answered
+            self._pause()
+
+    # --- proxying ---
+
+    def _next(self) -> None:
+        """Send the next parsed request, if none is waiting for its answer."""
+        if self.active is not None or not self.queue or self.closing:
+            return
+        r = self.active = self.queue.popleft()
+        assert r.head is not None
+        r.route = self.router.decide(r.head)
+        r.started = asyncio.get_running_loop().time()
+        up = self.router.pool.idle_one(r.route)
+        if up is not None:  # the usual case: no task, no waiting
+            self._attach(r, up)
+            return
+        # nothing more is read until the upstream takes this request's bytes
+        self._pause()
+        self.task = asyncio.ensure_future(self._connect(r))
+
+    async def _connect(self, r: _Request) -> None:
+        assert r.route is not None
+        while True:
+            try:
+                up = await self.router.pool.acquire(r.route, self.peer)
+                break
+            except UpstreamUnavailable as exc:
+                other = self.router.fallback(r.route) if self.router.fallback else None
+                if other is None or other == r.route:
+                    self._report(r, 502)
+                    self.refuse(502, f"bridged: no answer from {exc}")
+                    return
+                log.info("%s; falling back to %s", exc, other.target)
+                r.route = other
+        if self.closing or self.active is not r:
+            up.close()
+            return
+        self._attach(r, up)
+        if not r.complete or self.upgrading:
+            self._resume()  # the body (or the new protocol) flows on
+
+    def _attach(self, r: _Request, up: _Upstream) -> None:
+        assert r.head is not None
+        up.down = self
+        up.head_request = r.head.method == "HEAD"
+        up.pause_reading(self.writing_paused)
+        r.upstream = up
+        up.transport.write(b"".join(r.out) if len(r.out) > 1 else r.out[0])
+        r.out.clear()
+        timeout = self.router.response_timeout
+        if timeout is not None:
+            r.timer = asyncio.get_running_loop().call_later(timeout, self._timed_out, r)
+
+    def _timed_out(self, r: _Request) -> None:
+        if self.active is r and not r.status:
+            self._report(r, 504)
+            self.refuse(504, f"bridged: no answer from {r.route.target if r.route else '?'} "
+                             f"within {self.router.response_timeout:g} s")
+
+    def response_started(self, up: _Upstream, status: int) -> None:
+        r = self.active
+        if r is not None and r.upstream is up:
+            r.status = status
+            if r.timer is not None:
+                r.timer.cancel()
+
+    def response_done(self, up: _Upstream, keep_alive: bool) -> None:
+        r = self.active
+        if r is None or r.upstream is not up:
+            return
+        self._report(r, r.status)
+        self.active = None
+        up.down = None
+        if keep_alive and r.complete:
+            self.router.pool.release(up)
+        else:
+            up.close()
+        if not (r.complete and r.keep_alive and keep_alive) or r.upgrade or (self.eof \
+                and not self.queue):
+            # Connection: close either side, an answer before the whole body, a refused
+            # upgrade, or the client is done: the connection ends with this response
+            self.closing = True
+            self.transport.close()
+            return
+        self._next()
+        if self.active is None:
+            self._resume()
+
+    def spliced_by(self, up: _Upstream) -> None:
+        """The upstream answered 101: from now on both ways are raw bytes."""
+        r = self.active
+        if r is None or r.upstream is not up:
+            return
+        self._report(r, 101)
+        self.spliced = True
+        self._resume()
+
+    def upstream_broke(self, up: _Upstream, why: str) -> None:
+        r = self.active
+        if r is None or r.upstream is not up:
+            return
+        up.down = None
+        up.close()
+        if self.spliced:
+            self.closing = True
+            self.transport.close()
+            return
+        if r.status:  # mid-response (or a body that ends with the connection): pass it on
+            self._report(r, r.status)
+            self.closing = True
+            self.transport.close()
+            return
+        self._report(r, 0)
+        self.refuse(502, f"bridged: {r.route.target if r.route else '?'} {why}")
+
+    def refuse(self, status: int, why: str) -> None:
+        """Answer with an error of our own and end the connection."""
+        if self.closing:
+            return
+        self.closing = True
+        r = self.active
+        if r is not None:
+            if r.timer is not None:
+                r.timer.cancel()
+            if r.upstream is not None:
+                r.upstream.close()
+        if not self.transport.is_closing():
+            self.transport.write(_error_response(status, why))
+            self.transport.close()
+
+    def _report(self, r: _Request, status: int) -> None:
+        if self.router.on_request is not None and r.head is not None and r.route is not None:
+            elapsed = asyncio.get_running_loop().time() - r.started if r.started else 0.0
+            try:
+                self.router.on_request(r.head, r.route, status, elapsed, self.peer)
+            except Exception:  # runs in transport callbacks: must never break the proxying
+                log.exception("traffic report for %s failed", r.route.target)
+            r.head = None  # once
 
 
 class HttpRouter:
-    """Serves one intercepted port's downstream connections."""
+    """Serves one intercepted port's downstream connections (``protocol`` is the factory to
+    give ``loop.create_server``)."""
 
     def __init__(self, decide: Decide, open_upstream: OpenUpstream,
-                 on_request: Callable[[RequestHead, Route, int, float, tuple[str, int]], None]
-                 | None = None,
+                 on_request: OnRequest | None = None,
                  fallback: Callable[[Route], Route | None] | None = None,
                  response_timeout: float | None = None) -> None:
         self.decide = decide
-        #: seconds to wait for a response's head (then 504); None: as long as it takes
-        self.response_timeout = response_timeout
         self.pool = UpstreamPool(open_upstream)
         self.on_request = on_request
         #: where a request goes when its destination cannot be reached (None: a 502)
         self.fallback = fallback
+        #: seconds to wait for a response's head (then 504); None: as long as it takes
+        self.response_timeout = response_timeout
 
-    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername") or ("", 0)
-        down = h11.Connection(h11.SERVER)
-        try:
-            while True:
-                try:
-                    event = await _next_event(down, reader)
-                except h11.RemoteProtocolError as exc:
-                    await self._refuse(writer, down, exc.error_status_hint, str(exc))
-                    return
-                if not isinstance(event, h11.Request):
-                    return  # ConnectionClosed, or PAUSED after a refused upgrade
-                if _smuggling_risk(event):
-                    await self._refuse(writer, down, 400,
-                                       "both Content-Length and Transfer-Encoding")
-                    return
-                head = _head(event)
-                route = self.decide(head)
-                if not await self._proxy(event, head, route, reader, writer, down,
-                                         (str(peer[0]), int(peer[1]))):
-                    return
-                if down.our_state is not h11.DONE or down.their_state is not h11.DONE:
-                    return  # Connection: close, or an early answer before the whole body
-                down.start_next_cycle()
-        except (ConnectionError, asyncio.IncompleteReadError, asyncssh.Error):
-            pass
-        finally:
-            writer.close()
-
-    async def _refuse(self, writer: Any, down: h11.Connection, status: int, why: str) -> None:
-        body = f"{why}\n".encode()
-        with contextlib.suppress(h11.LocalProtocolError, ConnectionError):
-            await _send(writer, down, h11.Response(status_code=status, headers=[
-                ("content-type", "text/plain"), ("content-length", str(len(body))),
-                ("connection", "close")]))
-            await _send(writer, down, h11.Data(data=body))
-            await _send(writer, down, h11.EndOfMessage())
-
-    async def _proxy(self, request: h11.Request, head: RequestHead, route: Route,
-                     reader: Any, writer: Any, down: h11.Connection,
-                     peer: tuple[str, int]) -> bool:
-        """One request/response exchange; False when the downstream connection must end."""
-        try:
-            up = await self.pool.acquire(route, peer)
-        except UpstreamUnavailable as exc:
-            other = self.fallback(route) if self.fallback is not None else None
-            if other is None or other == route:
-                await self._refuse(writer, down, 502, f"bridged: no answer from {exc}")
-                return False
-            log.info("%s; falling back to %s", exc, other.target)
-            return await self._proxy(request, head, other, reader, writer, down, peer)
-        status = 0
-        started = asyncio.get_running_loop().time()
-        try:
-            await _send(up.writer, up.conn, request)
-            body = asyncio.create_task(self._request_body(reader, down, up))
-            try:
-                status = await self._response(up, writer, down, reader)
-            finally:
-                if not body.done():
-                    body.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await body
-        except TimeoutError:
-            up.writer.close()
-            await self._refuse(writer, down, 504, f"bridged: no answer from {route.target} "
-                                                  f"within {self.response_timeout:g} s")
-            status = 504
-            return False
-        except (h11.ProtocolError, ConnectionError, asyncssh.Error) as exc:
-            # asyncssh.Error: a developer's session ended while its channel was in use
-            log.info("request to %s failed: %s", route.target, exc)
-            up.writer.close()
-            if down.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-                await self._refuse(writer, down, 502,
-                                   f"bridged: {route.target} closed the connection before "
-                                   "answering")
-            return False
-        finally:
-            if self.on_request is not None:
-                elapsed = asyncio.get_running_loop().time() - started
-                self.on_request(head, route, status, elapsed, peer)
-        if status == 101:
-            return False  # spliced until one side closed
-        self.pool.release(route, up)
-        return True
-
-    async def _request_body(self, reader: Any, down: h11.Connection, up: _Upstream) -> None:
-        while True:
-            event = await _next_event(down, reader)
-            if isinstance(event, h11.Data | h11.EndOfMessage):
-                await _send(up.writer, up.conn, event)
-            if isinstance(event, h11.EndOfMessage) or event is h11.PAUSED:
-                return
-            if isinstance(event, h11.ConnectionClosed):
-                raise ConnectionError("the client closed mid-request")
-
-    async def _response(self, up: _Upstream, writer: Any, down: h11.Connection,
-                        reader: Any) -> int:
-        status = 0
-        out = _Batch(writer)
-        loop = asyncio.get_running_loop()
-        deadline = None if self.response_timeout is None else \
-            loop.time() + self.response_timeout
-        while True:
-            if deadline is not None and not status:  # until the response's head arrived
-                async with asyncio.timeout_at(deadline):
-                    event = await _next_event(up.conn, up.reader, out.flush)
-            else:
-                event = await _next_event(up.conn, up.reader, out.flush)
-            if isinstance(event, h11.InformationalResponse):
-                await out.add(down, event)
-                await out.flush()  # a 100 Continue must go out now: the client waits for it
-                if event.status_code == 101:
-                    await self._splice(up, writer, down, reader)
-                    return 101
-                continue
-            if isinstance(event, h11.Response):
-                status = event.status_code
-            if isinstance(event, h11.Response | h11.Data | h11.EndOfMessage):
-                await out.add(down, event)
-            if isinstance(event, h11.EndOfMessage):
-                await out.flush()
-                return status
-            if isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
-                await out.flush()
-                raise ConnectionError("the upstream closed mid-response")
-
-    async def _splice(self, up: _Upstream, writer: Any, down: h11.Connection,
-                      reader: Any) -> None:
-        """After 101 Switching Protocols both ends speak something else: copy raw bytes."""
-        down_rest, _ = down.trailing_data
-        up_rest, _ = up.conn.trailing_data
-        if down_rest:
-            up.writer.write(down_rest)
-        if up_rest:
-            writer.write(up_rest)
-
-        await splice_streams(reader, writer, up.reader, up.writer)
-        up.writer.close()
+    def protocol(self) -> asyncio.Protocol:
+        return _Downstream(self)
 
     def close(self) -> None:
         self.pool.close()

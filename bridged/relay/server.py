@@ -8,6 +8,7 @@ import itertools
 import logging
 import secrets
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from ..routing.table import Holding, InterceptTable, TableConflict
 from ..splice import Counters, channel_then_socket, socket_then_channel
 from ..tasks import TaskSet
 from .auth import AuthorizedKeys
-from .http_router import HttpRouter, UpstreamUnavailable, splice_streams
+from .http_router import HttpRouter, UpstreamUnavailable, splice_streams, tcp_upstream
 from .policy import DestinationPolicy
 from .redirect import Redirector
 
@@ -161,6 +162,32 @@ class PortListener:
             await self.server.wait_closed()
 
 
+class ChannelProtocol(asyncssh.SSHTCPSession[bytes]):
+    """An asyncio protocol (the router's upstream side) on an SSH channel: asyncssh's
+    session callbacks are the same events, ``data_received`` with a data type besides."""
+
+    def __init__(self, protocol: Any) -> None:
+        self.protocol = protocol
+
+    def connection_made(self, chan: Any) -> None:
+        self.protocol.connection_made(chan)
+
+    def data_received(self, data: bytes, datatype: Any) -> None:
+        self.protocol.data_received(data)
+
+    def eof_received(self) -> bool:
+        return bool(self.protocol.eof_received())
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.protocol.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.protocol.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.protocol.resume_writing()
+
+
 class OriginListener(PortListener):
     """A port of a redirected Service that nobody intercepts: a pass-through to the original
     pods (a taken-over Service moves all its ports to the relay, not only the intercepted)."""
@@ -205,8 +232,8 @@ class HttpPortListener(PortListener):
             response_timeout=relay.settings.router.response_timeout_seconds)
 
     async def start(self, host: str) -> None:
-        self.server = await asyncio.start_server(
-            self.router.serve, host, self.port, reuse_address=True,
+        self.server = await asyncio.get_running_loop().create_server(
+            self.router.protocol, host, self.port, reuse_address=True,
             backlog=self.relay.settings.tunnel.listen_backlog)
 
     def _decide(self, head: RequestHead) -> Route:
@@ -229,7 +256,8 @@ class HttpPortListener(PortListener):
         holding = next((h for h in self.relay.table.on_port(self.port)
                         if h.claim.id == route.target), None)
         session = self.relay.sessions.get(holding.session) if holding else None
-        if session is not None and session.control is not None:
+        if session is not None and session.control is not None \
+                and not session.control.is_closing():
             session.control.write(protocol.encode(protocol.Traffic(
                 intercept_id=route.target, method=head.method, path=head.path[:2048],
                 status=status, duration_ms=round(seconds * 1000, 2),
@@ -237,23 +265,29 @@ class HttpPortListener(PortListener):
                 headers=tuple(redact(head.headers,
                                      self.relay.settings.router.redact_headers)))))
 
-    async def _open_upstream(self, route: Route, peer: tuple[str, int]) -> Any:
+    async def _open_upstream(self, route: Route, peer: tuple[str, int],
+                             factory: Callable[[], Any]) -> Any:
         if route.to_origin:
             if not self.origin:
                 raise UpstreamUnavailable("the original pods: none known for this port")
             host, port = parse_host_port(self.origin)
-            return await asyncio.open_connection(host, port)
+            return await tcp_upstream(host, port, factory, f"the original pods at {self.origin}")
         holding = next((h for h in self.relay.table.on_port(self.port)
                         if h.claim.id == route.target), None)
         session = self.relay.sessions.get(holding.session) if holding else None
         if holding is None or session is None or \
                 holding.claim.listen_host not in session.virtual:
             raise UpstreamUnavailable(f"intercept {route.target}: its session is gone")
+        tunnel = self.relay.settings.tunnel
         try:
-            return await session.conn.open_connection(
-                holding.claim.listen_host, self.port, peer[0], peer[1])
+            channel, _ = await session.conn.create_connection(
+                lambda: ChannelProtocol(factory()), holding.claim.listen_host, self.port,
+                peer[0], peer[1], window=tunnel.window_bytes, max_pktsize=tunnel.packet_bytes)
         except asyncssh.ChannelOpenError as exc:
             raise UpstreamUnavailable(f"{route.target}: {exc.reason}") from None
+        except (asyncssh.Error, OSError) as exc:
+            raise UpstreamUnavailable(f"{route.target}: {exc}") from None
+        return channel
 
     async def close(self) -> None:
         self.router.close()

@@ -8,13 +8,14 @@ import hashlib
 import os
 import re
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
 
 from bridged.protocol import Matcher
-from bridged.relay.http_router import HttpRouter, UpstreamUnavailable
+from bridged.relay.http_router import HttpRouter, tcp_upstream
 from bridged.routing.decide import Route, decide
 from bridged.routing.rules import Rule
 
@@ -72,15 +73,12 @@ async def router_port() -> AsyncIterator[int]:
     rules = [Rule.compile("alice", [Matcher("header", "equals", "x-dev", "alice")], 1),
              Rule.compile("bob", [Matcher("header", "equals", "x-dev", "bob")], 2)]
 
-    async def open_upstream(route: Route, peer: tuple[str, int]) -> tuple[object, object]:
-        try:
-            return await asyncio.open_connection("127.0.0.1", ports[route.target])
-        except OSError as exc:
-            raise UpstreamUnavailable(f"{route.target}'s local service: {exc.strerror}") \
-                from None
+    async def open_upstream(route: Route, peer: tuple[str, int], factory: Any) -> Any:
+        return await tcp_upstream("127.0.0.1", ports[route.target], factory,
+                                  f"{route.target}'s local service")
 
     router = HttpRouter(lambda head: decide(head, rules), open_upstream)
-    server = await asyncio.start_server(router.serve, "127.0.0.1", 0)
+    server = await asyncio.get_running_loop().create_server(router.protocol, "127.0.0.1", 0)
     yield server.sockets[0].getsockname()[1]
     server.close()
     router.close()
@@ -176,3 +174,33 @@ async def test_a_developer_whose_service_is_down_gets_a_502_that_says_so(
             f"http://127.0.0.1:{router_port}/", headers={"x-dev": "bob"}) as response:
         assert response.status == 502
         assert "bob's local service" in await response.text()
+
+
+async def test_head_requests_keep_the_connection_and_the_next_answer_intact(
+    router_port: int,
+) -> None:
+    connector = aiohttp.TCPConnector(limit=1)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        for dev in ("alice", "", "alice"):
+            headers = {"x-dev": dev} if dev else {}
+            async with session.head(f"http://127.0.0.1:{router_port}/h",
+                                    headers=headers) as response:
+                assert response.status == 200
+                assert int(response.headers["Content-Length"]) > 0  # no body follows
+            async with session.get(f"http://127.0.0.1:{router_port}/g",
+                                   headers=headers) as response:
+                assert (await response.json())["path"] == "/g"
+
+
+async def test_chunked_requests_with_trailers_are_reframed_intact(router_port: int) -> None:
+    body = os.urandom(300_000)
+    chunks = b"".join(b"%x\r\n%b\r\n" % (len(body[i:i + 70_000]), body[i:i + 70_000])
+                      for i in range(0, len(body), 70_000))
+    reader, writer = await asyncio.open_connection("127.0.0.1", router_port)
+    writer.write(b"POST /upload HTTP/1.1\r\nHost: x\r\nx-dev: alice\r\n"
+                 b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n" + chunks +
+                 b"0\r\nx-checksum: abc\r\n\r\n")
+    raw = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    assert raw.startswith(b"HTTP/1.1 200")
+    assert hashlib.sha256(body).hexdigest().encode() in raw and b'"who": "alice"' in raw

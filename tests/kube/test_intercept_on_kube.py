@@ -207,11 +207,13 @@ async def test_two_developers_and_the_cluster_share_a_service_then_it_is_restore
                 assert who in replicas
     unmatched = Counter(who for seen in results for who in seen if who in replicas)
     assert sum(unmatched.values()) == 12 * 3
-    assert set(unmatched) == replicas  # all three replicas answer, through the shadow
 
-    # the port nobody intercepts passes through the relay to the original pods
+    # the port nobody intercepts passes through the relay to the original pods, each
+    # connection to any of them (the shadow Service balances per connection): 30
+    # connections miss one of three replicas with a chance of 3 * (2/3)^30, about 1e-5
     admin = f"http://{orders['spec']['clusterIP']}:9090/admin"
-    assert set(await _requests(admin, [ALICE, NOBODY])) <= replicas
+    reached = await asyncio.gather(*(_requests(admin, [ALICE, NOBODY]) for _ in range(30)))
+    assert {who for seen in reached for who in seen} == replicas
 
     # a body crosses intact both ways: to a developer and to the cluster
     payload = os.urandom(3 * 1024 * 1024)
