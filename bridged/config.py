@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import ConfigError
@@ -349,6 +350,20 @@ class InterceptSpec:
             origin=origin or "",
             fallback=fallback,
         )
+
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**{f.name: getattr(self, f.name) for f in fields(self)},
+                "matchers": [dict(kind=m.kind, op=m.op, name=m.name, value=m.value)
+                             for m in self.matchers]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> InterceptSpec:
+        """The inverse of :meth:`to_dict` (a saved state)."""
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["matchers"] = tuple(Matcher(**m) for m in values.get("matchers") or ())
+        return cls(**values)
 
 
 _SERVICE_NAME = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")

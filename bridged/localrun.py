@@ -140,10 +140,12 @@ class DaemonProcess(_Process):
     name = "daemon"
 
     def __init__(self, home: Path, *, log_path: Path | None = None,
-                 extra_args: tuple[str, ...] = ()) -> None:
+                 extra_args: tuple[str, ...] = (), extra_env: dict[str, str] | None = None
+                 ) -> None:
         self.home = home
         self.log_path = log_path or home / "daemon.log"
         self.extra_args = extra_args
+        self.extra_env = extra_env or {}
 
     @property
     def env(self) -> dict[str, str]:
@@ -154,6 +156,7 @@ class DaemonProcess(_Process):
             "XDG_RUNTIME_DIR": str(self.home / "run"),
             "XDG_CONFIG_HOME": str(self.home / "config"),
             "BRIDGED_SOCKET": str(self.socket),
+            **self.extra_env,
         }
 
     @property

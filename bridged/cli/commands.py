@@ -333,6 +333,11 @@ def _only_bridge(client: ControlClient) -> str:
 def _print_status(s: dict[str, Any]) -> None:
     d = s["daemon"]
     typer.echo(f"daemon {d['version']} (pid {d['pid']}), key {d['client_key_fingerprint']}")
+    restore = s.get("restore") or {}
+    if restore.get("restoring"):
+        typer.echo("restoring the saved bridges, forwards and intercepts…")
+    for problem in restore.get("problems") or []:
+        typer.echo(f"not restored: {problem}", err=True)
     if not s["bridges"]:
         typer.echo("not connected to any relay (bridged connect URL)")
         return

@@ -16,12 +16,22 @@ from typing import Any
 
 from .. import __version__, paths
 from ..carriers import carrier_for
-from ..config import CarrierSpec, ForwardSpec, InterceptSpec, TunnelSettings, default_name
+from ..config import (
+    CarrierSpec,
+    ForwardSpec,
+    InterceptSpec,
+    TunnelSettings,
+    default_name,
+    parse_carrier,
+)
 from ..control.api import ControlServer
 from ..control.models import ForwardRequest
 from ..errors import ConfigError, Conflict, NotFound
 from ..keys import PinnedHostKeys, fingerprint, load_or_create_key, public_line
+from ..tasks import TaskSet
 from .bridge import Bridge, Forward, Intercept, KeyRefused
+from .notify import Notifier
+from .state import StateFile
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +52,10 @@ class DaemonSettings:
     def pinned_keys(self) -> Path:
         return self.state_dir / "known_relays.json"
 
+    @property
+    def state_file(self) -> Path:
+        return self.state_dir / "state.json"
+
 
 class Daemon:
     def __init__(self, settings: DaemonSettings | None = None) -> None:
@@ -58,6 +72,16 @@ class Daemon:
         self._stop = asyncio.Event()
         self._api = ControlServer(self, self.settings.socket)
         self._lock = asyncio.Lock()  # one change at a time: no races between API requests
+        self.notify = Notifier()
+        self.state = StateFile(self.settings.state_file)
+        #: saved bridges that could not be restored yet (kept in the state, shown by status)
+        self.unrestored: dict[str, dict[str, Any]] = {}
+        #: what went wrong restoring the saved state, one line each
+        self.restore_problems: list[str] = []
+        self.restoring = False
+        self._tasks = TaskSet("daemon")
+        #: what ``bridged up`` applied, so that ``down`` undoes exactly that
+        self.applied: dict[str, Any] | None = None
 
     # --- life cycle ---
 
@@ -66,11 +90,22 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        saved = self.state.load()
+        if self.state.problem:
+            self.restore_problems.append(self.state.problem)
         await self._api.start()
         log.info("bridged daemon %s ready on %s (pid %d, key %s)", __version__,
                  self.settings.socket, os.getpid(), fingerprint(self.client_key))
         if ready is not None:
             ready()
+        self.notify.ready(self.summary())
+        if saved["bridges"]:
+            self.restoring = True
+            self._tasks.start(self.restore(saved), name="restore")
+        self.applied = saved.get("up")
+        if self.notify.watchdog_seconds:
+            self._tasks.start(self._watchdog(self.notify.watchdog_seconds), name="watchdog")
         try:
             await self._stop.wait()
         finally:
@@ -79,7 +114,104 @@ class Daemon:
     def request_stop(self) -> None:
         self._stop.set()
 
+    def request_reload(self) -> None:
+        """SIGHUP: re-apply the saved desired state (what a systemd ``reload`` means here):
+        bridges, forwards and intercepts missing since are made again."""
+        self.notify.send("RELOADING=1")
+        self._tasks.start(self._reload(), name="reload")
+
+    async def _reload(self) -> None:
+        await self.restore(self.state.load())
+        self.notify.ready(self.summary())
+
+    async def _watchdog(self, every: float) -> None:
+        while True:
+            self.notify.watchdog()
+            self.notify.status(self.summary())
+            await asyncio.sleep(every)
+
+    def summary(self) -> str:
+        """One line for systemd's STATUS=: what the daemon holds."""
+        intercepts = sum(len(b.intercepts) for b in self.bridges.values())
+        forwards = sum(len(b.forwards) for b in self.bridges.values())
+        up = sum(1 for b in self.bridges.values() if b.state == "connected")
+        text = (f"{up}/{len(self.bridges)} bridges connected, {forwards} forwards, "
+                f"{intercepts} intercepts")
+        if self.restoring:
+            text += ", restoring"
+        if self.unrestored:
+            text += f", {len(self.unrestored)} not restored"
+        return text
+
+    # --- persisted desired state ---
+
+    def desired(self) -> dict[str, Any]:
+        bridges = [b.recipe() for b in self.bridges.values()]
+        bridges += [r for n, r in self.unrestored.items() if n not in self.bridges]
+        return {"bridges": bridges, "up": self.applied}
+
+    def save(self) -> None:
+        if self.restoring:
+            return  # the saved state stays as it is until the restore is done
+        try:
+            self.state.save(self.desired())
+        except OSError as exc:
+            log.error("could not save the daemon's state to %s: %s", self.state.path, exc)
+        self.notify.status(self.summary())
+
+    async def restore(self, saved: dict[str, Any]) -> None:
+        """Bring back what was saved; what cannot be restored now is kept and reported."""
+        self.restoring = True
+        try:
+            for recipe in saved.get("bridges") or []:
+                name = str(recipe.get("name") or "")
+                if name in self.bridges:
+                    bridge = self.bridges[name]
+                else:
+                    try:
+                        bridge = await self._reconnect(recipe)
+                    except Exception as exc:
+                        self.unrestored[name] = recipe
+                        self.restore_problems.append(f"bridge {name}: {exc}")
+                        log.warning("bridge %s not restored: %s", name, exc)
+                        continue
+                self.unrestored.pop(name, None)
+                await self._restore_contents(bridge, recipe)
+        finally:
+            self.restoring = False
+            self.save()
+            log.info("state restored: %s", self.summary())
+
+    async def _reconnect(self, recipe: dict[str, Any]) -> Bridge:
+        if recipe.get("url"):
+            return await self.connect(parse_carrier(recipe["url"]), name=recipe["name"],
+                                      token=recipe.get("token"))
+        return await self.connect_kube(recipe.get("context"), recipe.get("namespace"),
+                                       name=recipe["name"], image=recipe.get("image"),
+                                       kubeconfig=recipe.get("kubeconfig"))
+
+    async def _restore_contents(self, bridge: Bridge, recipe: dict[str, Any]) -> None:
+        for saved in recipe.get("forwards") or []:
+            try:
+                forward = ForwardSpec(**saved)
+                if forward.name not in bridge.forwards:
+                    await bridge.add_forward(forward)
+            except Exception as exc:
+                self.restore_problems.append(f"forward {saved.get('name')}: {exc}")
+        for saved in recipe.get("intercepts") or []:
+            try:
+                spec = InterceptSpec.from_dict(saved["spec"])
+                if spec.name not in bridge.intercepts:
+                    await bridge.add_intercept(spec, saved["id"],
+                                               service_port=int(saved.get("service_port", 0)),
+                                               via=str(saved.get("via", "")))
+            except Exception as exc:
+                self.restore_problems.append(f"intercept {saved.get('spec', {}).get('name')}: "
+                                             f"{exc}")
+
     async def stop(self) -> None:
+        self.notify.stopping()
+        await self._tasks.cancel_all()
         log.info("daemon stopping: leaving intercepts, closing forwards and bridges")
         # stage 1: bridges leave their intercepts first, so the cluster heals at once
         for bridge in list(self.bridges.values()):
@@ -88,6 +220,7 @@ class Daemon:
         self.bridges.clear()
         # stage 2: the API goes last, so status answers until the end
         await self._api.close()
+        self.notify.close()
         log.info("daemon stopped")
 
     # --- bridges ---
@@ -119,9 +252,11 @@ class Daemon:
                             client_key=self.client_key, pins=self.pins,
                             tunnel=self.settings.tunnel, target=target,
                             redact_headers=self.settings.redact_headers)
+            bridge.made_with = {"url": spec.url, "token": token}
             await bridge.start()
             self.bridges[name] = bridge
-            return bridge
+        self.save()
+        return bridge
 
     async def connect_kube(self, context: str | None, namespace: str | None, *,
                            name: str | None = None, image: str | None = None,
@@ -169,6 +304,8 @@ class Daemon:
                 target=target, redact_headers=self.settings.redact_headers,
             )
             bridge.kube = kube
+            bridge.made_with = {"context": kube.context, "namespace": kube.namespace,
+                                "kubeconfig": kubeconfig, "image": image}
             bridge.published_key_source = lambda: published_host_key(kube)
             bridge.on_close = kube.close
             await self._start_when_key_is_seen(bridge, progress)
@@ -179,6 +316,7 @@ class Daemon:
             self.connecting.pop(name, None)
         async with self._lock:
             self.bridges[name] = bridge
+        self.save()
         return bridge
 
     #: seconds to wait for the relay to see a newly added key: the kubelet refreshes Secret
@@ -217,8 +355,13 @@ class Daemon:
         """Close a bridge; a kube bridge also takes this developer's key off the relay, and
         leaves the relay to the others."""
         async with self._lock:
+            if name is not None and name in self.unrestored and name not in self.bridges:
+                del self.unrestored[name]  # a saved bridge never restored: forget it
+                self.save()
+                return
             bridge = self.bridge(name)
             del self.bridges[bridge.name]
+            self.save()
             if bridge.kube is not None:
                 from ..kube.relay import remove_key
 
@@ -247,6 +390,11 @@ class Daemon:
                 restored = [r.describe() for r in await restore_stale(kube)]
                 deleted += await remove_routes(kube)
                 self.pins.forget(relay)  # a new relay brings a new host key
+                for name in [n for n, r in self.unrestored.items()
+                             if (r.get("context"), r.get("namespace")) ==
+                             (kube.context, kube.namespace)]:
+                    del self.unrestored[name]
+                self.save()
                 return {"namespace": kube.namespace, "context": kube.context,
                         "deleted": deleted, "restored": restored}
 
@@ -287,7 +435,8 @@ class Daemon:
                 for forward in made:  # all or nothing
                     await bridge.remove_forward(forward.spec.name)
                 raise
-            return made
+        self.save()
+        return made
 
     async def _service_specs(self, bridge: Bridge, req: ForwardRequest) -> list[ForwardSpec] | None:
         if bridge.kube is None or req.service is None:
@@ -384,6 +533,7 @@ class Daemon:
     async def unexpose(self, name: str) -> None:
         async with self._lock:
             await self._find(name, "forward").remove_forward(name)
+        self.save()
 
     async def intercept(self, bridge_name: str | None, spec: InterceptSpec, *,
                         overwrite: bool = False) -> Intercept:
@@ -402,12 +552,16 @@ class Daemon:
 
                 service_port, via = await resolve_intercept(
                     bridge.kube, spec.service, spec.service_port, spec.via)
-            return await bridge.add_intercept(spec, secrets.token_hex(8), overwrite=overwrite,
+            made = await bridge.add_intercept(spec, secrets.token_hex(8), overwrite=overwrite,
                                               service_port=service_port, via=via)
+        self.save()
+        return made
 
     async def leave(self, name: str) -> list[str]:
         async with self._lock:
-            return await self._find(name, "intercept").remove_intercept(name)
+            notes = await self._find(name, "intercept").remove_intercept(name)
+        self.save()
+        return notes
 
     # --- status ---
 
@@ -430,6 +584,9 @@ class Daemon:
                  "relay_version": None, "session": None}
                 for n, step in self.connecting.items()
             ],
+            "restore": {"restoring": self.restoring, "problems": self.restore_problems,
+                        "unrestored": sorted(self.unrestored),
+                        "state_file": str(self.state.path)},
             "forwards": [f.to_dict() for b in self.bridges.values() for f in b.forwards.values()],
             "intercepts": [
                 i.to_dict() for b in self.bridges.values() for i in b.intercepts.values()

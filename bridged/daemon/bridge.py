@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import logging
 import random
 import time
@@ -132,6 +133,8 @@ class Bridge:
     ) -> None:
         self.name = name
         self.redact_headers = redact_headers
+        #: how this bridge was asked for (url and token, or kube context...), to save it
+        self.made_with: dict[str, Any] = {}
         #: who the relay is, for pins, status and messages: a URL, or kube://CONTEXT/NAMESPACE
         self.relay = relay
         self.carrier = carrier
@@ -486,7 +489,19 @@ class Bridge:
             "headers": redact(msg.headers, self.redact_headers),
         })
 
-    # --- status ---
+    # --- status and state ---
+
+    def recipe(self) -> dict[str, Any]:
+        """What to save to make this bridge again, with its forwards and intercepts (the
+        local port a forward got is kept, so that it comes back on the same one)."""
+        return {
+            "name": self.name, **self.made_with,
+            "forwards": [{**dataclasses.asdict(f.spec), "local_port": f.local_port}
+                         for f in self.forwards.values()],
+            "intercepts": [{"spec": i.spec.to_dict(), "id": i.claim.id,
+                            "service_port": i.claim.service_port, "via": i.claim.via}
+                           for i in self.intercepts.values()],
+        }
 
     def to_dict(self) -> dict[str, Any]:
         return {

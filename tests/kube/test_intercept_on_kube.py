@@ -437,3 +437,27 @@ async def test_a_whole_port_tcp_intercept_of_one_port_leaves_the_other_to_the_cl
     assert (intercept["service"], intercept["service_port"], intercept["via"],
             intercept["mode"], intercept["state"]) == ("orders", 9090, "takeover", "tcp",
                                                        "active")
+
+
+async def test_sigterm_gives_the_service_back_at_once_and_a_restart_takes_it_again(
+    cluster: KubeApiServer, orders: dict[str, Any], alice: tuple[Daemon, int],
+) -> None:
+    (a, port), before = alice, cluster.get("services", NS, "orders")
+    await _intercept(a, port, "--header", "x-dev=alice")
+    assert _taken_over(cluster)
+    a.process.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+    assert await asyncio.wait_for(a.process.proc.wait(), 15) == 0  # type: ignore[union-attr]
+    # restored before the daemon exited: no lease had to run out
+    assert await _restored(cluster, before)
+
+    # systemd starts it again: the saved intercept comes back, with the same id
+    await a.process.start()
+
+    async def active_again() -> bool:
+        status = await a.status()
+        return bool(status["intercepts"]) and status["intercepts"][0]["state"] == "active"
+
+    await eventually(active_again, within=30, what="the intercept restored")
+    assert _taken_over(cluster)
+    url = f"http://{orders['spec']['clusterIP']}/"
+    assert await _requests(url, [ALICE]) == ["alice"]
