@@ -2,6 +2,7 @@
 
 - :mod:`.commands`: everything that talks to the daemon through the control client;
 - :mod:`.servers`: the commands that are processes themselves (daemon, relay, demo);
+- :mod:`.service`: the systemd unit, the daemon's log, versions;
 - :mod:`.output`: tables, ``--json`` and one-line errors.
 """
 
@@ -9,8 +10,7 @@ from __future__ import annotations
 
 import typer
 
-from .. import __version__
-from . import commands, servers
+from . import commands, servers, service
 
 app = typer.Typer(
     name="bridged",
@@ -22,12 +22,7 @@ app = typer.Typer(
 )
 commands.register(app)
 servers.register(app)
-
-
-@app.command()
-def version() -> None:
-    """Print the version."""
-    typer.echo(__version__)
+service.register(app)
 
 
 def main() -> None:

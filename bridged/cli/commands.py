@@ -12,9 +12,15 @@ import typer
 from ..config import parse_carrier
 from ..control.client import ControlClient, ensure_daemon
 from ..errors import ConfigError
-from .output import emit, handles_errors, human_bytes, table, with_progress
+from .output import (
+    JsonOpt,
+    emit,
+    handles_errors,
+    human_bytes,
+    table,
+    with_progress,
+)
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document for scripts.")]
 BridgeOpt = Annotated[
     str | None, typer.Option("--bridge", help="Which relay connection (when several).")
 ]

@@ -11,13 +11,16 @@ import json
 import os
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 
 from ..errors import BridgedError
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document for scripts.")]
 
 
 def emit(data: Any, json_out: bool, human: Callable[[Any], None] | None = None) -> None:
