@@ -3,6 +3,7 @@
 - :mod:`.commands`: everything that talks to the daemon through the control client;
 - :mod:`.servers`: the commands that are processes themselves (daemon, relay, demo);
 - :mod:`.service`: the systemd unit, the daemon's log, versions;
+- :mod:`.project`: bridged.yaml (up, down, init, schema) and VS Code;
 - :mod:`.output`: tables, ``--json`` and one-line errors.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import typer
 
-from . import commands, servers, service
+from . import commands, project, servers, service
 
 app = typer.Typer(
     name="bridged",
@@ -23,6 +24,7 @@ app = typer.Typer(
 commands.register(app)
 servers.register(app)
 service.register(app)
+project.register(app)
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ import typer
 from ..config import parse_carrier
 from ..control.client import ControlClient, ensure_daemon
 from ..errors import ConfigError
+from ..fsutil import write_file
 from .output import (
     JsonOpt,
     emit,
@@ -244,7 +245,7 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"note: {note}", err=True)
         if output is not None:
             # a file holding Secret values is readable by its owner only
-            _write_file(output, result["text"], 0o600 if result["secret"] else 0o644)
+            write_file(output, result["text"], 0o600 if result["secret"] else 0o644)
             if result["secret"]:
                 typer.echo(f"note: {output} holds Secret values ({len(result['secret_names'])}"
                            " variables); it is readable by you only", err=True)
@@ -375,21 +376,3 @@ def _print_status(s: dict[str, Any]) -> None:
         ])
 
 
-def _write_file(path: Path, text: str, mode: int) -> None:
-    """Atomically, born with ``mode``: never readable by others, not even for a moment."""
-    import os
-    import tempfile
-
-    directory = path.parent if str(path.parent) else Path(".")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
-    except OSError as exc:
-        raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from None
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -18,6 +18,7 @@ from .models import (
     ConnectRequest,
     ForwardRequest,
     InterceptRequest,
+    UpRequest,
     error_body,
     field,
     status_for,
@@ -153,6 +154,19 @@ def make_app(daemon: Daemon) -> web.Application:
         body = await _body(request)
         context, namespace, kubeconfig = _strings(body, "context", "namespace", "kubeconfig")
         return web.json_response(await daemon.clean(context, namespace, kubeconfig))
+
+    @routes.post(f"{API}/up")
+    async def up(request: web.Request) -> web.Response:
+        from ..daemon.up import up as apply
+
+        req, kubeconfig = UpRequest.parse(await _body(request))
+        return web.json_response(await apply(daemon, req, kubeconfig))
+
+    @routes.post(f"{API}/down")
+    async def down(request: web.Request) -> web.Response:
+        from ..daemon.up import down as undo
+
+        return web.json_response(await undo(daemon))
 
     @routes.post(f"{API}/shutdown")
     async def shutdown(request: web.Request) -> web.Response:

@@ -182,3 +182,30 @@ class InterceptRequest:
             ),
             overwrite=field(body, "overwrite", bool, False),
         )
+
+
+class UpRequest:
+    """``POST /v1/up``: a bridged.yaml as the CLI read it (paths absolute), checked again
+    against the package's schema: the control API trusts no client."""
+
+    @staticmethod
+    def parse(body: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+        from ..project import schema
+
+        file = field(body, "file", str)
+        if not file or not file.startswith("/"):
+            raise ConfigError("field 'file' must be the absolute path of the bridged.yaml")
+        kubeconfig = field(body, "kubeconfig", str)
+        project = {k: body[k] for k in ("context", "namespace", "intercept", "expose", "env",
+                                        "files") if body.get(k) is not None}
+        errors = sorted(_validator(schema()).iter_errors(project), key=lambda e: e.path)
+        if errors:
+            where = ".".join(str(p) for p in errors[0].absolute_path) or "(top level)"
+            raise ConfigError(f"{file}: {where}: {errors[0].message}")
+        return {**project, "file": file}, kubeconfig
+
+
+def _validator(schema: dict[str, Any]) -> Any:
+    import jsonschema
+
+    return jsonschema.Draft202012Validator(schema)
