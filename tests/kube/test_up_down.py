@@ -100,7 +100,7 @@ async def test_up_then_down_round_trip(
 async def test_a_mistake_in_the_file_is_reported_where_vs_code_shows_it(
     cluster: KubeApiServer, alice: tuple[Daemon, int], tmp_path: Path,  # noqa: F811
 ) -> None:
-    a, port = alice
+    a, _ = alice
     (tmp_path / "bridged.yaml").write_text(PROJECT.format(port="eighty"))
     result = await _bridged(a, tmp_path, "up", "--wait")
     assert result.returncode == 2 and "Traceback" not in result.stderr

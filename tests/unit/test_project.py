@@ -54,7 +54,7 @@ def test_found_in_a_parent_like_git(tmp_path: Path) -> None:
     deep = tmp_path / "src" / "orders"
     deep.mkdir(parents=True)
     assert find(deep) == path
-    with pytest.raises(ConfigError, match="no bridged.yaml in"):
+    with pytest.raises(ConfigError, match=r"no bridged\.yaml in"):
         find(tmp_path.parent / "elsewhere-that-is-not-there")
 
 
