@@ -322,6 +322,25 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     @handles_errors
+    def doctor(context: ContextOpt = None, namespace: NamespaceOpt = None,
+               json_out: JsonOpt = False) -> None:
+        """Check the daemon, the bridges, kube access, RBAC rights, the relay and the clock."""
+        found = _client().post("doctor", {"context": context, "namespace": namespace,
+                                          "kubeconfig": os.environ.get("KUBECONFIG")})
+        mark = {"ok": "✓", "warn": "!", "fail": "✗"}
+        failed = [c for c in found if c["verdict"] == "fail"]
+
+        def show(r: dict[str, Any]) -> None:
+            table("doctor", ["", "check", "finding"],
+                  [[mark[c["verdict"]], c["name"], c["detail"]] for c in r["checks"]])
+            typer.echo(f"{len(failed)} problem(s): see ✗ above" if failed else "all good")
+
+        emit({"checks": found, "ok": not failed}, json_out, show)
+        if failed:
+            raise typer.Exit(1)
+
+    @app.command()
+    @handles_errors
     def status(json_out: JsonOpt = False) -> None:
         """What is connected, exposed and intercepted, with counters."""
         emit(_client(no_start=True).get("status"), json_out, _print_status)

@@ -155,6 +155,12 @@ def make_app(daemon: Daemon) -> web.Application:
         context, namespace, kubeconfig = _strings(body, "context", "namespace", "kubeconfig")
         return web.json_response(await daemon.clean(context, namespace, kubeconfig))
 
+    @routes.post(f"{API}/doctor")
+    async def doctor(request: web.Request) -> web.Response:
+        body = await _body(request)
+        context, namespace, kubeconfig = _strings(body, "context", "namespace", "kubeconfig")
+        return web.json_response(await daemon.doctor(context, namespace, kubeconfig))
+
     @routes.post(f"{API}/up")
     async def up(request: web.Request) -> web.Response:
         from ..daemon.up import up as apply

@@ -563,6 +563,26 @@ class Daemon:
         self.save()
         return notes
 
+    # --- doctor ---
+
+    async def doctor(self, context: str | None, namespace: str | None,
+                     kubeconfig: str | None) -> list[dict[str, str]]:
+        """What works and what does not, one verdict per check (see bridged.kube.doctor)."""
+        from ..kube.client import KubeTarget
+        from ..kube.doctor import checks
+
+        found = [{"name": "daemon", "verdict": "ok",
+                  "detail": f"{__version__}, pid {os.getpid()}, {self.summary()}"}]
+        for problem in self.restore_problems:
+            found.append({"name": "saved state", "verdict": "warn", "detail": problem})
+        for bridge in self.bridges.values():
+            verdict = "ok" if bridge.state == "connected" else "fail"
+            found.append({"name": f"bridge {bridge.name}", "verdict": verdict,
+                          "detail": f"{bridge.state} to {bridge.relay}"
+                                    + (f": {bridge.last_error}" if bridge.last_error else "")})
+        found += [c.to_dict() for c in await checks(KubeTarget(context, namespace, kubeconfig))]
+        return found
+
     # --- status ---
 
     def traffic(self, since: float = 0.0) -> list[dict[str, Any]]:

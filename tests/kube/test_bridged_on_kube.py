@@ -450,3 +450,37 @@ async def test_connect_uses_the_shells_kubeconfig_not_the_daemons(
         assert f'"relay": "kube://admin/{NS}"' in result.stdout
     finally:
         await daemon.process.stop()
+
+
+async def test_doctor_gives_a_verdict_per_check(cluster: KubeApiServer, laptop: Daemon,
+                                                tmp_path: Path) -> None:
+    import json
+
+    await laptop.call("POST", "bridges", {})
+    result = await laptop.acli("doctor", "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    checks = {c["name"]: c for c in json.loads(result.stdout)["checks"]}
+    assert checks["kubeconfig"]["detail"] == f"context admin, namespace {NS}"
+    assert checks["API server"]["detail"].startswith("Kubernetes v1.")
+    assert checks["clock"]["verdict"] == "ok"
+    assert checks["RBAC: create pods/portforward"]["verdict"] == "ok"
+    assert checks["relay"]["verdict"] == "ok" and "1 pod(s) ready" in checks["relay"]["detail"]
+    assert checks["bridge admin-team-a"]["verdict"] == "ok"
+    # a developer who may only read: the rights they lack are named, exit 1
+    viewer = cluster.add_user("viewer", ())
+    cluster.apply({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                   "metadata": {"name": "viewer", "namespace": NS},
+                   "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                               "name": "view"},
+                   "subjects": [{"kind": "User", "name": "viewer"}]})
+    kubeconfig = cluster.write_kubeconfig(tmp_path / "viewer", [Context("v", viewer, NS)])
+    env = {**laptop.process.env, "KUBECONFIG": str(kubeconfig)}
+    import subprocess
+    import sys
+
+    limited = await asyncio.to_thread(subprocess.run, [
+        sys.executable, "-m", "bridged", "doctor"], env=env, capture_output=True, text=True,
+        timeout=60)
+    assert limited.returncode == 1, limited.stdout + limited.stderr
+    assert "✗" in limited.stdout and "create pods/portforward" in limited.stdout
+    assert "problem(s)" in limited.stdout
