@@ -34,6 +34,11 @@ class TaskSet:
         if exc is not None:
             log.error("task %s died: %s", task.get_name(), exc, exc_info=exc)
 
+    def named(self, name: str) -> asyncio.Task[Any] | None:
+        """The running task started with this name, if any."""
+        full = f"{self.owner}/{name}"
+        return next((t for t in self._tasks if t.get_name() == full and not t.done()), None)
+
     def __len__(self) -> int:
         return len(self._tasks)
 

@@ -162,8 +162,10 @@ class Daemon:
     async def restore(self, saved: dict[str, Any]) -> None:
         """Bring back what was saved; what cannot be restored now is kept and reported."""
         self.restoring = True
+        pending = list(saved.get("bridges") or [])
         try:
-            for recipe in saved.get("bridges") or []:
+            while pending:
+                recipe = pending[0]
                 name = str(recipe.get("name") or "")
                 if name in self.bridges:
                     bridge = self.bridges[name]
@@ -174,9 +176,15 @@ class Daemon:
                         self.unrestored[name] = recipe
                         self.restore_problems.append(f"bridge {name}: {exc}")
                         log.warning("bridge %s not restored: %s", name, exc)
+                        pending.pop(0)
                         continue
                 self.unrestored.pop(name, None)
                 await self._restore_contents(bridge, recipe)
+                pending.pop(0)
+        except asyncio.CancelledError:
+            for recipe in pending:  # kept: saved, shown, restored by SIGHUP or a restart
+                self.unrestored[str(recipe.get("name") or "")] = recipe
+            raise
         finally:
             self.restoring = False
             self.save()
@@ -379,6 +387,11 @@ class Daemon:
         from ..kube.redirects import remove_routes, restore_stale
         from ..kube.relay import remove_relay
 
+        restoring = self._tasks.named("restore")
+        if restoring is not None:  # it would make again what clean removes
+            restoring.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await restoring
         async with self._lock:
             async with await Kube.connect(KubeTarget(context, namespace, kubeconfig)) as kube:
                 relay = f"kube://{kube.context}/{kube.namespace}"
