@@ -47,6 +47,11 @@ OpenUpstream = Callable[[Route, Peer, Callable[[], Any]], Awaitable[Any]]
 Decide = Callable[[RequestHead], Route]
 OnRequest = Callable[[RequestHead, Route, int, float, Peer], None]
 
+#: the most a request's head (request line and headers) may take: beyond, 431
+MAX_HEAD_BYTES = 64 * 1024
+#: the most an upstream's response head may take before it is given up as broken
+MAX_RESPONSE_HEAD_BYTES = 256 * 1024
+
 #: bytes read at a time by the stream splice; with drain() after each write this bounds what
 #: a connection buffers
 READ_SIZE = 64 * 1024
@@ -85,22 +90,9 @@ async def splice_streams(reader: Any, writer: Any, other_reader: Any, other_writ
 class _Request:
     """One request as parsed: its head, and the bytes for the upstream not sent yet."""
 
-    __slots__ = (
-        "chunked",
-        "complete",
-        "head",
-        "headers",
-        "keep_alive",
-        "out",
-        "route",
-        "started",
-        "status",
-        "timer",
-        "trailers",
-        "upgrade",
-        "upstream",
-        "url",
-    )
+    __slots__ = ("url", "headers", "trailers", "head", "chunked", "complete", "out",  # noqa: RUF023
+                 "upstream", "route", "status", "started", "keep_alive", "upgrade", "timer",
+                 "head_bytes", "body_sent", "retried")
 
     def __init__(self) -> None:
         self.url = b""
@@ -117,6 +109,9 @@ class _Request:
         self.keep_alive = True
         self.upgrade = False
         self.timer: asyncio.TimerHandle | None = None
+        self.head_bytes = b""  # as sent upstream: for a retry on a fresh connection
+        self.body_sent = False
+        self.retried = False
 
     def send(self, data: bytes) -> None:
         if self.upstream is not None:
@@ -134,9 +129,20 @@ def _serialize_head(method: bytes, url: bytes, version: str,
     return b"".join(lines)
 
 
+def _origin_form(url: bytes) -> bytes:
+    """``http://host/path?q`` → ``/path?q``: what routing looks at (the request line is sent
+    upstream as it came)."""
+    if url[:7].lower() == b"http://" or url[:8].lower() == b"https://":
+        rest = url.split(b"://", 1)[1]
+        cut = min((i for i in (rest.find(b"/"), rest.find(b"?")) if i >= 0), default=-1)
+        return b"/" if cut < 0 else (rest[cut:] if rest[cut:cut + 1] == b"/"
+                                      else b"/" + rest[cut:])
+    return url
+
+
 def _error_response(status: int, why: str) -> bytes:
-    reason = {400: "Bad Request", 501: "Not Implemented", 502: "Bad Gateway",
-              504: "Gateway Timeout"}.get(status, "Error")
+    reason = {400: "Bad Request", 431: "Request Header Fields Too Large", 501: "Not Implemented",
+              502: "Bad Gateway", 504: "Gateway Timeout"}.get(status, "Error")
     body = f"{why}\n".encode()
     return (f"HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain\r\n"
             f"content-length: {len(body)}\r\nconnection: close\r\n\r\n").encode() + body
@@ -157,6 +163,12 @@ class _Upstream(asyncio.Protocol):
         self.done = False
         self.keep_alive = False
         self.paused = False
+        self.in_head = False  # between a response's first byte and the end of its head
+        self.held: list[bytes] = []  # its bytes so far, forwarded once the head is whole
+        self.extra = False  # bytes after the end of the response
+        self.connection = b""  # the response's Connection header
+        self.received = 0  # bytes from the upstream, in all
+        self.reused = False  # taken from the pool (it may have closed meanwhile)
 
     # transport events
     def connection_made(self, transport: Any) -> None:
@@ -167,22 +179,43 @@ class _Upstream(asyncio.Protocol):
         if down is None:  # an idle pooled connection must not talk: drop it
             self.transport.close()
             return
-        down.transport.write(data)  # verbatim; the parser only finds where it ends
+        self.received += len(data)
         if down.spliced:
+            down.transport.write(data)
             return
+        # parsed before it is forwarded: a malformed or cut head becomes a clean 502, and a
+        # second response to one request never reaches the client
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
+            self._forward(down, data)
             down.spliced_by(self)
             return
         except httptools.HttpParserError as exc:
             down.upstream_broke(self, f"sent a malformed response ({exc})")
             return
+        if self.extra:
+            down.upstream_broke(self, "sent more than one response to one request")
+            return
+        if self.in_head:
+            self.held.append(data)
+            if sum(map(len, self.held)) > MAX_RESPONSE_HEAD_BYTES:
+                down.upstream_broke(self, "sent a response head larger than "
+                                          f"{MAX_RESPONSE_HEAD_BYTES} bytes")
+            return
+        self._forward(down, data)
         if self.done:
             self.done = False
             if self.head_request:  # its parser still waits for the body it announced
                 self.parser = httptools.HttpResponseParser(self)
             down.response_done(self, self.keep_alive)
+
+    def _forward(self, down: _Downstream, data: bytes) -> None:
+        if self.held:
+            self.held.append(data)
+            data = b"".join(self.held)
+            self.held.clear()
+        down.transport.write(data)
 
     def eof_received(self) -> bool:
         down = self.down
@@ -208,7 +241,18 @@ class _Upstream(asyncio.Protocol):
             self.down._resume()
 
     # parser events
+    def on_message_begin(self) -> None:
+        if self.done:
+            self.extra = True
+        self.in_head = True
+        self.connection = b""
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if name.lower() == b"connection":
+            self.connection += value.lower()
+
     def on_headers_complete(self) -> None:
+        self.in_head = False
         status = self.parser.get_status_code()
         if 100 <= status < 200 and status != 101:
             self.informational = True  # 100 Continue and friends: the real answer follows
@@ -217,8 +261,11 @@ class _Upstream(asyncio.Protocol):
             self.down.response_started(self, status)
         if self.head_request:
             # a HEAD's response has no body, whatever its headers say; the parser does not
-            # know it was a HEAD, so this one is replaced before the next response
-            self.keep_alive = self.parser.should_keep_alive()
+            # know it was a HEAD, so this one is replaced before the next response; nor can
+            # it tell whether a HEAD's answer without a length keeps the connection
+            version = self.parser.get_http_version()
+            self.keep_alive = b"close" not in self.connection if version == "1.1" \
+                else b"keep-alive" in self.connection
             self.done = True
 
     def on_message_complete(self) -> None:
@@ -256,11 +303,12 @@ class UpstreamPool:
         while idle:
             up = idle.pop()
             if up.usable():
+                up.reused = True
                 return up
         return None
 
-    async def acquire(self, route: Route, peer: Peer) -> _Upstream:
-        up = self.idle_one(route)
+    async def acquire(self, route: Route, peer: Peer, fresh: bool = False) -> _Upstream:
+        up = None if fresh else self.idle_one(route)
         if up is not None:
             return up
         up = _Upstream(self, route.target)
@@ -306,6 +354,9 @@ class _Downstream(asyncio.Protocol):
         self.writing_paused = False  # our transport's buffer is full
         self.reading_paused = False
         self.task: asyncio.Task[None] | None = None
+        #: an error answer owed after the requests before it (a bad request, a huge head)
+        self.refusal: tuple[int, str] | None = None
+        self.head_seen = 0  # bytes read since the current request began, until its head ended
 
     # --- transport events ---
 
@@ -325,6 +376,15 @@ class _Downstream(asyncio.Protocol):
             if self.active is not None:
                 self.active.send(data)
             return
+        if self.refusal is not None:
+            return  # a bad request came: nothing after it is read
+        r = self.current
+        if r is not None and r.trailers is None:  # inside a head: bounded
+            self.head_seen += len(data)
+            if self.head_seen > MAX_HEAD_BYTES:
+                self._refuse_after(431, f"bridged: request head larger than {MAX_HEAD_BYTES} "
+                                        "bytes")
+                return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -333,7 +393,15 @@ class _Downstream(asyncio.Protocol):
             if rest and self.active is not None:
                 self.active.send(rest)
         except httptools.HttpParserError as exc:
-            self.refuse(400, f"bridged: bad request ({exc})")
+            self._refuse_after(400, f"bridged: bad request ({exc})")
+
+    def _refuse_after(self, status: int, why: str) -> None:
+        """Refuse, but only once the requests before this one are answered (in order)."""
+        self.refusal = (status, why)
+        self._pause()
+        broken = self.active is not None and not self.active.complete  # its own body is bad
+        if broken or (self.active is None and not self.queue):
+            self.refuse(status, why)
 
     def eof_received(self) -> bool:
         if self.spliced and self.active is not None and self.active.upstream is not None:
@@ -341,6 +409,15 @@ class _Downstream(asyncio.Protocol):
                 self.active.upstream.transport.write_eof()
             return True
         self.eof = True
+        if self.current is not None or (self.active is not None and not self.active.complete):
+            # the client stopped in the middle of a request: nothing will complete it
+            active = self.active
+            if active is not None and active.upstream is not None:
+                self._report(active, 0)
+            self.closing = True
+            if active is not None and active.upstream is not None:
+                active.upstream.close()
+            return False
         if self.active is None and not self.queue:
             return False
         return True  # answer what was asked, then close
@@ -382,6 +459,7 @@ class _Downstream(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self.current = _Request()
+        self.head_seen = 0
 
     def on_url(self, url: bytes) -> None:
         assert self.current is not None
@@ -399,31 +477,35 @@ class _Downstream(asyncio.Protocol):
         r = self.current
         assert r is not None
         r.trailers = []
-        if self.closing:
+        if self.closing or self.refusal is not None:
             return
         lengths = [v for n, v in r.headers if n.lower() == b"content-length"]
         codings = [v for n, v in r.headers if n.lower() == b"transfer-encoding"]
         if (codings and lengths) or len(lengths) > 1:
-            self.refuse(400, "bridged: conflicting Content-Length / Transfer-Encoding")
+            self._refuse_after(400, "bridged: conflicting Content-Length / Transfer-Encoding")
             return
         if codings:
             if len(codings) > 1 or codings[0].strip().lower() != b"chunked":
-                self.refuse(501, "bridged: transfer codings other than chunked")
+                self._refuse_after(501, "bridged: transfer codings other than chunked")
                 return
             r.chunked = True
         method = self.parser.get_method()
         r.keep_alive = self.parser.should_keep_alive()
         r.upgrade = self.parser.should_upgrade()
-        r.head = RequestHead(method.decode("latin-1"), r.url.decode("latin-1"),
+        r.head = RequestHead(method.decode("latin-1"), _origin_form(r.url).decode("latin-1"),
                              [(n.decode("latin-1"), v.decode("latin-1")) for n, v in r.headers])
-        r.out.append(_serialize_head(method, r.url, self.parser.get_http_version(), r.headers))
+        r.head_bytes = _serialize_head(method, r.url, self.parser.get_http_version(), r.headers)
+        r.out.append(r.head_bytes)
         self.queue.append(r)
         self._next()
+        if r is not self.active:
+            self._pause()  # pipelined behind an unanswered one: its body waits in the socket
 
     def on_body(self, body: bytes) -> None:
         r = self.current
-        if r is None or self.closing:
+        if r is None or self.closing or self.refusal is not None:
             return
+        r.body_sent = True
         if r.chunked:
             r.send(b"%x\r\n%b\r\n" % (len(body), body))
         else:
@@ -431,13 +513,16 @@ class _Downstream(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         r = self.current
-        if r is None or self.closing:
+        if r is None or self.closing or self.refusal is not None:
             return
         self.current = None
         r.complete = True
         if r.chunked:
             trailers = b"".join(n + b": " + v + b"\r\n" for n, v in r.trailers or [])
             r.send(b"0\r\n" + trailers + b"\r\n")
+            r.body_sent = True
+        if r is self.active and r.upstream is not None:
+            self._start_timer(r)  # the upstream has it all: now it owes an answer
         if r is not self.active or self.queue:
             # pipelined: read no further until the requests before are answered
             self._pause()
@@ -460,11 +545,11 @@ class _Downstream(asyncio.Protocol):
         self._pause()
         self.task = asyncio.ensure_future(self._connect(r))
 
-    async def _connect(self, r: _Request) -> None:
+    async def _connect(self, r: _Request, fresh: bool = False) -> None:
         assert r.route is not None
         while True:
             try:
-                up = await self.router.pool.acquire(r.route, self.peer)
+                up = await self.router.pool.acquire(r.route, self.peer, fresh=fresh)
                 break
             except UpstreamUnavailable as exc:
                 other = self.router.fallback(r.route) if self.router.fallback else None
@@ -478,19 +563,24 @@ class _Downstream(asyncio.Protocol):
             up.close()
             return
         self._attach(r, up)
-        if not r.complete or self.upgrading:
-            self._resume()  # the body (or the new protocol) flows on
 
     def _attach(self, r: _Request, up: _Upstream) -> None:
         assert r.head is not None
         up.down = self
+        up.received = 0
         up.head_request = r.head.method == "HEAD"
         up.pause_reading(self.writing_paused)
         r.upstream = up
         up.transport.write(b"".join(r.out) if len(r.out) > 1 else r.out[0])
         r.out.clear()
+        if r.complete:
+            self._start_timer(r)
+        if not r.complete or self.upgrading:
+            self._resume()  # the body (or the new protocol) flows on
+
+    def _start_timer(self, r: _Request) -> None:
         timeout = self.router.response_timeout
-        if timeout is not None:
+        if timeout is not None and r.timer is None:
             r.timer = asyncio.get_running_loop().call_later(timeout, self._timed_out, r)
 
     def _timed_out(self, r: _Request) -> None:
@@ -525,7 +615,9 @@ class _Downstream(asyncio.Protocol):
             self.transport.close()
             return
         self._next()
-        if self.active is None:
+        if self.active is None and self.refusal is not None:
+            self.refuse(*self.refusal)  # the bad request's turn
+        elif self.active is None or not self.active.complete:
             self._resume()
 
     def spliced_by(self, up: _Upstream) -> None:
@@ -543,6 +635,16 @@ class _Downstream(asyncio.Protocol):
             return
         up.down = None
         up.close()
+        if up.reused and not up.received and r.complete and not r.body_sent \
+                and not r.retried and not self.closing:
+            # a pooled connection the upstream had closed just before we used it: the
+            # request never reached it, so it is sent again on a fresh connection
+            r.retried, r.upstream, r.out = True, None, [r.head_bytes]
+            if r.timer is not None:
+                r.timer.cancel()
+                r.timer = None
+            self.task = asyncio.ensure_future(self._connect(r, fresh=True))
+            return
         if self.spliced:
             self.closing = True
             self.transport.close()
