@@ -12,19 +12,25 @@ How the package is laid out, from the inside out:
 
 - :mod:`bridged.routing` and :mod:`bridged.protocol`: pure logic (who holds an intercepted port,
   which intercept a request goes to; the control messages between daemon and relay), no I/O;
+- :mod:`bridged.redirect`: pure too — the objects each redirect strategy writes (Service
+  takeover and its exact undo, Gateway API HTTPRoute, CiliumEnvoyConfig);
+- :mod:`bridged.project`: bridged.yaml found, read and checked against its shipped schema;
 - :mod:`bridged.config`, :mod:`bridged.errors`, :mod:`bridged.paths`, :mod:`bridged.keys`:
   specs parsed into frozen dataclasses, our one error hierarchy, where files live, SSH keys
   and host-key pins;
 - :mod:`bridged.splice`: one TCP connection spliced to one SSH channel, with back-pressure;
 - :mod:`bridged.carriers`: byte streams the SSH connection runs over (tcp, websocket, kube);
-- :mod:`bridged.relay`: the SSH server in the cluster;
+- :mod:`bridged.relay`: the SSH server in the cluster, its HTTP router (httptools) and the
+  redirector that keeps Services pointed at it while intercepts hold live leases;
 - :mod:`bridged.kube`: the only code talking to the Kubernetes API (relay deployment, port-
-  forward, Services, a workload's env and files);
-- :mod:`bridged.daemon`: the laptop's long-running process (bridges, forwards, intercepts);
+  forward, Services and their redirects, a workload's env and files, doctor's checks);
+- :mod:`bridged.daemon`: the laptop's long-running process (bridges, forwards, intercepts; the
+  saved desired state; sd_notify; bridged.yaml's up and down);
 - :mod:`bridged.control`: the daemon's HTTP API on a unix socket, and its client;
 - :mod:`bridged.cli`: typer commands, talking only to the control client;
 - :mod:`bridged.runtime`, :mod:`bridged.sshtune`, :mod:`bridged.tasks`: process set-up
   (uvloop, malloc, logging), two measured asyncssh speed-ups, owned long-lived tasks;
+  :mod:`bridged.fsutil`, :mod:`bridged.jsonc`: atomic private files, JSON with comments;
 - :mod:`bridged.localrun`, :mod:`bridged.demo`: real relay and daemon processes on this
   machine, and the demo built on them.
 """
