@@ -102,14 +102,48 @@ def register(app: typer.Typer) -> None:
         path = Path.cwd() / FILENAME
         if path.exists() and not force:
             raise ConfigError(f"{path} exists", hint="edit it, or --force to start over")
+        interactive = sys.stdin.isatty()
+        found: dict[str, Any] | None = None
+        if service is None or (service_port is None and not expose):
+            try:  # what the current cluster has, to choose from
+                client = _client()
+                found = client.post("cluster/services", {
+                    "context": context, "namespace": namespace,
+                    "kubeconfig": os.environ.get("KUBECONFIG")})
+            except BridgedError as exc:
+                if service is None:
+                    raise ConfigError(f"cannot list the cluster's Services ({exc})",
+                                      hint="give --service NAME --port N") from None
+        by_service: dict[str, list[dict[str, Any]]] = {}
+        for p in (found or {}).get("services", []):
+            by_service.setdefault(p["service"], []).append(p)
         if service is None:
-            if not sys.stdin.isatty():
-                raise ConfigError("which Service? give --service NAME")
-            service = typer.prompt("Service to intercept")
+            if not by_service:
+                raise ConfigError(f"no Services in namespace {(found or {}).get('namespace')}",
+                                  hint="give --service NAME --port N")
+            if not interactive:
+                raise ConfigError("which Service? give --service NAME (this namespace has: "
+                                  f"{', '.join(sorted(by_service))})")
+            names = sorted(by_service)
+            for n, name in enumerate(names, 1):
+                ports = ", ".join(f"{p['port']}" + (f" ({p['port_name']})" if p["port_name"]
+                                                    else "") for p in by_service[name])
+                typer.echo(f"  {n}. {name}  {ports}", err=True)
+            choice = typer.prompt("Service to intercept (number or name)")
+            service = names[int(choice) - 1] if choice.isdigit() and \
+                0 < int(choice) <= len(names) else choice
+        ports_of = [p for p in by_service.get(service, []) if p["protocol"] == "TCP"]
+        if service_port is None and len(ports_of) > 1:
+            service_port = ports_of[0]["port_name"] or str(ports_of[0]["port"])
+        if expose is None and by_service:
+            expose = [name for name in sorted(by_service) if name != service][:5]
         if port is None:
-            if not sys.stdin.isatty():
+            if not interactive:
                 raise ConfigError("which local port? give --port N")
             port = int(typer.prompt("Port your local copy listens on", default="8080"))
+        if found:
+            context = context or found["context"]
+            namespace = namespace or found["namespace"]
         text = starter(service, port, user=getpass.getuser(), service_port=service_port,
                        context=context, namespace=namespace, expose=tuple(expose or ()))
         path.write_text(text)

@@ -155,6 +155,12 @@ def make_app(daemon: Daemon) -> web.Application:
         context, namespace, kubeconfig = _strings(body, "context", "namespace", "kubeconfig")
         return web.json_response(await daemon.clean(context, namespace, kubeconfig))
 
+    @routes.post(f"{API}/cluster/services")
+    async def cluster_services(request: web.Request) -> web.Response:
+        body = await _body(request)
+        context, namespace, kubeconfig = _strings(body, "context", "namespace", "kubeconfig")
+        return web.json_response(await daemon.cluster_services(context, namespace, kubeconfig))
+
     @routes.post(f"{API}/doctor")
     async def doctor(request: web.Request) -> web.Response:
         body = await _body(request)

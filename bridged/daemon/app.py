@@ -576,6 +576,18 @@ class Daemon:
         self.save()
         return notes
 
+    async def cluster_services(self, context: str | None, namespace: str | None,
+                               kubeconfig: str | None) -> dict[str, Any]:
+        """A namespace's Services and their ports, without a relay (for ``bridged init``)."""
+        from ..kube.client import Kube, KubeTarget
+        from ..kube.discovery import list_services
+
+        async with await Kube.connect(KubeTarget(context, namespace, kubeconfig)) as kube:
+            ports = await list_services(kube)
+            return {"context": kube.context, "namespace": kube.namespace,
+                    "services": [{"service": p.service, "port": p.port, "port_name": p.name,
+                                  "protocol": p.protocol} for p in ports]}
+
     # --- doctor ---
 
     async def doctor(self, context: str | None, namespace: str | None,

@@ -114,3 +114,26 @@ async def test_a_mistake_in_the_file_is_reported_where_vs_code_shows_it(
     assert "intercept.port: expected a whole number" in m[3]
     assert not cluster.get("services", NS, "orders") or ANNOTATION not in str(
         cluster.get("services", NS, "orders"))
+
+
+async def test_init_from_the_cluster_then_up_and_down(
+    cluster: KubeApiServer, orders: dict[str, Any], alice: tuple[Daemon, int],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    a, port = alice
+    asked = await _bridged(a, tmp_path, "init", "--port", str(port))
+    assert asked.returncode == 2, asked.stderr
+    assert "which Service? give --service NAME (this namespace has: orders)" in asked.stderr
+    made = await _bridged(a, tmp_path, "init", "--service", "orders", "--port", str(port))
+    assert made.returncode == 0, made.stderr
+    text = (tmp_path / "bridged.yaml").read_text()
+    assert "context: admin" in text and f"namespace: {NS}" in text
+    assert "servicePort: http" in text  # orders has two ports: the first is proposed
+    up = await _bridged(a, tmp_path, "up", "--wait")
+    assert up.returncode == 0, up.stdout + up.stderr
+    assert up.stdout.splitlines()[-1].startswith("bridged up: ready — orders:80")
+    down = await _bridged(a, tmp_path, "down")
+    assert down.returncode == 0, down.stderr
+    assert (tmp_path / "bridged.yaml").read_text() == text  # the project file stays
+    assert not (tmp_path / ".env.bridged").exists()
+    assert (await a.status())["intercepts"] == []
