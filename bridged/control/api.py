@@ -149,23 +149,21 @@ def make_app(daemon: Daemon) -> web.Application:
         return web.json_response(await daemon.files(body.get("bridge"), ref, container,
                                                     out_dir))
 
-    @routes.post(f"{API}/clean")
-    async def clean(request: web.Request) -> web.Response:
-        body = await _body(request)
-        context, namespace, kubeconfig = _strings(body, "context", "namespace", "kubeconfig")
-        return web.json_response(await daemon.clean(context, namespace, kubeconfig))
+    def on_kube_target(path: str, action: str) -> None:
+        """A route whose body names a kube context, namespace and kubeconfig (the CLI's)."""
 
-    @routes.post(f"{API}/cluster/services")
-    async def cluster_services(request: web.Request) -> web.Response:
-        body = await _body(request)
-        context, namespace, kubeconfig = _strings(body, "context", "namespace", "kubeconfig")
-        return web.json_response(await daemon.cluster_services(context, namespace, kubeconfig))
+        async def handler(request: web.Request) -> web.Response:
+            body = await _body(request)
+            context, namespace, kubeconfig = _strings(body, "context", "namespace",
+                                                      "kubeconfig")
+            return web.json_response(await getattr(daemon, action)(context, namespace,
+                                                                   kubeconfig))
 
-    @routes.post(f"{API}/doctor")
-    async def doctor(request: web.Request) -> web.Response:
-        body = await _body(request)
-        context, namespace, kubeconfig = _strings(body, "context", "namespace", "kubeconfig")
-        return web.json_response(await daemon.doctor(context, namespace, kubeconfig))
+        routes.post(f"{API}/{path}")(handler)
+
+    on_kube_target("clean", "clean")  # everything bridged made in the namespace
+    on_kube_target("cluster/services", "cluster_services")  # for bridged init
+    on_kube_target("doctor", "doctor")
 
     @routes.post(f"{API}/up")
     async def up(request: web.Request) -> web.Response:
