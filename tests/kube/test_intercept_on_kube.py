@@ -93,16 +93,18 @@ async def orders(cluster: KubeApiServer) -> dict[str, Any]:
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": "orders", "namespace": NS},
         "spec": {"replicas": 3, "selector": {"matchLabels": labels},
-                 "template": {"metadata": {"labels": labels}, "spec": {"containers": [{
-                     "name": "app", "image": "orders:1",
-                     "ports": [{"name": "web", "containerPort": 8080},
-                               {"name": "admin", "containerPort": 9090}]}]}}}})
+                 # two containers: the app, and a sidecar with the admin port
+                 "template": {"metadata": {"labels": labels}, "spec": {"containers": [
+                     {"name": "app", "image": "orders:1",
+                      "ports": [{"name": "web", "containerPort": 8080}]},
+                     {"name": "admin", "image": "admin-sidecar:1",
+                      "ports": [{"name": "admin", "containerPort": 9090}]}]}}}})
     service = cluster.apply({
         "apiVersion": "v1", "kind": "Service",
         "metadata": {"name": "orders", "namespace": NS, "labels": labels},
         "spec": {"selector": labels, "ports": [
             {"name": "http", "port": 80, "targetPort": "web"},
-            {"name": "admin", "port": 9090}]}})
+            {"name": "admin", "port": 9090, "targetPort": "admin"}]}})
     async def three_ready() -> bool:
         return len(_ready_pods(cluster, "orders")) == 3
 
