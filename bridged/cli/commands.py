@@ -381,7 +381,7 @@ def _print_status(s: dict[str, Any]) -> None:
             for f in s["forwards"]
         ])
     if s["intercepts"]:
-        table("intercepts", ["name", "intercepts", "match", "via", "local", "state",
+        table("intercepts", ["name", "intercepts", "match", "via", "local", "state / lease",
                              "active", "total", "failed", "last error"], [
             [i["name"],
              f"{i['service']}:{i['service_port']}" if i.get("service")
@@ -389,7 +389,9 @@ def _print_status(s: dict[str, Any]) -> None:
              " and ".join(i["matchers"]) or ("every request" if i["mode"] == "http"
                                              else "every connection"),
              i.get("via") or "-", f"{i['local_host']}:{i['local_port']}",
-             i["state"], i["active"], i["connections"], i["failed"],
+             f"{i['state']} ({i['lease_left_seconds']:.0f} s lease)"
+             if i["state"] == "active" else i["state"],
+             i["active"], i["connections"], i["failed"],
              i["error"] or i["last_error"]]
             for i in s["intercepts"]
         ])

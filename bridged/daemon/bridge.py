@@ -108,6 +108,10 @@ class Intercept:
     listener: asyncssh.SSHListener | None = None
     #: the relay port the cluster's traffic arrives on (the relay picks it for a Service)
     relay_port: int = 0
+    #: when the relay last extended this intercept's routing lease (time.time()), and for how
+    #: long it extends it (seconds)
+    lease_renewed_at: float = 0.0
+    lease_seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         s = self.spec
@@ -117,6 +121,9 @@ class Intercept:
                 "service": s.service, "service_port": self.claim.service_port or None,
                 "via": self.claim.via or None, "fallback": s.fallback,
                 "remote_port": self.relay_port or s.remote_port, "local_host": s.local_host,
+                "lease_left_seconds": round(max(0.0, self.lease_renewed_at + self.lease_seconds
+                                                - time.time()), 1)
+                if self.state == "active" else 0.0,
                 "local_port": s.local_port, "state": self.state, "error": self.error,
                 **self.counters.snapshot()}
 
@@ -313,10 +320,13 @@ class Bridge:
                         i.state, i.error = "pending", f"lease renewal failed: {exc}"
                     continue
                 lost = set(body.get("lost", ()))
+                renewed = time.time()
                 for i in active:
                     if i.claim.id in lost:
                         i.state, i.error = "pending", "the relay no longer held the intercept"
                         pending.append(i)
+                    else:
+                        i.lease_renewed_at = renewed
             for i in pending:  # retry what was refused or lost
                 await self._register(i)
 
@@ -429,6 +439,8 @@ class Bridge:
             answer = await control.call(protocol.Register, claim=claim, overwrite=overwrite,
                                         wait=30)
             intercept.relay_port = int(answer.get("port") or claim.port)
+            intercept.lease_seconds = float(answer.get("lease_seconds") or 0.0)
+            intercept.lease_renewed_at = time.time()
             try:
                 intercept.listener = await conn.create_server(
                     lambda orig_host, orig_port: channel_then_socket(

@@ -439,6 +439,7 @@ async def test_a_whole_port_tcp_intercept_of_one_port_leaves_the_other_to_the_cl
     assert (intercept["service"], intercept["service_port"], intercept["via"],
             intercept["mode"], intercept["state"]) == ("orders", 9090, "takeover", "tcp",
                                                        "active")
+    assert 0 < intercept["lease_left_seconds"] <= 8  # renewed by the daemon every 2 s
 
 
 async def test_sigterm_gives_the_service_back_at_once_and_a_restart_takes_it_again(
