@@ -137,10 +137,15 @@ class Redirector:
     # --- strategies ---
 
     async def _apply(self, service: str, via: str, claims: list[InterceptClaim]) -> None:
-        if via == "takeover":
-            state = await self._take_over(service)
-        else:
-            state = await self._route(service, via, claims)
+        try:
+            if via == "takeover":
+                state = await self._take_over(service)
+            else:
+                state = await self._route(service, via, claims)
+        except BaseException:
+            if service not in self.redirected:  # the pass-through ports opened for it go
+                self._closed({p for (svc, _), p in self.ports.items() if svc == service})
+            raise
         state.ids = _ids(claims)
         self.redirected[service] = state
         for service_port, origin in state.origins.items():
