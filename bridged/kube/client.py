@@ -129,8 +129,13 @@ async def rest(kube: Kube, method: str, path: str, body: Any = None,
     Raises ApiException like the typed calls do.
     """
     codes = {200: "object", 201: "object", 202: "object"}
+    query = dict(query or {})
+    if method in ("POST", "PUT", "PATCH"):
+        # the fields bridged writes are owned by "bridged" in managedFields, not by the
+        # client library's user agent: server-side apply users see who changed them
+        query.setdefault("fieldManager", "bridged")
     result: dict[str, Any] = await kube.api.call_api(
-        path, method, query_params=list((query or {}).items()),
+        path, method, query_params=list(query.items()),
         header_params={"Accept": "application/json", "Content-Type": "application/json"},
         body=body, response_types_map=codes, auth_settings=["BearerToken"],
         _return_http_data_only=True,

@@ -98,13 +98,16 @@ def deployment(namespace: str, image: str = DEFAULT_IMAGE, replicas: int = 1) ->
         "spec": {
             "replicas": replicas,
             "selector": {"matchLabels": {NAME_LABEL: RELAY, MANAGED_BY: "bridged"}},
-            "strategy": {"type": "RollingUpdate",
-                         "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            # one relay at a time: a relay redirects Services to itself and, when it starts,
+            # undoes what a dead one left; two overlapping would undo each other's work
+            "strategy": {"type": "Recreate"},
             "template": {
-                "metadata": {"labels": labels(), "annotations": {
-                    # the relay reaches the original pods itself: a mesh sidecar would send
-                    # its requests to the Service's routes, i.e. back to the relay
-                    "sidecar.istio.io/inject": "false", "linkerd.io/inject": "disabled"}},
+                # the relay reaches the original pods itself: a mesh would send its requests
+                # to the Service's routes, i.e. back to the relay (sidecar and ambient modes)
+                "metadata": {"labels": {**labels(), "sidecar.istio.io/inject": "false",
+                                        "istio.io/dataplane-mode": "none"},
+                             "annotations": {"sidecar.istio.io/inject": "false",
+                                             "linkerd.io/inject": "disabled"}},
                 "spec": {
                     "serviceAccountName": RELAY,
                     "automountServiceAccountToken": True,

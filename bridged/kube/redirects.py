@@ -14,6 +14,7 @@ from typing import Any
 
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from ..config import format_host_port
 from ..errors import KubeError, RefusedError
 from ..redirect import REDIRECT_OF, cilium, gateway
 from ..redirect import takeover as plan
@@ -196,7 +197,7 @@ async def take_over(kube: Kube, name: str, relay_selector: Mapping[str, str],
             new, shadow, record = plan.take_over(service, relay_selector, relay_ports(service))
         except plan.TakeoverRefused as exc:
             raise RefusedError(str(exc)) from None
-        shadow_now = await _ensure_shadow(kube, shadow)
+        shadow_now = await ensure_shadow(kube, shadow)
         try:
             await rest(kube, "PUT", _services(kube, name), new)
         except ApiException as exc:
@@ -205,13 +206,13 @@ async def take_over(kube: Kube, name: str, relay_selector: Mapping[str, str],
             await _delete(kube, _services(kube, record.shadow), f"Service {record.shadow}")
             raise translate(exc, f"cannot take Service {name} over") from exc
         ip = shadow_now["spec"].get("clusterIP")
-        origins = {p["port"]: f"{ip}:{p['port']}" for p in shadow_now["spec"]["ports"]}
+        origins = {p["port"]: format_host_port(ip, p["port"]) for p in shadow_now["spec"]["ports"]}
         log.info("Service %s taken over (original pods via %s)", name, record.shadow)
         return TakenOver(record, origins)
     raise KubeError(f"Service {name} kept changing under us; try again")
 
 
-async def _ensure_shadow(kube: Kube, shadow: dict[str, Any]) -> dict[str, Any]:
+async def ensure_shadow(kube: Kube, shadow: dict[str, Any]) -> dict[str, Any]:
     name = shadow["metadata"]["name"]
     try:
         return await rest(kube, "POST", _services(kube), shadow)
@@ -298,6 +299,15 @@ async def remove_routes(kube: Kube, service: str | None = None) -> list[str]:
     for svc in await _owned_backends(kube, service):
         if await _delete(kube, _services(kube, svc), f"Service {svc}"):
             removed.append(f"Service {svc}")
+    if service is not None:  # its shadow, unless a takeover uses it
+        try:
+            current = await rest(kube, "GET", _services(kube, service))
+        except ApiException:
+            current = {"metadata": {}}
+        if plan.ANNOTATION not in (current["metadata"].get("annotations") or {}):
+            shadow = plan.shadow_name(service)
+            if await _delete(kube, _services(kube, shadow), f"Service {shadow}"):
+                removed.append(f"Service {shadow}")
     return removed
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from . import derived_name, owned_labels
@@ -40,6 +40,9 @@ class Record:
     applied_ports: list[dict[str, Any]]
     #: the original had no metadata.annotations at all (restored as absent, not as {})
     annotations_absent: bool = False
+    #: internal/externalTrafficPolicy as they were, where the takeover set them to Cluster (a
+    #: Local policy would send other nodes' clients to no endpoint: the relay is one pod)
+    policies: dict[str, str] = field(default_factory=dict)
     version: int = RECORD_VERSION
 
     def to_annotation(self) -> str:
@@ -90,7 +93,16 @@ def take_over(service: Mapping[str, Any], relay_selector: Mapping[str, str],
         raise TakeoverRefused(
             f"Service {name} has no selector (its endpoints are managed another way): "
             "takeover cannot redirect it; use --via gateway")
+    if spec.get("clusterIP") == "None":
+        raise TakeoverRefused(
+            f"Service {name} is headless (clusterIP: None): its clients reach the pods "
+            "directly by their DNS names, past any Service; takeover cannot redirect it")
     ports = spec.get("ports") or []
+    other = sorted({p.get("protocol", "TCP") for p in ports} - {"TCP"})
+    if other:
+        raise TakeoverRefused(
+            f"Service {name} has {'/'.join(other)} ports: takeover moves every port to the "
+            "relay, which carries TCP only; use --via gateway")
     missing = [p["port"] for p in ports if p["port"] not in relay_ports]
     if missing:
         raise TakeoverRefused(f"no relay port for port(s) {missing} of Service {name}")
@@ -99,16 +111,31 @@ def take_over(service: Mapping[str, Any], relay_selector: Mapping[str, str],
         applied = copy.deepcopy(port)
         applied["targetPort"] = relay_ports[port["port"]]
         applied_ports.append(applied)
+    policies = {k: spec[k] for k in POLICIES if spec.get(k) == "Local"}
     record = Record(
         service=name, shadow=shadow_name(name),
         selector=dict(selector), ports=copy.deepcopy(ports),
         applied_selector=dict(relay_selector), applied_ports=applied_ports,
-        annotations_absent="annotations" not in meta,
+        annotations_absent="annotations" not in meta, policies=policies,
     )
     new = copy.deepcopy(dict(service))
     new["spec"]["selector"] = dict(relay_selector)
     new["spec"]["ports"] = applied_ports
+    for key in policies:
+        new["spec"][key] = "Cluster"
     new["metadata"].setdefault("annotations", {})[ANNOTATION] = record.to_annotation()
+    return new, shadow_service(service), record
+
+
+POLICIES = ("internalTrafficPolicy", "externalTrafficPolicy")
+
+
+def shadow_service(service: Mapping[str, Any]) -> dict[str, Any]:
+    """A ClusterIP Service with ``service``'s selector and ports: how the relay reaches the
+    original pods while the Service itself points elsewhere (or is routed by a mesh)."""
+    meta, spec = service["metadata"], service.get("spec") or {}
+    ports = spec.get("ports") or []
+    selector = spec.get("selector") or {}
     shadow_ports = [{k: v for k, v in p.items() if k != "nodePort"} for p in ports]
     shadow_spec: dict[str, Any] = {"type": "ClusterIP", "selector": dict(selector),
                                    "ports": shadow_ports}
@@ -116,13 +143,12 @@ def take_over(service: Mapping[str, Any], relay_selector: Mapping[str, str],
                 "publishNotReadyAddresses", "trafficDistribution"):
         if key in spec:
             shadow_spec[key] = copy.deepcopy(spec[key])
-    shadow = {
+    return {
         "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": record.shadow, "namespace": meta.get("namespace"),
-                     "labels": owned_labels(name)},
+        "metadata": {"name": shadow_name(meta["name"]), "namespace": meta.get("namespace"),
+                     "labels": owned_labels(meta["name"])},
         "spec": shadow_spec,
     }
-    return new, shadow, record
 
 
 def changed_by_others(current: Mapping[str, Any], record: Record) -> list[str]:
@@ -147,8 +173,18 @@ def restore(current: Mapping[str, Any], record: Record) -> tuple[dict[str, Any],
     new = copy.deepcopy(dict(current))
     changed = changed_by_others(current, record)
     if not changed:
+        # put back what the takeover changed and only that: the selector, each port's
+        # targetPort, the traffic policies; whatever else others changed meanwhile stays
         new["spec"]["selector"] = copy.deepcopy(record.selector)
-        new["spec"]["ports"] = copy.deepcopy(record.ports)
+        original = {(p.get("name"), p["port"], p.get("protocol", "TCP")): p
+                    for p in record.ports}
+        for port in new["spec"].get("ports") or []:
+            was = original.get((port.get("name"), port["port"], port.get("protocol", "TCP")))
+            if was is not None and "targetPort" in was:
+                port["targetPort"] = copy.deepcopy(was["targetPort"])
+        for key, value in record.policies.items():
+            if new["spec"].get(key) == "Cluster":
+                new["spec"][key] = value
     annotations = new["metadata"].get("annotations") or {}
     annotations.pop(ANNOTATION, None)
     if not annotations and record.annotations_absent:

@@ -17,14 +17,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..config import format_host_port
 from ..errors import RefusedError
 from ..kube import manifests as m
 from ..kube import redirects as ops
 from ..protocol import InterceptClaim
 from ..redirect import cilium, gateway
-from ..redirect.takeover import Record
+from ..redirect.takeover import Record, shadow_service
 
 log = logging.getLogger(__name__)
+
+#: HTTPRoute's schema allows 16 rules: the intercepts of a port, and the catch-all
+MAX_ROUTE_RULES = 15
 
 #: the labels every relay pod carries: what a taken-over Service (or a backend) selects
 RELAY_SELECTOR = {m.NAME_LABEL: m.RELAY, m.MANAGED_BY: "bridged"}
@@ -166,30 +170,38 @@ class Redirector:
         return Redirected("takeover", record=taken.record, origins=taken.origins)
 
     async def _route(self, service: str, via: str, claims: list[InterceptClaim]) -> Redirected:
-        """gateway / cilium: a backend Service per intercept, one route object per port."""
+        """gateway / cilium: a backend Service per intercept, the route objects, and a shadow
+        Service through which the relay itself reaches the original pods (the Service's own
+        ClusterIP may be redirected for the relay too: Cilium's BPF, ambient meshes)."""
         found = await ops.read_service(self.kube, service)
         ns, ip = self.kube.namespace, found["spec"].get("clusterIP")
         if not ip or ip == "None":
             raise RefusedError(f"Service {service} is headless: --via {via} routes through "
-                               "its ClusterIP; use --via takeover")
-        backends = [gateway.backend_service(
-            ns, service, c.id, c.service_port, self.port_for(service, c.service_port),
-            RELAY_SELECTOR) for c in claims]
-        await ops.sync_backends(self.kube, service, backends)
+                               "its ClusterIP")
         by_port: dict[int, list[tuple[str, Any]]] = {}
         for c in claims:
             by_port.setdefault(c.service_port, []).append((c.id, c.matchers))
+        if via == "gateway" and any(len(i) > MAX_ROUTE_RULES for i in by_port.values()):
+            raise RefusedError(f"Service {service}: an HTTPRoute holds {MAX_ROUTE_RULES} "
+                               "intercepts per port at most")
+        backends = [gateway.backend_service(
+            ns, service, c.id, c.service_port, self.port_for(service, c.service_port),
+            RELAY_SELECTOR) for c in claims]
+        shadow = await ops.ensure_shadow(self.kube, shadow_service(found))
+        for backend in backends:  # first the backends, then what routes to them
+            await ops.apply_object(self.kube, ops.SERVICES, backend)
         kind = ops.HTTPROUTES if via == "gateway" else ops.ENVOY_CONFIGS
-        objects = [gateway.http_route(ns, service, port, intercepts) if via == "gateway"
-                   else cilium.envoy_config(ns, service, port, intercepts)
-                   for port, intercepts in by_port.items()]
+        objects = [gateway.http_route(ns, service, port, intercepts)
+                   for port, intercepts in by_port.items()] if via == "gateway" \
+            else [cilium.envoy_config(ns, service, by_port)]
         for obj in objects:
             await ops.apply_object(self.kube, kind, obj)
         await ops.delete_owned(self.kube, kind, service,
                                keep=frozenset(o["metadata"]["name"] for o in objects))
-        # requests that reach the relay but match nobody (a fallback): the Service's own
-        # pods, through its ClusterIP (the relay pod is outside the mesh: no loop)
-        return Redirected(via, origins={port: f"{ip}:{port}" for port in by_port})
+        await ops.sync_backends(self.kube, service, backends)  # last: stale ones go
+        shadow_ip = shadow["spec"]["clusterIP"]
+        return Redirected(via, origins={port: format_host_port(shadow_ip, port)
+                                        for port in by_port})
 
     async def _undo(self, service: str) -> str:
         state = self.redirected[service]

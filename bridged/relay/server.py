@@ -207,8 +207,9 @@ class OriginListener(PortListener):
                 raise OSError("the original pods are not known yet")
             host, port = parse_host_port(self.origin)
             up_reader, up_writer = await asyncio.open_connection(host, port)
-        except OSError as exc:
-            self.counters.fail(f"origin {self.origin or '-'}: {exc.strerror or exc}")
+        except (OSError, BridgedError) as exc:
+            why = getattr(exc, "strerror", None) or exc
+            self.counters.fail(f"origin {self.origin or '-'}: {why}")
             self.counters.active -= 1
             writer.close()
             return

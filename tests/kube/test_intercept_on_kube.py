@@ -367,13 +367,13 @@ async def test_intercepting_what_cannot_be_intercepted_says_why(
     assert cluster.get("services", NS, "external")["spec"].get("selector") is None  # type: ignore[index]
 
 
-@pytest.mark.parametrize(("crd", "via", "plural"), [
-    (HTTPROUTE, "auto", "httproutes"),  # auto: the cluster serves HTTPRoutes
-    (CILIUM, "cilium", "ciliumenvoyconfigs"),
+@pytest.mark.parametrize(("crd", "via", "plural", "name"), [
+    (HTTPROUTE, "auto", "httproutes", "bridged-orders-80"),  # auto: HTTPRoutes are served
+    (CILIUM, "cilium", "ciliumenvoyconfigs", "bridged-orders"),  # one per Service
 ])
 async def test_route_strategies_send_only_matching_requests_and_never_touch_the_service(
     cluster: KubeApiServer, orders: dict[str, Any], alice: tuple[Daemon, int],
-    bob: tuple[Daemon, int], crd: str, via: str, plural: str,
+    bob: tuple[Daemon, int], crd: str, via: str, plural: str, name: str,
 ) -> None:
     # the stand-in validates every object against the published CRD schema, as a real
     # API server with the CRD installed would
@@ -387,14 +387,16 @@ async def test_route_strategies_send_only_matching_requests_and_never_touch_the_
         assert made.returncode == 0, made.stderr
         assert f'"via": "{"gateway" if via == "auto" else via}"' in made.stdout
 
-    route = cluster.get(plural, NS, "bridged-orders-80")
+    route = cluster.get(plural, NS, name)
     assert route is not None
     backends = {s["metadata"]["labels"]["bridged.dev/intercept"]: s
                 for s in cluster.list("services", NS)
                 if "bridged.dev/intercept" in (s["metadata"].get("labels") or {})}
     assert len(backends) == 2
     assert _comparable(cluster.get("services", NS, "orders")) == _comparable(before)
-    assert not cluster.get("services", NS, "bridged-origin-orders")
+    # the relay's own way to the original pods: a shadow Service, not the redirected one
+    assert cluster.get("services", NS, "bridged-origin-orders")["spec"]["selector"] == \
+        {"app": "orders"}  # type: ignore[index]
 
     # what the mesh does with a matching request: it sends it to that intercept's backend
     status = await a.status()
@@ -404,7 +406,7 @@ async def test_route_strategies_send_only_matching_requests_and_never_touch_the_
 
     # alice leaves: her rule and backend go, bob's stay
     assert (await a.acli("leave", "orders")).returncode == 0
-    route = cluster.get(plural, NS, "bridged-orders-80")
+    route = cluster.get(plural, NS, name)
     assert route is not None and alice_id not in str(route["spec"])
     assert not any(alice_id in s["metadata"]["name"] or
                    (s["metadata"].get("labels") or {}).get("bridged.dev/intercept") == alice_id
@@ -416,7 +418,7 @@ async def test_route_strategies_send_only_matching_requests_and_never_touch_the_
 
     async def all_gone() -> bool:
         return not cluster.list(plural, NS) and not any(
-            "bridged.dev/intercept" in (s["metadata"].get("labels") or {})
+            "bridged.dev/redirect-of" in (s["metadata"].get("labels") or {})
             for s in cluster.list("services", NS))
 
     await eventually(all_gone, within=10, what="the routes and backends removed")

@@ -30,7 +30,7 @@ def test_http_routes_are_valid_for_the_gateway_api(intercepts):
 
 @pytest.mark.parametrize("intercepts", CASES)
 def test_envoy_configs_are_valid_for_cilium(intercepts):
-    config = cilium.envoy_config("team-a", "orders", 80, intercepts)
+    config = cilium.envoy_config("team-a", "orders", {80: intercepts})
     jsonschema.validate(config, schema(load_crd(CILIUM), "v2"))
     # the CRD leaves resources to Envoy: every cluster a route names is defined, by EDS
     resources = config["spec"]["resources"]
@@ -41,6 +41,22 @@ def test_envoy_configs_are_valid_for_cilium(intercepts):
     assert {r["route"]["cluster"] for r in routes} == defined
     assert routes[-1] == {"match": {"prefix": "/"},
                           "route": {"cluster": "team-a/orders:80", "timeout": "0s"}}
+
+
+def test_one_envoy_config_per_service_redirects_only_the_intercepted_ports():
+    config = cilium.envoy_config("team-a", "orders", {80: [ALICE], 9090: [BOB]})
+    spec = config["spec"]
+    assert config["metadata"]["name"] == "bridged-orders"
+    assert spec["services"] == [
+        {"name": "orders", "namespace": "team-a", "listener": "bridged-orders-80-listener",
+         "ports": [80]},
+        {"name": "orders", "namespace": "team-a", "listener": "bridged-orders-9090-listener",
+         "ports": [9090]}]
+    # the Service too, with its ports: Cilium then publishes the "ns/orders:PORT" clusters
+    assert spec["backendServices"][0] == {"name": "orders", "namespace": "team-a",
+                                          "number": ["80", "9090"]}
+    listeners = [r["name"] for r in spec["resources"] if r["@type"].endswith("Listener")]
+    assert listeners == ["bridged-orders-80-listener", "bridged-orders-9090-listener"]
 
 
 def test_the_route_sends_matches_to_each_backend_and_the_rest_to_the_service():

@@ -122,6 +122,9 @@ def test_an_unreadable_record_is_an_error_not_a_guess(text):
         (service(selector={}), PORTS, "has no selector"),
         (service(type="ExternalName", selector=None), PORTS, "is an ExternalName"),
         (service(), {80: 41000}, r"no relay port for port\(s\) \[9090\]"),
+        (service(clusterIP="None"), PORTS, "is headless"),
+        (service(ports=[{"name": "dns", "port": 53, "protocol": "UDP"}]), {53: 41000},
+         "has UDP ports: takeover moves every port"),
     ],
 )
 def test_services_that_cannot_be_taken_over(svc, ports, message):
@@ -142,3 +145,25 @@ def test_derived_names_are_valid_and_unique(service_name, expected):
         assert name == expected
     else:
         assert name != derived_name("bridged-origin", "a" * 59)
+
+
+def test_local_traffic_policies_become_cluster_and_come_back():
+    original = service(internalTrafficPolicy="Local", externalTrafficPolicy="Local",
+                       type="NodePort")
+    taken, _, record = take_over(original, RELAY, PORTS)
+    assert taken["spec"]["internalTrafficPolicy"] == "Cluster"
+    assert taken["spec"]["externalTrafficPolicy"] == "Cluster"
+    assert restore(taken, record)[0] == original
+
+
+def test_a_restore_keeps_port_fields_others_changed_and_a_new_type():
+    taken, _, record = take_over(service(type="NodePort"), RELAY, PORTS)
+    theirs = copy.deepcopy(taken)
+    theirs["spec"]["ports"][0]["appProtocol"] = "http"  # added by someone meanwhile
+    theirs["spec"]["type"] = "ClusterIP"
+    restored, changed = restore(theirs, record)
+    assert changed == []
+    assert restored["spec"]["ports"][0] == {"name": "http", "port": 80, "targetPort": "web",
+                                            "protocol": "TCP", "appProtocol": "http"}
+    assert restored["spec"]["type"] == "ClusterIP" and restored["spec"]["selector"] == \
+        {"app": "orders"}
