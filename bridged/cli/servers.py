@@ -90,6 +90,8 @@ def register(app: typer.Typer) -> None:
         redirect_services: Annotated[bool, typer.Option(
             help="In a cluster: redirect intercepted Services to this relay (takeover).")]
             = False,
+        mesh_accept_seconds: Annotated[float, typer.Option(
+            help="How long a mesh has to accept a new HTTPRoute (--via gateway).")] = 10.0,
         response_timeout: Annotated[float | None, typer.Option(
             help="Seconds the router waits for a response's head before a 504 (default: no "
                  "limit, so a request paused at a breakpoint still completes).")] = None,
@@ -159,6 +161,8 @@ def register(app: typer.Typer) -> None:
 
                     kube = await stack.enter_async_context(await KubeClient.connect())
                 relay = Relay(settings, kube)
+                if relay.redirector is not None:
+                    relay.redirector.accept_seconds = _positive(mesh_accept_seconds)
                 try:
                     await relay.start()
                 except OSError as exc:

@@ -26,7 +26,7 @@ from ..config import (
 )
 from ..control.api import ControlServer
 from ..control.models import ForwardRequest
-from ..errors import ConfigError, Conflict, NotFound
+from ..errors import ConfigError, Conflict, NotFound, RefusedError
 from ..keys import PinnedHostKeys, fingerprint, load_or_create_key, public_line
 from ..tasks import TaskSet
 from .bridge import Bridge, Forward, Intercept, KeyRefused
@@ -565,8 +565,18 @@ class Daemon:
 
                 service_port, via = await resolve_intercept(
                     bridge.kube, spec.service, spec.service_port, spec.via)
-            made = await bridge.add_intercept(spec, secrets.token_hex(8), overwrite=overwrite,
-                                              service_port=service_port, via=via)
+            intercept_id = secrets.token_hex(8)
+            try:
+                made = await bridge.add_intercept(spec, intercept_id, overwrite=overwrite,
+                                                  service_port=service_port, via=via)
+            except RefusedError as exc:
+                from ..kube.redirects import NOT_ACCEPTED
+
+                if not (spec.via == "auto" and via == "gateway" and NOT_ACCEPTED in str(exc)):
+                    raise
+                log.warning("intercept %s: %s; auto falls back to takeover", spec.name, exc)
+                made = await bridge.add_intercept(spec, intercept_id, overwrite=overwrite,
+                                                  service_port=service_port, via="takeover")
         self.save()
         return made
 

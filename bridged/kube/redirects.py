@@ -290,6 +290,39 @@ async def restore_stale(kube: Kube) -> list[Restored]:
     return done
 
 
+#: what the relay says when no mesh took an HTTPRoute up (the daemon's ``auto`` then falls
+#: back to takeover)
+NOT_ACCEPTED = "no mesh accepted"
+
+
+async def wait_accepted(kube: Kube, route: dict[str, Any], within: float) -> None:
+    """Wait until some controller (a GAMMA mesh) accepted ``route`` for its parent Service;
+    :class:`RefusedError` if none did within ``within`` seconds — a cluster may serve
+    HTTPRoutes for ingress only, and then nothing would ever send the traffic."""
+    import asyncio
+
+    name = route["metadata"]["name"]
+    path = _path(kube, gateway.GROUP, gateway.VERSION, gateway.PLURAL, name)
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        try:
+            current = await rest(kube, "GET", path)
+        except ApiException as exc:
+            raise translate(exc, f"cannot read HTTPRoute {name}") from exc
+        for parent in (current.get("status") or {}).get("parents") or []:
+            ref = parent.get("parentRef") or {}
+            accepted = any(c.get("type") == "Accepted" and c.get("status") == "True"
+                           for c in parent.get("conditions") or [])
+            if ref.get("kind") == "Service" and accepted:
+                return
+        if asyncio.get_running_loop().time() > deadline:
+            raise RefusedError(
+                f"{NOT_ACCEPTED} HTTPRoute {name} within {within:.0f} s: the cluster serves "
+                "the Gateway API but no mesh implementing it for Services (GAMMA) acts on it; "
+                "use --via takeover")
+        await asyncio.sleep(0.5)
+
+
 async def remove_routes(kube: Kube, service: str | None = None) -> list[str]:
     """Undo the gateway and cilium strategies for ``service`` (every Service if None): their
     routes first (traffic goes back to the Service's pods), then the backend Services."""

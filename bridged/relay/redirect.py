@@ -63,6 +63,8 @@ class Redirector:
         self._set_origin = set_origin
         self._closed = closed
         self.redirected: dict[str, Redirected] = {}
+        #: seconds a mesh has to accept a new HTTPRoute (meshes answer within a second or two)
+        self.accept_seconds = 10.0
         #: (service, service port) → relay port; kept while anything uses it, so an intercept
         #: that re-attaches finds its port (and the Service its targetPort) unchanged
         self.ports: dict[tuple[str, int], int] = {}
@@ -196,6 +198,13 @@ class Redirector:
             else [cilium.envoy_config(ns, service, by_port)]
         for obj in objects:
             await ops.apply_object(self.kube, kind, obj)
+        if via == "gateway" and service not in self.redirected:
+            try:  # the first route of this Service: is there a mesh to act on it?
+                for obj in objects:
+                    await ops.wait_accepted(self.kube, obj, self.accept_seconds)
+            except BaseException:
+                await ops.remove_routes(self.kube, service)
+                raise
         await ops.delete_owned(self.kube, kind, service,
                                keep=frozenset(o["metadata"]["name"] for o in objects))
         await ops.sync_backends(self.kube, service, backends)  # last: stale ones go

@@ -35,6 +35,8 @@ class RelayKubelet:
         self.crash: str | None = None
         #: runs every other pod (the application's); None: they run and serve nothing
         self.others: Any = None
+        #: more arguments for the relay (settings a test shortens)
+        self.extra_args: list[str] = []
 
     def attach(self, api: KubeApiServer) -> None:
         self.api = api
@@ -68,7 +70,7 @@ class RelayKubelet:
         # too (127.244.x.y): intercepted Services reach the relay there, as in a pod
         current = self.api.get("pods", ns, sandbox.name) or pod
         pod_ip = (current.get("status") or {}).get("podIP") or "127.0.0.1"
-        args += ["--allow-loopback", "--intercept-host", pod_ip]
+        args += ["--allow-loopback", "--intercept-host", pod_ip, *self.extra_args]
         secret_name = next(v["secret"]["secretName"] for v in pod["spec"]["volumes"]
                            if "secret" in v)
         sync = asyncio.create_task(self._sync_secret(ns, secret_name, keys))

@@ -6,6 +6,7 @@ should, and the Service comes back exactly as it was."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import signal
@@ -140,6 +141,37 @@ def _developer(who: str) -> Any:
 
 alice = _developer("alice")
 bob = _developer("bob")
+
+
+class Mesh:
+    """What a GAMMA mesh's controller does that bridged waits for: it accepts each HTTPRoute
+    whose parent is a Service (status.parents[].conditions Accepted=True)."""
+
+    CONTROLLER = "mesh.example.com/gamma"
+
+    def __init__(self, api: KubeApiServer) -> None:
+        self.api = api
+        self.task = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            res = self.api.registry.resource("httproutes")
+            for route in self.api.store.items(res, NS):
+                if route.get("status"):
+                    continue
+                parents = [{"parentRef": ref, "controllerName": self.CONTROLLER,
+                            "conditions": [{"type": "Accepted", "status": "True",
+                                            "reason": "Accepted", "message": "",
+                                            "lastTransitionTime": "2026-11-26T00:00:00Z",
+                                            "observedGeneration": 1}]}
+                           for ref in route["spec"]["parentRefs"]]
+                self.api.store.update(res, {**route, "status": {"parents": parents}})
+            await asyncio.sleep(0.05)
+
+    async def stop(self) -> None:
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
 
 
 def _comparable(obj: dict[str, Any] | None) -> dict[str, Any]:
@@ -378,6 +410,17 @@ async def test_route_strategies_send_only_matching_requests_and_never_touch_the_
     # the stand-in validates every object against the published CRD schema, as a real
     # API server with the CRD installed would
     cluster.install_crd(load_crd(crd))
+    mesh = Mesh(cluster) if plural == "httproutes" else None
+    try:
+        await _route_strategy(cluster, orders, alice, bob, via, plural, name)
+    finally:
+        if mesh is not None:
+            await mesh.stop()
+
+
+async def _route_strategy(cluster: KubeApiServer, orders: dict[str, Any],
+                          alice: tuple[Daemon, int], bob: tuple[Daemon, int], via: str,
+                          plural: str, name: str) -> None:
     before = cluster.get("services", NS, "orders")
     (a, a_port), (b, b_port) = alice, bob
     for daemon, port, who in ((a, a_port, "alice"), (b, b_port, "bob")):
@@ -466,3 +509,27 @@ async def test_sigterm_gives_the_service_back_at_once_and_a_restart_takes_it_aga
     assert _taken_over(cluster)
     url = f"http://{orders['spec']['clusterIP']}/"
     assert await _requests(url, [ALICE]) == ["alice"]
+
+
+async def test_auto_falls_back_to_takeover_where_no_mesh_accepts_the_route(
+    cluster: KubeApiServer, orders: dict[str, Any], alice: tuple[Daemon, int],
+) -> None:
+    # the Gateway API installed for ingress only: HTTPRoutes are served, nobody acts on a
+    # route whose parent is a Service
+    cluster.install_crd(load_crd(HTTPROUTE))
+    kubelet: RelayKubelet = cluster.kubelet_hook  # type: ignore[attr-defined]
+    kubelet.extra_args = ["--mesh-accept-seconds", "1"]
+    a, port = alice
+    await a.call("POST", "bridges", {})
+    explicit = await a.acli("intercept", "orders", "--port", f"{port}:http", "--header",
+                            "x-dev=alice", "--via", "gateway")
+    assert explicit.returncode == 1
+    assert "no mesh accepted HTTPRoute" in explicit.stderr
+    assert "--via takeover" in explicit.stderr
+    assert not cluster.list("httproutes", NS)  # the route that nobody took is gone
+    made = await a.acli("intercept", "orders", "--port", f"{port}:http", "--header",
+                        "x-dev=alice", "--json")
+    assert made.returncode == 0, made.stderr
+    assert '"via": "takeover"' in made.stdout
+    assert _taken_over(cluster) and not cluster.list("httproutes", NS)
+    assert await _requests(f"http://{orders['spec']['clusterIP']}/", [ALICE]) == ["alice"]
