@@ -62,7 +62,11 @@ def find(start: Path, explicit: Path | None = None) -> Path:
 
 
 def load(path: Path) -> Project:
-    text = path.read_text()
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") \
+            from None
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)

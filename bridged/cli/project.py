@@ -14,10 +14,11 @@ from typing import Annotated, Any
 import typer
 
 from .. import jsonc
+from ..config import parse_port
 from ..errors import BridgedError, ConfigError
 from ..project import FILENAME, find, load, schema, starter
 from .commands import _client
-from .output import JsonOpt, emit, fail, handles_errors, with_progress
+from .output import JsonOpt, emit, handles_errors, with_progress
 
 FileOpt = Annotated[Path | None, typer.Option(
     "--file", "-f", help="The bridged.yaml (default: here or in a parent folder).")]
@@ -43,6 +44,7 @@ def _describe(result: dict[str, Any]) -> str:
 
 def register(app: typer.Typer) -> None:
     @app.command()
+    @handles_errors
     def up(
         file: FileOpt = None,
         wait: Annotated[bool, typer.Option(
@@ -62,10 +64,10 @@ def register(app: typer.Typer) -> None:
             if wait:
                 _wait_live(client)
                 result["status"] = client.get("status")
-        except BridgedError as exc:
-            if not json_out:
+        except Exception as exc:  # one line on stderr (handles_errors), and this one
+            if not json_out:        # for a task runner waiting for the end
                 typer.echo(f"{FAILED} — {exc}")
-            fail(exc, json_out)
+            raise
         emit(result, json_out, lambda r: typer.echo(f"{READY} — {_describe(r)}"))
 
     @app.command()
@@ -140,7 +142,8 @@ def register(app: typer.Typer) -> None:
         if port is None:
             if not interactive:
                 raise ConfigError("which local port? give --port N")
-            port = int(typer.prompt("Port your local copy listens on", default="8080"))
+            port = parse_port(typer.prompt("Port your local copy listens on", default="8080"),
+                              "local port")
         if found:
             context = context or found["context"]
             namespace = namespace or found["namespace"]

@@ -240,9 +240,15 @@ class HttpPortListener(PortListener):
     def _decide(self, head: RequestHead) -> Route:
         return decide(head, self.relay.table.rules(self.port, asyncio.get_running_loop().time()))
 
+    def _holding(self, route: Route) -> tuple[Holding | None, RelaySession | None]:
+        """The intercept a route names on this port, and its session if connected."""
+        holding = self.relay.table.get(route.target)
+        if holding is None or holding.port != self.port:
+            return None, None
+        return holding, self.relay.sessions.get(holding.session)
+
     def _fallback(self, route: Route) -> Route | None:
-        holding = next((h for h in self.relay.table.on_port(self.port)
-                        if h.claim.id == route.target), None)
+        holding, _ = self._holding(route)
         if holding is not None and holding.claim.fallback == "origin" and self.origin:
             return Route(ORIGIN)
         return None
@@ -254,9 +260,7 @@ class HttpPortListener(PortListener):
             self.counters.fail(f"{head.method} {head.path} → {route.target}: failed")
         if route.to_origin:
             return
-        holding = next((h for h in self.relay.table.on_port(self.port)
-                        if h.claim.id == route.target), None)
-        session = self.relay.sessions.get(holding.session) if holding else None
+        _, session = self._holding(route)
         if session is not None and session.control is not None \
                 and not session.control.is_closing():
             session.control.write(protocol.encode(protocol.Traffic(
@@ -273,9 +277,7 @@ class HttpPortListener(PortListener):
                 raise UpstreamUnavailable("the original pods: none known for this port")
             host, port = parse_host_port(self.origin)
             return await tcp_upstream(host, port, factory, f"the original pods at {self.origin}")
-        holding = next((h for h in self.relay.table.on_port(self.port)
-                        if h.claim.id == route.target), None)
-        session = self.relay.sessions.get(holding.session) if holding else None
+        holding, session = self._holding(route)
         if holding is None or session is None or \
                 holding.claim.listen_host not in session.virtual:
             raise UpstreamUnavailable(f"intercept {route.target}: its session is gone")
@@ -679,9 +681,8 @@ class RelaySession(asyncssh.SSHServer):
                         self.id, format_host_port(listen_host, listen_port))
             return False
         intercept_id = listen_host[: -len(INTERCEPT_SUFFIX)]
-        holding = next((h for h in self.relay.table.holdings()
-                        if h.claim.id == intercept_id and h.session == self.id), None)
-        if holding is None:
+        holding = self.relay.table.get(intercept_id)
+        if holding is None or holding.session != self.id:
             return False
         listener = VirtualListener(self, listen_host, listen_port or holding.port)
         self.virtual[listen_host] = listener

@@ -56,6 +56,9 @@ class InterceptTable:
     def holdings(self) -> list[Holding]:
         return list(self._by_id.values())
 
+    def get(self, intercept_id: str) -> Holding | None:
+        return self._by_id.get(intercept_id)
+
     def on_port(self, port: int) -> list[Holding]:
         return [h for h in self._by_id.values() if h.port == port]
 

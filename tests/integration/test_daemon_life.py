@@ -61,17 +61,6 @@ async def test_systemd_hears_ready_status_watchdog_and_stopping(tmp_path: Path) 
     assert_clean_log(process.log_path)
 
 
-async def _echo() -> tuple[asyncio.Server, int]:
-    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(echo, "127.0.0.1", 0)
-    return server, server.sockets[0].getsockname()[1]
-
-
 async def _roundtrip(port: int, payload: bytes) -> bytes:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(payload)
@@ -93,9 +82,9 @@ def _shape(status: dict) -> dict:
 
 
 async def test_a_daemon_killed_hard_comes_back_with_everything(
-    relay: RelayProcess, tmp_path: Path
+    relay: RelayProcess, tmp_path: Path, echo_server: int
 ) -> None:
-    echo, echo_port = await _echo()
+    echo_port = echo_server
     home = tmp_path / "laptop"
     first = Daemon(p := await DaemonProcess(home).start(), ControlClient(p.socket))
     second = None
@@ -128,7 +117,6 @@ async def test_a_daemon_killed_hard_comes_back_with_everything(
         payload = os.urandom(256 * 1024)
         assert await _roundtrip(forward_port, payload) == payload
     finally:
-        echo.close()
         if second is not None:
             await second.process.stop()
         await first.process.stop()

@@ -6,7 +6,6 @@ should, and the Service comes back exactly as it was."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import os
 import signal
@@ -27,7 +26,9 @@ from bridged.redirect.takeover import ANNOTATION
 from ..crds import CILIUM, HTTPROUTE, load_crd
 from ..helpers import Daemon, assert_clean_log, eventually, free_port
 from .apiserver import Context, KubeApiServer, PodHandle, PodSandbox
+from .controllers import Controller
 from .relay_kubelet import RelayKubelet
+from .store import Change
 
 NS = "team-a"
 
@@ -143,35 +144,32 @@ alice = _developer("alice")
 bob = _developer("bob")
 
 
-class Mesh:
+class Mesh(Controller):
     """What a GAMMA mesh's controller does that bridged waits for: it accepts each HTTPRoute
-    whose parent is a Service (status.parents[].conditions Accepted=True)."""
+    whose parent is a Service (status.parents[].conditions Accepted=True), as it changes."""
 
+    name = "mesh"
     CONTROLLER = "mesh.example.com/gamma"
 
     def __init__(self, api: KubeApiServer) -> None:
-        self.api = api
-        self.task = asyncio.ensure_future(self._run())
+        super().__init__(api.registry, api.recorder)
+        self.start()
 
-    async def _run(self) -> None:
-        while True:
-            res = self.api.registry.resource("httproutes")
-            for route in self.api.store.items(res, NS):
-                if route.get("status"):
-                    continue
-                parents = [{"parentRef": ref, "controllerName": self.CONTROLLER,
-                            "conditions": [{"type": "Accepted", "status": "True",
-                                            "reason": "Accepted", "message": "",
-                                            "lastTransitionTime": "2026-11-26T00:00:00Z",
-                                            "observedGeneration": 1}]}
-                           for ref in route["spec"]["parentRefs"]]
-                self.api.store.update(res, {**route, "status": {"parents": parents}})
-            await asyncio.sleep(0.05)
+    def on_change(self, change: Change) -> None:
+        if change.resource.plural == "httproutes" and change.type != "DELETED":
+            self.enqueue((change.obj["metadata"]["namespace"], change.obj["metadata"]["name"]))
 
-    async def stop(self) -> None:
-        self.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.task
+    async def reconcile(self, key: tuple[str, str]) -> None:
+        res = self.res("httproutes")
+        route = self.store.peek(res, *key)
+        if route is None or route.get("status"):
+            return
+        parents = [{"parentRef": ref, "controllerName": self.CONTROLLER,
+                    "conditions": [{"type": "Accepted", "status": "True", "reason": "Accepted",
+                                    "message": "", "observedGeneration": 1,
+                                    "lastTransitionTime": "2026-11-26T00:00:00Z"}]}
+                   for ref in route["spec"]["parentRefs"]]
+        self.write_status(res, route, {"parents": parents})
 
 
 def _comparable(obj: dict[str, Any] | None) -> dict[str, Any]:
@@ -321,15 +319,24 @@ def _relay_process(cluster: KubeApiServer) -> tuple[str, Any]:
     return pod, process
 
 
-async def test_a_takeover_left_by_a_crashed_relay_is_restored_when_it_restarts(
-    cluster: KubeApiServer, orders: dict[str, Any], alice: tuple[Daemon, int],
-) -> None:
+async def _takeover_then_relay_crash(cluster: KubeApiServer, alice: tuple[Daemon, int]
+                                     ) -> tuple[str, dict[str, Any]]:
+    """alice intercepts, then the relay dies without a goodbye: the takeover stays behind.
+    Returns the relay's pod and the Service as it was before."""
     (a, port), before = alice, cluster.get("services", NS, "orders")
     assert before is not None
     await _intercept(a, port, "--header", "x-dev=alice")
     pod, relay = _relay_process(cluster)
-    relay.kill()  # no goodbye: the takeover stays behind
+    relay.kill()
     await relay.wait()
+    return pod, before
+
+
+async def test_a_takeover_left_by_a_crashed_relay_is_restored_when_it_restarts(
+    cluster: KubeApiServer, orders: dict[str, Any], alice: tuple[Daemon, int],
+) -> None:
+    a = alice[0]
+    pod, before = await _takeover_then_relay_crash(cluster, alice)
     await a.call("DELETE", "bridges/" + (await a.status())["bridges"][0]["name"])
     assert _taken_over(cluster)
     await cluster.restart_pod(NS, pod)
@@ -340,12 +347,8 @@ async def test_a_takeover_left_by_a_crashed_relay_is_restored_when_it_restarts(
 async def test_clean_restores_a_takeover_when_the_relay_is_gone(
     cluster: KubeApiServer, orders: dict[str, Any], alice: tuple[Daemon, int],
 ) -> None:
-    (a, port), before = alice, cluster.get("services", NS, "orders")
-    assert before is not None
-    await _intercept(a, port, "--header", "x-dev=alice")
-    _, relay = _relay_process(cluster)
-    relay.kill()
-    await relay.wait()
+    a = alice[0]
+    _, before = await _takeover_then_relay_crash(cluster, alice)
     cleaned = await a.acli("clean", "--json")
     assert cleaned.returncode == 0, cleaned.stderr
     assert "Service orders restored" in cleaned.stdout
