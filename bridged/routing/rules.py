@@ -1,9 +1,17 @@
 """Matchers and intercept rules, compiled once from the control protocol's specs.
 
-Semantics follow the Gateway API's HTTPRoute matches, so that the ``gateway`` redirect strategy
-and the relay's own router agree on what a rule means:
-- ``header``: the name is case-insensitive; ``equals`` compares the value exactly, ``regex``
-  must match the whole value; a header sent several times matches if any of its values does;
+Semantics follow the Gateway API's HTTPRoute matches as Envoy implements them (the ``gateway``
+and ``cilium`` redirect strategies route with Envoy), so that the mesh and the relay's own
+router agree on every request:
+- ``header``: the name is case-insensitive. A field value is what the client sent without the
+  optional whitespace (spaces, tabs) before and after it: it is not part of the value (RFC 9110
+  §5.5), Envoy's HTTP/1 codec strips it, and httptools strips only the leading part, so
+  ``x-dev: alice `` is ``alice``. A header sent several times is matched as *one* value: its
+  values, each trimmed, joined by ``,`` in arrival order (RFC 9110 §5.3; Envoy's HeaderMatcher
+  since CVE-2020-25017, which the Gateway API leaves to the implementation): ``x-dev: alice``
+  sent twice is ``alice,alice``, which ``equals alice`` does not match (and a regex must match
+  all of it). ``equals`` compares that value exactly (case-sensitive); ``regex`` must match the
+  whole of it; an absent header matches nothing;
 - ``path``: ``equals`` is the exact path, ``prefix`` matches by path elements (``/api`` matches
   ``/api`` and ``/api/v1``, not ``/apiary``; a trailing ``/`` is ignored), ``regex`` must match
   the whole path; the query string is never part of the path;
@@ -23,6 +31,8 @@ from urllib.parse import unquote
 from ..protocol import Matcher
 
 Headers = Sequence[tuple[str, str]]  # (name, value) in arrival order; names in any case
+#: optional whitespace around a field value (RFC 9110 §5.6.3): not part of it
+OWS = " \t"
 
 
 class BadMatcher(ValueError):
@@ -42,8 +52,16 @@ class RequestHead:
         return self.target.split("?", 1)[0].split("#", 1)[0] or "/"
 
     def values(self, name: str) -> list[str]:
+        """Each value of header ``name`` in arrival order, without the whitespace around it."""
         lname = name.lower()
-        return [v for n, v in self.headers if n.lower() == lname]
+        return [v.strip(OWS) for n, v in self.headers if n.lower() == lname]
+
+    def value(self, name: str) -> str | None:
+        """What a header matcher sees: the values joined by ``,`` (None: not sent)."""
+        values = self.values(name)
+        if not values:
+            return None
+        return values[0] if len(values) == 1 else ",".join(values)
 
 
 Test = Callable[[RequestHead], bool]
@@ -95,7 +113,7 @@ def compile_matcher(matcher: Matcher) -> Test:
             raise BadMatcher("a header matcher needs a header name")
         test = _value_test(matcher)
         name = matcher.name
-        return lambda head: any(test(v) for v in head.values(name))
+        return lambda head: (value := head.value(name)) is not None and test(value)
     if kind == "path":
         return _path_test(matcher)
     if kind == "method":

@@ -35,8 +35,9 @@ TEAM = [ALICE, BOB, BOB_API, CAROL_BAGGAGE]
     (req(x_bridged_route="alice"), "alice"),
     (req(X_BRIDGED_ROUTE="alice"), "alice"),  # header names are case-insensitive
     (req(x_bridged_route="Alice"), ORIGIN),  # values are not
-    (req(x_bridged_route="alice "), ORIGIN),  # exact
-    (req(x_bridged_route=["zed", "alice"]), "alice"),  # any of a repeated header
+    (req(x_bridged_route="alice "), "alice"),  # whitespace around a value is not part of it
+    (req(x_bridged_route="alicex"), ORIGIN),  # exact
+    (req(x_bridged_route=["zed", "alice"]), ORIGIN),  # repeated: "zed,alice", as Envoy sees it
     (req(x_bridged_route="bob"), "bob"),
     # more matchers win: bob's /api rule is more specific than bob's catch-all
     (req(target="/api", x_bridged_route="bob"), "bob-api"),
