@@ -5,18 +5,27 @@ AWS/GCP/Azure metadata services, fd00:ec2::254 is AWS's IPv6 one, 168.63.129.16 
 server, 100.100.100.200 Alibaba's): a developer's tunnel must not become a way to read the
 node's cloud credentials. Loopback is denied too: in a pod it reaches the relay's own ports and
 the admin ports of any mesh sidecar (Envoy's /quitquitquit); local runs allow it explicitly.
-Names are resolved once and the check is made
-on the addresses that will be connected to, so DNS cannot swap a denied address in afterwards.
+
+Every address the relay connects to for a developer goes through :func:`resolve_allowed`: the
+outbound channels of ``expose`` and the ``origin`` an intercept names (where its unmatched
+requests, and its fallback, go). A name is checked before it is resolved (a denied name is never
+looked up), then *every* address it resolves to: one denied address refuses the name, since
+which one gets connected to is not ours to choose. Names are resolved once and the check is
+made on the addresses that will be connected to, so DNS cannot swap a denied address in
+afterwards. The origins the relay derives itself (a redirected Service's shadow ClusterIP) are
+its own choice, not a developer's, and are not checked.
 """
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import ipaddress
+import socket
 from dataclasses import dataclass, field
 
-from ..config import parse_host
-from ..errors import ConfigError
+from ..config import format_host_port, parse_host, parse_host_port
+from ..errors import ConfigError, RefusedError
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -78,6 +87,54 @@ class DestinationPolicy:
             ):
                 return f"destination {host} ({ip}) is not in the relay's allow list"
         return None
+
+
+class DestinationDenied(RefusedError):
+    """The relay's policy forbids a destination: the message says which rule."""
+
+
+class DestinationUnresolved(RefusedError):
+    """A destination's name does not resolve."""
+
+
+async def resolve_allowed(policy: DestinationPolicy, host: str, port: int) -> list[str]:
+    """The addresses of ``host`` to connect to, in the resolver's order, all of them allowed;
+    :class:`DestinationDenied` (or :class:`DestinationUnresolved`) with the reason otherwise."""
+    reason = policy.check_name(host)
+    if reason:
+        raise DestinationDenied(reason)
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:  # socket.gaierror included
+        raise DestinationUnresolved(f"cannot resolve {host}: {exc.strerror or exc}") from None
+    addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+    if not addresses:
+        raise DestinationUnresolved(f"cannot resolve {host}: no address")
+    for address in addresses:
+        reason = policy.check_address(host, address)
+        if reason:
+            raise DestinationDenied(reason)
+    return addresses
+
+
+async def allowed_origin(policy: DestinationPolicy, origin: str) -> str:
+    """A developer's ``HOST:PORT`` origin, checked like ``expose``'s destinations, as the
+    ``ADDRESS:PORT`` the relay will connect to.
+
+    The origin is connected to at request time, maybe hours after it was registered: it is
+    pinned to the first address checked now (the one a connect would try first), so that a DNS
+    change in between cannot make the relay reach a denied address. The price: no failover to
+    the name's other addresses, and a new address is only picked up by registering again.
+    """
+    try:
+        host, port = parse_host_port(origin)
+    except ConfigError as exc:
+        raise RefusedError(f"origin {origin!r}: {exc}") from None
+    try:
+        addresses = await resolve_allowed(policy, host, port)
+    except RefusedError as exc:
+        raise type(exc)(f"origin {format_host_port(host, port)}: {exc}") from None
+    return format_host_port(addresses[0], port)
 
 
 def _split(entries: tuple[str, ...]) -> tuple[tuple[Network, ...], tuple[str, ...]]:

@@ -7,7 +7,6 @@ import contextlib
 import itertools
 import logging
 import secrets
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -33,7 +32,7 @@ from ..splice import Counters, channel_then_socket, socket_then_channel
 from ..tasks import TaskSet
 from .auth import AuthorizedKeys
 from .http_router import HttpRouter, UpstreamUnavailable, splice_streams, tcp_upstream
-from .policy import DestinationPolicy
+from .policy import DestinationDenied, DestinationPolicy, allowed_origin, resolve_allowed
 from .redirect import Redirector
 
 log = logging.getLogger(__name__)
@@ -407,6 +406,9 @@ class Relay:
 
     async def register(self, session: RelaySession, claim: protocol.InterceptClaim,
                        overwrite: bool) -> dict[str, Any]:
+        if claim.origin:  # a developer's choice: checked as expose's destinations are
+            claim = replace(claim, origin=await allowed_origin(self.settings.policy,
+                                                               claim.origin))
         if claim.service:
             if self.redirector is None:
                 raise RefusedError(
@@ -553,24 +555,13 @@ class Relay:
 
     async def connect_out(self, conn: asyncssh.SSHServerConnection, host: str,
                           port: int) -> asyncssh.SSHTCPSession:
-        policy = self.settings.policy
-        reason = policy.check_name(host)
-        if reason:
-            self.outbound.fail(reason)
-            raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, reason)
-        loop = asyncio.get_running_loop()
-        try:
-            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except OSError as exc:
-            reason = f"cannot resolve {host}: {exc.strerror or exc}"
-            self.outbound.fail(reason)
-            raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, reason) from None
-        addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
-        for address in addresses:
-            reason = policy.check_address(host, address)
-            if reason:
-                self.outbound.fail(reason)
-                raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, reason)
+        try:  # only the addresses checked here are connected to: DNS cannot swap one in
+            addresses = await resolve_allowed(self.settings.policy, host, port)
+        except RefusedError as exc:
+            self.outbound.fail(str(exc))
+            code = asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED \
+                if isinstance(exc, DestinationDenied) else asyncssh.OPEN_CONNECT_FAILED
+            raise asyncssh.ChannelOpenError(code, str(exc)) from None
         last: asyncssh.ChannelOpenError | None = None
         for address in addresses:
             try:

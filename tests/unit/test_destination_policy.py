@@ -4,12 +4,15 @@ import ipaddress
 
 import pytest
 
-from bridged.errors import ConfigError
+from bridged.errors import ConfigError, RefusedError
 from bridged.relay.policy import (
     DEFAULT_DENY_HOSTS,
     DEFAULT_DENY_NETS,
     LOOPBACK_NETS,
+    DestinationDenied,
     DestinationPolicy,
+    allowed_origin,
+    resolve_allowed,
 )
 
 
@@ -257,3 +260,61 @@ def test_parse_rejects_bad_entries(which, entry, expected):
 def test_parse_accepts_good_entries(entry):
     policy = DestinationPolicy.parse(deny=(entry,), defaults=False)
     assert len(policy.deny_nets) + len(policy.deny_hosts) == 1
+
+
+# --- resolve_allowed / allowed_origin: the one path for every destination ----------------------
+# The real resolver on literals and "localhost" (/etc/hosts): nothing is sent anywhere, not even
+# a DNS query. Names with a denied address among allowed ones, and names that do not resolve,
+# are tested end to end with a resolver the test controls: tests/integration/test_relay_policy.py.
+
+LOCAL = DestinationPolicy.parse(allow_loopback=True)
+
+
+async def test_an_allowed_literal_resolves_to_itself():
+    assert await resolve_allowed(DestinationPolicy(), "10.0.0.5", 80) == ["10.0.0.5"]
+    assert await resolve_allowed(DestinationPolicy(), "2001:db8::1", 80) == ["2001:db8::1"]
+
+
+@pytest.mark.parametrize(("host", "denied_by"), [
+    ("169.254.169.254", "169.254.0.0/16"),
+    ("::ffff:169.254.169.254", "169.254.0.0/16"),
+    ("fd00:ec2::254", "fd00:ec2::254/128"),
+    ("127.0.0.1", "127.0.0.0/8"),  # loopback: a pod's own ports, a sidecar's admin port
+    ("localhost", "/"),  # whichever of 127.0.0.1 and ::1 the resolver gives first
+])
+async def test_denied_addresses_are_refused_with_the_reason(host, denied_by):
+    with pytest.raises(DestinationDenied) as info:
+        await resolve_allowed(DestinationPolicy(), host, 80)
+    assert "is denied by the relay's policy" in str(info.value)
+    assert denied_by in str(info.value)
+
+
+async def test_a_denied_name_is_refused_before_it_is_resolved():
+    # "metadata" resolves nowhere here: a lookup would answer "cannot resolve"
+    with pytest.raises(DestinationDenied, match=r"destination metadata is denied .*\(metadata\)"):
+        await resolve_allowed(DestinationPolicy(), "metadata", 80)
+
+
+async def test_local_runs_resolve_localhost():
+    assert "127.0.0.1" in await resolve_allowed(LOCAL, "localhost", 80)
+
+
+async def test_an_origin_is_pinned_to_a_checked_address():
+    assert await allowed_origin(LOCAL, "localhost:8080") in ("127.0.0.1:8080", "[::1]:8080")
+    assert await allowed_origin(LOCAL, "127.0.0.1:8080") == "127.0.0.1:8080"
+    assert await allowed_origin(DestinationPolicy(), "[2001:db8::1]:443") == "[2001:db8::1]:443"
+
+
+@pytest.mark.parametrize(("origin", "why"), [
+    ("169.254.169.254:80", "origin 169.254.169.254:80: destination 169.254.169.254 "
+                           "(169.254.169.254) is denied by the relay's policy (169.254.0.0/16)"),
+    ("metadata.google.internal:80", "origin metadata.google.internal:80: destination "
+     "metadata.google.internal is denied by the relay's policy (metadata.google.internal)"),
+    ("[fe80::1]:80", "origin [fe80::1]:80: destination fe80::1 (fe80::1) is denied by the "
+                     "relay's policy (fe80::/10)"),
+    ("no-port", "origin 'no-port': bad address 'no-port': expected HOST:PORT"),
+])
+async def test_a_bad_origin_is_refused_in_one_line(origin, why):
+    with pytest.raises(RefusedError) as info:
+        await allowed_origin(LOCAL, origin)
+    assert str(info.value) == why
