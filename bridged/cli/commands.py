@@ -18,6 +18,7 @@ from .output import (
     emit,
     handles_errors,
     human_bytes,
+    intercepting_step,
     table,
     with_progress,
 )
@@ -194,12 +195,15 @@ def register(app: typer.Typer) -> None:
         if not port:
             raise ConfigError("--port LOCAL[:SERVICE_PORT] is required: where your local "
                               "service listens")
-        result = _client(no_start).post("intercepts", {
+        client = _client(no_start)
+        # the daemon answers once the Service's traffic reaches the relay (a second or two
+        # after the redirect is written): show what it waits for meanwhile
+        result = with_progress(client, lambda: client.post("intercepts", {
             "service": service, "local_port": port, "remote_port": relay_port, "via":
             via if service else None, "name": name, "local_host": local_host,
             "bridge": bridge, "headers": header or [], "path": path, "origin": origin,
             "http": bool(origin), "tcp": tcp, "fallback": fallback, "overwrite": overwrite,
-        })
+        }), quiet=json_out, step=intercepting_step)
         emit(result, json_out, _intercepting)
 
     @app.command()
@@ -382,7 +386,7 @@ def _print_status(s: dict[str, Any]) -> None:
         ])
     if s["intercepts"]:
         table("intercepts", ["name", "intercepts", "match", "via", "local", "state / lease",
-                             "active", "total", "failed", "last error"], [
+                             "requests", "active", "total", "failed", "last error"], [
             [i["name"],
              f"{i['service']}:{i['service_port']}" if i.get("service")
              else f"relay port {i['remote_port']}",
@@ -391,9 +395,25 @@ def _print_status(s: dict[str, Any]) -> None:
              i.get("via") or "-", f"{i['local_host']}:{i['local_port']}",
              f"{i['state']} ({i['lease_left_seconds']:.0f} s lease)"
              if i["state"] == "active" else i["state"],
-             i["active"], i["connections"], i["failed"],
+             _requests(i), i["active"], i["connections"], i["failed"],
              i["error"] or i["last_error"]]
             for i in s["intercepts"]
         ])
+        if any(i["state"] == "active" and i["mode"] == "http" and not i.get("requests")
+               for i in s["intercepts"]):
+            typer.echo("no request yet? Clients that connected before the intercept keep "
+                       "their connections to the original pods until they reconnect")
 
 
+def _requests(i: dict[str, Any]) -> str:
+    """How many requests reached this laptop, and how long ago the last did."""
+    import time as _time
+
+    if i.get("mode") != "http":
+        return "-"  # a whole-port intercept counts connections (total)
+    count, last = i.get("requests") or 0, i.get("last_request_at")
+    if not last:
+        return str(count)
+    ago = max(0.0, _time.time() - float(last))
+    when = f"{ago:.0f} s" if ago < 120 else f"{ago / 60:.0f} min"
+    return f"{count} (last {when} ago)"

@@ -82,8 +82,24 @@ def human_bytes(n: int) -> str:
     return f"{n} B"
 
 
-def with_progress(client: Any, request: Callable[[], Any], *, quiet: bool = False) -> Any:
-    """Run a long request while showing the step the daemon reports for it: a spinner on a
+def connecting_step(status: dict[str, Any]) -> tuple[str, float] | None:
+    """The step a bridge being connected is at (``bridged connect``)."""
+    step = next((b.get("step") for b in status["bridges"]
+                 if b.get("state") == "connecting" and b.get("step")), None)
+    return (step, 0.0) if step else None
+
+
+def intercepting_step(status: dict[str, Any]) -> tuple[str, float] | None:
+    """What an intercept being made waits for, and for how long (``bridged intercept``)."""
+    waiting = status.get("intercepting") or []  # absent from an older daemon's status
+    return (waiting[0]["step"], float(waiting[0]["seconds"])) if waiting else None
+
+
+def with_progress(client: Any, request: Callable[[], Any], *, quiet: bool = False,
+                  step: Callable[[dict[str, Any]], tuple[str, float] | None] = connecting_step
+                  ) -> Any:
+    """Run a long request while showing the step the daemon reports for it (``step`` reads it
+    from the daemon's status: text, and seconds spent on it): a spinner with the seconds on a
     terminal, one line per new step otherwise (CI logs), nothing with ``--json``."""
     import concurrent.futures
 
@@ -96,7 +112,7 @@ def with_progress(client: Any, request: Callable[[], Any], *, quiet: bool = Fals
         if sys.stderr.isatty():
             from rich.console import Console
 
-            spinner = Console(stderr=True).status("connecting")
+            spinner = Console(stderr=True).status("working")
             spinner.start()
         try:
             while True:
@@ -105,17 +121,17 @@ def with_progress(client: Any, request: Callable[[], Any], *, quiet: bool = Fals
                 except concurrent.futures.TimeoutError:
                     pass
                 try:
-                    steps = [b.get("step") for b in client.get("status")["bridges"]
-                             if b.get("state") == "connecting"]
+                    found = step(client.get("status"))
                 except BridgedError:
                     continue
-                step = next((s for s in steps if s), "")
-                if step and step != shown:
-                    shown = step
-                    if spinner is not None:
-                        spinner.update(step)
-                    else:
-                        sys.stderr.write(f"… {step}\n")  # errors alone start "bridged:"
+                if found is None:
+                    continue
+                text, seconds = found
+                if spinner is not None:
+                    spinner.update(f"{text}… ({seconds:.0f} s)" if seconds >= 1 else text)
+                elif text != shown:
+                    sys.stderr.write(f"… {text}\n")  # errors alone start "bridged:"
+                shown = text
         finally:
             if spinner is not None:
                 spinner.stop()

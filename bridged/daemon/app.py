@@ -68,6 +68,8 @@ class Daemon:
         self.bridges: dict[str, Bridge] = {}
         #: bridges being set up, with the step they are at (shown by status while they wait)
         self.connecting: dict[str, str] = {}
+        #: intercepts being made: name → (what the relay is doing, since when, time.time())
+        self.intercepting: dict[str, tuple[str, float]] = {}
         self.started = time.time()
         self._stop = asyncio.Event()
         self._api = ControlServer(self, self.settings.socket)
@@ -567,18 +569,33 @@ class Daemon:
                     bridge.kube, spec.service, spec.service_port, spec.via)
             intercept_id = secrets.token_hex(8)
             try:
-                made = await bridge.add_intercept(spec, intercept_id, overwrite=overwrite,
-                                                  service_port=service_port, via=via)
+                made = await self._add_intercept(bridge, spec, intercept_id, overwrite,
+                                                 service_port, via)
             except RefusedError as exc:
                 from ..kube.redirects import NOT_ACCEPTED
 
                 if not (spec.via == "auto" and via == "gateway" and NOT_ACCEPTED in str(exc)):
                     raise
                 log.warning("intercept %s: %s; auto falls back to takeover", spec.name, exc)
-                made = await bridge.add_intercept(spec, intercept_id, overwrite=overwrite,
-                                                  service_port=service_port, via="takeover")
+                made = await self._add_intercept(bridge, spec, intercept_id, overwrite,
+                                                 service_port, "takeover")
         self.save()
         return made
+
+    async def _add_intercept(self, bridge: Bridge, spec: InterceptSpec, intercept_id: str,
+                             overwrite: bool, service_port: int, via: str) -> Intercept:
+        """Register it; meanwhile status shows what the relay waits for (the CLI's progress):
+        the relay answers once the Service's traffic reaches it, which takes a second or two."""
+        step = (f"waiting for Service {spec.service} to send its traffic to the relay"
+                + (" (a mesh accepting the route)" if via == "gateway" else "")
+                if spec.service else f"registering the intercept of relay port "
+                f"{spec.remote_port}")
+        self.intercepting[spec.name] = (step, time.time())
+        try:
+            return await bridge.add_intercept(spec, intercept_id, overwrite=overwrite,
+                                              service_port=service_port, via=via)
+        finally:
+            self.intercepting.pop(spec.name, None)
 
     async def leave(self, name: str) -> list[str]:
         async with self._lock:
@@ -645,5 +662,9 @@ class Daemon:
             "forwards": [f.to_dict() for b in self.bridges.values() for f in b.forwards.values()],
             "intercepts": [
                 i.to_dict() for b in self.bridges.values() for i in b.intercepts.values()
+            ],
+            "intercepting": [
+                {"name": name, "step": step, "seconds": round(time.time() - since, 1)}
+                for name, (step, since) in self.intercepting.items()
             ],
         }

@@ -112,6 +112,10 @@ class Intercept:
     #: long it extends it (seconds)
     lease_renewed_at: float = 0.0
     lease_seconds: float = 0.0
+    #: requests the relay routed to this intercept (its traffic events), and when the last
+    #: came (time.time()): what tells a developer whether anything arrives at all
+    requests: int = 0
+    last_request_at: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         s = self.spec
@@ -125,12 +129,17 @@ class Intercept:
                                                 - time.time()), 1)
                 if self.state == "active" else 0.0,
                 "local_port": s.local_port, "state": self.state, "error": self.error,
+                "requests": self.requests, "last_request_at": self.last_request_at,
                 **self.counters.snapshot()}
 
 
 class Bridge:
     #: seconds a connection accepted on a forward waits for a reconnecting relay
     wait_relay_seconds = 10.0
+    #: seconds the relay may take to answer a register: it answers once the redirect is live
+    #: (up to 30 s of probes, 10 s for a mesh to accept a route, a few API calls); below the
+    #: CLI's 60 s, so a time-out is the relay's clear error rather than the CLI's
+    register_seconds = 50.0
 
     def __init__(
         self, name: str, relay: str, carrier: Carrier, *, client_key: asyncssh.SSHKey,
@@ -436,8 +445,10 @@ class Bridge:
             if intercept.listener is not None:  # re-registering after a lost lease
                 intercept.listener.close()
                 intercept.listener = None
+            # the relay answers once the Service's traffic arrives: its probes may take up to
+            # 30 s (relay's ProbeSettings), a mesh 10 s to accept a route, plus API calls
             answer = await control.call(protocol.Register, claim=claim, overwrite=overwrite,
-                                        wait=30)
+                                        wait=self.register_seconds)
             intercept.relay_port = int(answer.get("port") or claim.port)
             intercept.lease_seconds = float(answer.get("lease_seconds") or 0.0)
             intercept.lease_renewed_at = time.time()
@@ -491,10 +502,15 @@ class Bridge:
     # --- traffic log ---
 
     def _traffic(self, msg: protocol.Traffic) -> None:
-        name = next((i.spec.name for i in self.intercepts.values()
-                     if i.claim.id == msg.intercept_id), msg.intercept_id)
+        intercept = next((i for i in self.intercepts.values()
+                          if i.claim.id == msg.intercept_id), None)
+        name = intercept.spec.name if intercept is not None else msg.intercept_id
+        now = time.time()
+        if intercept is not None:
+            intercept.requests += 1
+            intercept.last_request_at = now
         self.traffic_log.append({
-            "time": time.time(), "bridge": self.name, "intercept": name,
+            "time": now, "bridge": self.name, "intercept": name,
             "method": msg.method, "path": msg.path, "status": msg.status,
             "duration_ms": msg.duration_ms, "client": msg.client,
             # the relay redacted with its list; this daemon's list applies too

@@ -183,9 +183,12 @@ class Restored:
 
 
 async def take_over(kube: Kube, name: str, relay_selector: Mapping[str, str],
-                    relay_ports: Any) -> TakenOver:
+                    relay_ports: Any, shadow_ready: Any = None) -> TakenOver:
     """Point Service ``name`` at the relay. ``relay_ports(service)`` gives the relay port for
-    every port of the Service as read (the relay starts its listeners there)."""
+    every port of the Service as read (the relay starts its listeners there);
+    ``shadow_ready(service, shadow)`` is awaited before the switch: a new shadow Service's
+    endpoints take a moment to be programmed, and meanwhile the relay could not pass the
+    requests nobody intercepts to the original pods."""
     for _ in range(ATTEMPTS):
         service = await read_service(kube, name)
         if plan.record_of(service) is not None:
@@ -198,6 +201,12 @@ async def take_over(kube: Kube, name: str, relay_selector: Mapping[str, str],
         except plan.TakeoverRefused as exc:
             raise RefusedError(str(exc)) from None
         shadow_now = await ensure_shadow(kube, shadow)
+        try:
+            if shadow_ready is not None:
+                await shadow_ready(service, shadow_now)
+        except BaseException:
+            await _delete(kube, _services(kube, record.shadow), f"Service {record.shadow}")
+            raise
         try:
             await rest(kube, "PUT", _services(kube, name), new)
         except ApiException as exc:
@@ -363,3 +372,65 @@ async def sync_backends(kube: Kube, service: str, wanted: list[dict[str, Any]]) 
     for name in await _owned_backends(kube, service):
         if name not in keep:
             await _delete(kube, _services(kube, name), f"Service {name}")
+
+
+#: EndpointSlices of a Service carry this label (set by the EndpointSlice controller)
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+
+
+async def wait_endpoints(kube: Kube, service: str, service_port: int, relay_port: int,
+                         within: float) -> str | None:
+    """Wait until the EndpointSlices of ``service`` send its port ``service_port`` to the
+    relay's port only — what kube-proxy programs from (a whole-port TCP intercept's signal:
+    the relay reads none of its bytes, so it cannot see a probe arrive). ``""`` once they do;
+    what they list instead when ``within`` seconds ran out; None if the relay may not read
+    EndpointSlices (its Role predates this check) or the cluster serves none."""
+    import asyncio
+
+    found = await read_service(kube, service)
+    name = next((p.get("name") or "" for p in (found.get("spec") or {}).get("ports") or []
+                 if p.get("port") == service_port), "")
+    path = _path(kube, "discovery.k8s.io", "v1", "endpointslices")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    delay = 0.05
+    while True:
+        try:
+            slices = (await rest(kube, "GET", path, query={
+                "labelSelector": f"{SERVICE_NAME_LABEL}={service}"}))["items"]
+        except ApiException as exc:
+            if exc.status in (403, 404):
+                log.warning("cannot read the EndpointSlices of Service %s (HTTP %d): its "
+                            "redirect is answered without waiting for kube-proxy",
+                            service, exc.status)
+                return None
+            raise translate(exc, f"cannot read the EndpointSlices of Service {service}") \
+                from exc
+        ports = _ready_ports(slices, name)
+        if ports and ports == {relay_port}:
+            return ""
+        if loop.time() + delay > deadline:
+            return ", ".join(f"{n} ready endpoints on port {p}" for p, n in
+                             sorted(_ready_count(slices, name).items())) or "no ready endpoint"
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.5)
+
+
+def _ready_count(slices: list[dict[str, Any]], port_name: str) -> dict[int, int]:
+    """Ready endpoints by the port they serve ``port_name`` on (kube-proxy's view)."""
+    counts: dict[int, int] = {}
+    for s in slices:
+        port = next((p.get("port") for p in s.get("ports") or []
+                     if (p.get("name") or "") == port_name), None)
+        if port is None:
+            continue
+        for endpoint in s.get("endpoints") or []:
+            # ready unset means ready (the API's documented default)
+            if (endpoint.get("conditions") or {}).get("ready", True) is not False:
+                counts[int(port)] = counts.get(int(port), 0) + len(endpoint.get("addresses")
+                                                                   or [])
+    return counts
+
+
+def _ready_ports(slices: list[dict[str, Any]], port_name: str) -> set[int]:
+    return {p for p, n in _ready_count(slices, port_name).items() if n}

@@ -6,6 +6,17 @@ lapsed, the intercept was left). :meth:`Redirector.sync` brings the cluster to t
 runs after every change of the table and on the lease timer, one run at a time, and a failed
 run is tried again on the next tick. What the strategies write is in :mod:`bridged.redirect`;
 how, in :mod:`bridged.kube.redirects`.
+
+An intercept is answered once its redirect is *live*, not merely written:
+
+- takeover, HTTP: the relay's own probes through the Service's ClusterIP arrive at its router
+  (:mod:`.probe`);
+- takeover, whole-port TCP: the router reads no bytes, so the signal is what kube-proxy
+  consumes: the Service's EndpointSlices list only the relay's port
+  (:func:`bridged.kube.redirects.wait_endpoints`);
+- gateway and cilium: the relay pod is outside the mesh, its own connections do not take the
+  mesh's routes; the HTTPRoute's Accepted status (gateway) is the signal, a CiliumEnvoyConfig
+  has none (Cilium's agents apply it within a second, unobservable from the API).
 """
 
 from __future__ import annotations
@@ -24,6 +35,7 @@ from ..kube import redirects as ops
 from ..protocol import InterceptClaim
 from ..redirect import cilium, gateway
 from ..redirect.takeover import Record, shadow_service
+from .probe import NotLive, Probes, ProbeSettings, connects, connects_within, until_live
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +57,8 @@ class Redirected:
     ids: frozenset[str] = frozenset()
     record: Record | None = None  # takeover: what to restore
     origins: dict[int, str] = field(default_factory=dict)
+    #: the Service's own ClusterIP ("" if none): where a client's traffic starts
+    cluster_ip: str = ""
 
 
 class Redirector:
@@ -55,7 +69,7 @@ class Redirector:
 
     def __init__(self, kube: Any, *, host: str, live: Callable[[], Live],
                  listen: Callable[[int, str], Any], set_origin: Callable[[int, str], None],
-                 closed: Callable[[set[int]], None]) -> None:
+                 closed: Callable[[set[int]], None], probes: Probes | None = None) -> None:
         self.kube = kube
         self.host = host
         self._live = live
@@ -69,6 +83,9 @@ class Redirector:
         #: that re-attaches finds its port (and the Service its targetPort) unchanged
         self.ports: dict[tuple[str, int], int] = {}
         self._lock = asyncio.Lock()
+        #: the nonces the router reports (None: a redirect is answered once written)
+        self.probes = probes
+        self.live = ProbeSettings()
 
     # --- ports ---
 
@@ -97,8 +114,48 @@ class Redirector:
 
     async def ensure(self, claim: InterceptClaim) -> None:
         """Redirect ``claim.service`` now (an intercept was just granted), with every live
-        intercept of it; raises :class:`RefusedError` with the reason if the cluster cannot
-        be changed."""
+        intercept of it, and return once the cluster's traffic reaches the relay; raises
+        :class:`RefusedError` with the reason if the cluster cannot be changed, or if the
+        redirect did not become live in time (then a redirect made for this claim alone is
+        undone)."""
+        await self._write(claim)
+        try:
+            await self._until_live(claim)
+        except NotLive:
+            async with self._lock:
+                others = _ids(self._live().get(claim.service) or []) - {claim.id}
+                if claim.service in self.redirected and not others:
+                    log.warning("%s", await self._undo(claim.service))
+            raise
+
+    async def _until_live(self, claim: InterceptClaim) -> None:
+        state = self.redirected.get(claim.service)
+        if state is None or state.via != "takeover" or not state.cluster_ip:
+            return  # routes: their acceptance was awaited as they were written
+        started = asyncio.get_running_loop().time()
+        if claim.mode == "http":
+            if self.probes is None:
+                return
+            sent = await until_live(
+                self.probes, claim.service, state.cluster_ip, claim.service_port, self.live,
+                host_header=f"{claim.service}.{self.kube.namespace}.svc")
+            how = f"{sent} probes"
+        else:
+            seen = await ops.wait_endpoints(
+                self.kube, claim.service, claim.service_port,
+                self.port_for(claim.service, claim.service_port), self.live.deadline_seconds)
+            if seen is None:
+                return  # not observable here (logged): answered as written
+            if seen:
+                raise NotLive(f"Service {claim.service} did not send its traffic to the relay "
+                              f"within {self.live.deadline_seconds:g} s: its EndpointSlices "
+                              f"still list {seen} (is the EndpointSlice controller running?)")
+            how = "its EndpointSlices"
+        log.info("Service %s port %d sends its traffic to the relay (%s, %.2f s)",
+                 claim.service, claim.service_port, how,
+                 asyncio.get_running_loop().time() - started)
+
+    async def _write(self, claim: InterceptClaim) -> None:
         async with self._lock:
             current = self.redirected.get(claim.service)
             if current is not None and current.via != claim.via:
@@ -168,8 +225,30 @@ class Redirector:
             return {p["port"]: self.port_for(service, p["port"])
                     for p in svc["spec"].get("ports") or []}
 
-        taken = await ops.take_over(self.kube, service, RELAY_SELECTOR, relay_ports)
-        return Redirected("takeover", record=taken.record, origins=taken.origins)
+        taken = await ops.take_over(self.kube, service, RELAY_SELECTOR, relay_ports,
+                                    shadow_ready=self._shadow_ready)
+        ip = (current.get("spec") or {}).get("clusterIP") or ""
+        return Redirected("takeover", record=taken.record, origins=taken.origins,
+                          cluster_ip="" if ip == "None" else ip)
+
+    async def _shadow_ready(self, service: dict[str, Any], shadow: dict[str, Any]) -> None:
+        """Wait until the shadow Service reaches the original pods on every port where the
+        Service itself does now (a new Service's endpoints are programmed a moment after it
+        is made; the relay passes the requests nobody intercepts through it). A port that
+        reaches nothing now (no ready pod: a Service scaled to zero) is not waited for."""
+        ip, shadow_ip = service["spec"].get("clusterIP"), shadow["spec"].get("clusterIP")
+        if not ip or ip == "None" or not shadow_ip:
+            return
+        for p in service["spec"].get("ports") or []:
+            if p.get("protocol", "TCP") != "TCP" or await connects(ip, p["port"]):
+                continue  # the Service reaches nothing there now: nothing to keep
+            seen = await connects_within(shadow_ip, p["port"], self.live)
+            if seen:
+                raise NotLive(
+                    f"Service {service['metadata']['name']}: its shadow Service "
+                    f"{shadow['metadata']['name']} did not reach the original pods on port "
+                    f"{p['port']} within {self.live.deadline_seconds:g} s ({seen}); the "
+                    "Service was left as it was")
 
     async def _route(self, service: str, via: str, claims: list[InterceptClaim]) -> Redirected:
         """gateway / cilium: a backend Service per intercept, the route objects, and a shadow

@@ -62,6 +62,7 @@ from .controllers import (
     ReplicaSetController,
     StatefulSetController,
 )
+from .endpointslices import EndpointSliceController
 from .kubeconfig import Context, Credentials, write_kubeconfig
 from .kubelet import ContainerWaiting, Kubelet, KubeletHook, PodHandle, PodSandbox
 from .kubeproxy import KubeProxy
@@ -88,7 +89,9 @@ class KubeApiServer:
     ``stream_idle_timeout``: port-forward idle timeout (the kubelet's default: 4 h).
     ``websocket_create_check``: also require ``create`` for websocket ``pods/portforward``
     (1.35+; False behaves as 1.30-1.34).
-    ``kube_proxy``: serve Services at their (loopback) ClusterIPs (see :mod:`.kubeproxy`).
+    ``kube_proxy``: serve Services at their (loopback) ClusterIPs (see :mod:`.kubeproxy`),
+    from the EndpointSlices the EndpointSlice controller writes (:mod:`.endpointslices`; its
+    ``lag`` is ``self.endpointslices.lag``).
     """
 
     def __init__(self, *, tls: bool = True, kubelet: KubeletHook | None = None,
@@ -125,8 +128,10 @@ class KubeApiServer:
         ]
         self._crds: list[Any] = []
         self.kube_proxy = KubeProxy(self.registry, self.recorder) if kube_proxy else None
-        if self.kube_proxy is not None:
-            self._controllers.append(self.kube_proxy)
+        self.endpointslices = EndpointSliceController(self.registry, self.recorder) \
+            if kube_proxy else None
+        if self.kube_proxy is not None and self.endpointslices is not None:
+            self._controllers += [self.endpointslices, self.kube_proxy]
         self._users: dict[str, Credentials] = {}
         self._tokens: dict[str, User] = {}
         self.requests: list[tuple[str, str]] = []  # (method, path?query) of every request

@@ -4,8 +4,14 @@ ClusterIPs are allocated from 127.96.0.0/16 and pod IPs from 127.244.0.0/16, bot
 this can do what kube-proxy does without touching the host's network: each port of a Service
 with a selector listens on ``clusterIP:port``; each connection goes to a Ready pod the selector
 picks (at random, as kube-proxy's iptables mode does), at the port's targetPort — a number, or
-a name resolved in *that* pod's containers. The endpoints are read when a connection arrives,
-so a changed selector (a takeover) counts for the next connection, not the open ones.
+a name resolved in *that* pod's containers.
+
+Like the real one, it follows the Service's EndpointSlices (written by
+:class:`.endpointslices.EndpointSliceController`, after its ``lag``), not the Service's
+selector: a changed selector (a takeover) counts once the slices say so, and then for the next
+connection, not the open ones; a port without ready endpoints refuses connections, as
+kube-proxy's REJECT rule does. ``frozen``: programs nothing more (a kube-proxy that is
+down); ``stale``: the Services it no longer updates.
 """
 
 from __future__ import annotations
@@ -15,23 +21,8 @@ import random
 from typing import Any
 
 from .controllers import Controller
+from .endpointslices import SERVICE_NAME
 from .store import Change
-
-
-def _ready(pod: dict[str, Any]) -> bool:
-    conditions = (pod.get("status") or {}).get("conditions") or []
-    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions) \
-        and not pod["metadata"].get("deletionTimestamp")
-
-
-def _target(pod: dict[str, Any], target: Any) -> int | None:
-    if isinstance(target, int):
-        return target
-    for container in pod["spec"].get("containers", []):
-        for port in container.get("ports") or []:
-            if port.get("name") == target:
-                return int(port["containerPort"])
-    return None
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -54,18 +45,34 @@ class KubeProxy(Controller):
         #: open connections' writers (both sides): stop() closes them, their handlers end
         self.connections: set[asyncio.StreamWriter] = set()
         self.handlers: set[asyncio.Task[None]] = set()
+        #: (namespace, Service) → port name → ready (IP, port): the rules programmed
+        self.programmed: dict[tuple[str, str], dict[str, list[tuple[str, int]]]] = {}
+        self.frozen = False
+        #: Services whose rules are no longer updated (a kube-proxy that missed their change)
+        self.stale: set[tuple[str, str]] = set()
 
     def on_change(self, change: Change) -> None:
+        meta = change.obj["metadata"]
         if change.resource.plural == "services":
-            meta = change.obj["metadata"]
             self.enqueue((meta.get("namespace") or "", meta["name"]))
+        elif change.resource.plural == "endpointslices" and not self.frozen:
+            service = (meta.get("labels") or {}).get(SERVICE_NAME)
+            if service:
+                self.enqueue((meta.get("namespace") or "", service))
 
     async def reconcile(self, key: tuple[str, str]) -> None:
+        if not self.frozen and key not in self.stale:
+            self._program(key)
         service = self.store.peek(self.res("services"), *key)
+        if service is None:
+            self.programmed.pop(key, None)
         spec = (service or {}).get("spec") or {}
         ip = spec.get("clusterIP") or ""
+        # a port without ready endpoints refuses connections (kube-proxy's REJECT rule)
+        rules = self.programmed.get(key, {})
         wanted = {(ip, int(p["port"])) for p in spec.get("ports") or []
-                  if p.get("protocol", "TCP") == "TCP"} if ip.startswith("127.") else set()
+                  if p.get("protocol", "TCP") == "TCP" and rules.get(p.get("name") or "")
+                  } if ip.startswith("127.") else set()
         current = self.listeners.setdefault(key, {})
         for address in [a for a in current if a not in wanted]:
             current.pop(address).close()
@@ -76,25 +83,29 @@ class KubeProxy(Controller):
         if not current:
             del self.listeners[key]
 
+    def _program(self, key: tuple[str, str]) -> None:
+        rules: dict[str, list[tuple[str, int]]] = {}
+        for piece in self.store.items(self.res("endpointslices"), key[0]):
+            if (piece["metadata"].get("labels") or {}).get(SERVICE_NAME) != key[1]:
+                continue
+            for port in piece.get("ports") or []:
+                rules.setdefault(port.get("name") or "", []).extend(
+                    (address, int(port["port"]))
+                    for endpoint in piece.get("endpoints") or []
+                    if (endpoint.get("conditions") or {}).get("ready", True) is not False
+                    for address in endpoint.get("addresses") or [])
+        self.programmed[key] = rules
+
     def endpoints(self, namespace: str, name: str, port: int) -> list[tuple[str, int]]:
         """Where a connection to the Service's ``port`` may go now: (pod IP, target port)."""
         service = self.store.peek(self.res("services"), namespace, name)
         if service is None:
             return []
-        spec = service["spec"]
-        selector = spec.get("selector") or {}
-        entry = next((p for p in spec.get("ports") or [] if p["port"] == port), None)
-        if not selector or entry is None:
+        entry = next((p for p in service["spec"].get("ports") or [] if p["port"] == port),
+                     None)
+        if entry is None:
             return []
-        found = []
-        for pod in self.store.items(self.res("pods"), namespace):
-            labels = pod["metadata"].get("labels") or {}
-            if all(labels.get(k) == v for k, v in selector.items()) and _ready(pod):
-                target = _target(pod, entry.get("targetPort", port))
-                ip = (pod.get("status") or {}).get("podIP")
-                if target is not None and ip:
-                    found.append((ip, target))
-        return found
+        return list(self.programmed.get((namespace, name), {}).get(entry.get("name") or "", []))
 
     async def _serve(self, key: tuple[str, str], port: int, reader: asyncio.StreamReader,
                      writer: asyncio.StreamWriter) -> None:

@@ -107,6 +107,9 @@ RESOURCES: list[ResourceType] = [
     ResourceType("apps", "v1", "statefulsets", "StatefulSet", True, "statefulset",
                  short_names=("sts",), categories=("all",), generation=True,
                  subresources=(_scale(), _status("StatefulSet"))),
+    # written by the EndpointSlice controller, read by kube-proxy (:mod:`.kubeproxy`)
+    ResourceType("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice", True,
+                 "endpointslice"),
     ResourceType("rbac.authorization.k8s.io", "v1", "roles", "Role", True, "role"),
     ResourceType("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding", True,
                  "rolebinding"),

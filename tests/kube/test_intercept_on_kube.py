@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import signal
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -536,3 +538,102 @@ async def test_auto_falls_back_to_takeover_where_no_mesh_accepts_the_route(
     assert '"via": "takeover"' in made.stdout
     assert _taken_over(cluster) and not cluster.list("httproutes", NS)
     assert await _requests(f"http://{orders['spec']['clusterIP']}/", [ALICE]) == ["alice"]
+
+
+# --- an intercept is live when the command returns ------------------------------------------
+
+#: the EndpointSlice controller and kube-proxy of a real cluster: a takeover reaches new
+#: connections a second or so after the Service is written
+LAG_SECONDS = 1.0
+
+
+async def _one_per_connection(url: str, headers: dict[str, str], n: int) -> list[str]:
+    """``n`` requests, each on a new connection (kube-proxy balances per connection)."""
+    return [(await _requests(url, [headers]))[0] for _ in range(n)]
+
+
+async def test_an_intercept_is_live_when_the_command_returns(
+    cluster: KubeApiServer, orders: dict[str, Any], alice: tuple[Daemon, int],
+) -> None:
+    assert cluster.endpointslices is not None
+    cluster.endpointslices.lag = LAG_SECONDS
+    a, port = alice
+    await a.call("POST", "bridges", {})
+    asked_at = time.time()
+    made = await a.acli("intercept", "orders", "--port", f"{port}:http", "--header",
+                        "x-dev=alice", "--via", "takeover")
+    assert made.returncode == 0, made.stderr
+    # at once, each on a new connection: every matched request reaches the laptop
+    url = f"http://{orders['spec']['clusterIP']}/orders"
+    assert await _one_per_connection(url, ALICE, 20) == ["alice"] * 20
+    assert set(await _one_per_connection(url, NOBODY, 5)) <= set(_ready_pods(cluster, "orders"))
+    # the CLI said what it waited for (not a terminal: one line per step, on stderr)
+    assert "… waiting for Service orders to send its traffic to the relay" in made.stderr
+
+    # status counts what reached the laptop: the unmatched requests are not hers
+    async def counted() -> Any:
+        (intercept,) = (await a.status())["intercepts"]
+        return intercept if intercept["requests"] == 20 else None
+
+    intercept = await eventually(counted, within=10, what="20 requests counted")
+    assert intercept["last_request_at"] > asked_at
+
+
+async def test_a_whole_port_intercept_is_live_when_its_endpointslices_say_so(
+    cluster: KubeApiServer, orders: dict[str, Any], alice: tuple[Daemon, int],
+) -> None:
+    assert cluster.endpointslices is not None
+    cluster.endpointslices.lag = LAG_SECONDS
+    # what kube-proxy reads: the relay may read it too (its Role grants it, or this does)
+    cluster.grant(f"system:serviceaccount:{NS}:{m.RELAY}", NS, [{
+        "apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"],
+        "verbs": ["get", "list"]}], kind="ServiceAccount")
+    a, port = alice
+    await a.call("POST", "bridges", {})
+    made = await a.acli("intercept", "orders", "--port", f"{port}:admin", "--tcp", "--json")
+    assert made.returncode == 0, made.stderr
+    ip = orders["spec"]["clusterIP"]
+    assert await _one_per_connection(f"http://{ip}:9090/", NOBODY, 10) == ["alice"] * 10
+
+
+async def test_a_redirect_that_never_becomes_live_is_undone_with_a_clear_error(
+    cluster: KubeApiServer, orders: dict[str, Any], alice: tuple[Daemon, int],
+) -> None:
+    assert cluster.kube_proxy is not None
+    kubelet: RelayKubelet = cluster.kubelet_hook  # type: ignore[attr-defined]
+    kubelet.extra_args = ["--redirect-live-seconds", "2"]
+    (a, port), before = alice, cluster.get("services", NS, "orders")
+    assert before is not None
+    await a.call("POST", "bridges", {})
+    cluster.kube_proxy.stale.add((NS, "orders"))  # the takeover never takes effect
+    made = await a.acli("intercept", "orders", "--port", f"{port}:http", "--header",
+                        "x-dev=alice", "--via", "takeover", "--json")
+    assert made.returncode == 1
+    line, = made.stderr.splitlines()  # one line, no progress (--json), no traceback
+    assert line.startswith("bridged: Service orders did not send its traffic to the relay "
+                           "within 2 s: "), line
+    assert f"probes to its ClusterIP {orders['spec']['clusterIP']}:80 met an answer " \
+           "'HTTP/1.1 200 OK' (" in line  # the replicas' answer to the probe
+    assert json.loads(made.stdout)["error"]["code"] == "refused"  # one JSON document
+    assert await _restored(cluster, before)  # before the answer, not after a lease
+    assert (await a.status())["intercepts"] == []
+
+
+async def test_a_shadow_service_that_reaches_nothing_leaves_the_service_alone(
+    cluster: KubeApiServer, orders: dict[str, Any], alice: tuple[Daemon, int],
+) -> None:
+    # the relay passes unmatched requests to the original pods through a new shadow Service:
+    # until that one works, taking the Service over would break everyone else's requests
+    assert cluster.kube_proxy is not None
+    kubelet: RelayKubelet = cluster.kubelet_hook  # type: ignore[attr-defined]
+    kubelet.extra_args = ["--redirect-live-seconds", "2"]
+    (a, port), before = alice, cluster.get("services", NS, "orders")
+    await a.call("POST", "bridges", {})
+    cluster.kube_proxy.frozen = True
+    made = await a.acli("intercept", "orders", "--port", f"{port}:http", "--header",
+                        "x-dev=alice", "--via", "takeover", "--json")
+    assert made.returncode == 1
+    assert made.stderr == "bridged: Service orders: its shadow Service bridged-origin-orders " \
+        "did not reach the original pods on port 80 within 2 s (connection refused); the " \
+        "Service was left as it was\n"
+    assert await _restored(cluster, before)  # type: ignore[arg-type]
