@@ -90,6 +90,18 @@ class RouterSettings:
     response_timeout_seconds: float | None = None
     #: header names redacted in the traffic log besides the defaults (credentials, cookies)
     redact_headers: tuple[str, ...] = ()
+    #: seconds a client has to send a whole request head, from its first byte (or from the
+    #: connection's start), before 408: nginx's client_header_timeout. A head is a few hundred
+    #: bytes; a client slower than this holds a connection slot for nothing
+    header_timeout_seconds: float = 60.0
+    #: seconds an idle keep-alive client connection is kept before it is closed: nginx's
+    #: keepalive_timeout (Go's and Java's client pools close theirs after 90 s and 60 s idle,
+    #: so clients rarely race our close)
+    idle_timeout_seconds: float = 75.0
+    #: client connections the relay's routers hold at once, all ports together; past it, 503.
+    #: Each may buffer up to ~2 x 64 KiB plus an upstream connection: 1024 of them stay well
+    #: within the relay pod's 256 MiB and its descriptor limit
+    max_connections: int = 1024
 
 
 # --- addresses ---------------------------------------------------------------------------------

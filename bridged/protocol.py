@@ -151,6 +151,9 @@ class Traffic(Message):
     duration_ms: float
     client: str = ""
     headers: tuple[tuple[str, str], ...] = ()
+    #: set for a connection the router passed through untouched instead of routing (h2c,
+    #: TLS, not HTTP/1.x): why; method and path are then empty (relays before 0.1 never send it)
+    note: str = ""
 
 
 MESSAGES: dict[str, type[Message]] = {

@@ -95,6 +95,15 @@ def register(app: typer.Typer) -> None:
         response_timeout: Annotated[float | None, typer.Option(
             help="Seconds the router waits for a response's head before a 504 (default: no "
                  "limit, so a request paused at a breakpoint still completes).")] = None,
+        header_timeout: Annotated[float, typer.Option(
+            help="Seconds a client has to send a request head (then 408).")]
+            = RouterSettings.header_timeout_seconds,
+        idle_timeout: Annotated[float, typer.Option(
+            help="Seconds an idle keep-alive client connection is kept.")]
+            = RouterSettings.idle_timeout_seconds,
+        max_connections: Annotated[int, typer.Option(
+            help="Client connections the router holds at once (then 503).")]
+            = RouterSettings.max_connections,
         redact_header: Annotated[list[str] | None, typer.Option(
             help="Also redact this header in traffic events (repeatable; credentials and "
                  "cookies always are).")] = None,
@@ -135,7 +144,10 @@ def register(app: typer.Typer) -> None:
             router=RouterSettings(
                 response_timeout_seconds=_positive(response_timeout)
                 if response_timeout is not None else None,
-                redact_headers=tuple(redact_header or ())),
+                redact_headers=tuple(redact_header or ()),
+                header_timeout_seconds=_positive(header_timeout),
+                idle_timeout_seconds=_positive(idle_timeout),
+                max_connections=_count(max_connections, "--max-connections")),
         )
 
         async def main() -> None:
@@ -186,6 +198,12 @@ def register(app: typer.Typer) -> None:
         ok = run_demo(json_out=json_out)
         sys.stdout.flush()
         raise typer.Exit(0 if ok else 1)
+
+
+def _count(value: int, option: str) -> int:
+    if value < 1:
+        raise ConfigError(f"bad {option} {value}: expected a whole number above 0")
+    return value
 
 
 def _positive(seconds: float) -> float:

@@ -1,27 +1,33 @@
 """The relay's HTTP/1.1 router: decides per request where it goes, and proxies it there.
 
-Built on asyncio protocols and httptools (llhttp, the parser of Node.js) because the router
-sits in the path of every request of an intercepted Service, matched or not: each downstream
-connection's requests are parsed as they arrive; a request's head is decided by
-:func:`bridged.routing.decide.decide` alone, then sent to an upstream (a developer's session,
-or the original pods) taken from a per-destination pool. Responses are forwarded *verbatim*,
-byte for byte, the upstream's parser only finding where each ends. Requests are re-framed from
-the parser's events: the head with its headers in order and case as sent, the body as is, or
-re-chunked (with its trailers) when it came chunked.
+It stands in front of *every* request of an intercepted Service — the whole team's traffic, not
+only the developer's — so it is built to do no harm:
 
-- Order: requests are answered one after the other, so pipelined requests keep their order
-  (the next is read only once the current has been answered); a keep-alive connection may
-  send each request somewhere else.
-- Back-pressure both ways: a full downstream buffer pauses reading the upstream and the other
-  way round; a request waiting for its upstream connection pauses its downstream.
-- ``Expect: 100-continue`` works by itself (the upstream's 100 is forwarded; the client then
-  sends the body); ``Upgrade`` (websockets) routes by the upgrade request, then splices raw
-  bytes once the upstream answered 101; a HEAD's response ends with its head.
-- Defences: a malformed request gets 400 and the connection closes; a request with both
-  ``Content-Length`` and ``Transfer-Encoding``, or two lengths, is refused with 400 (RFC 9112
-  §6.3; a proxy that accepts it is how request smuggling starts); a transfer coding other than
-  ``chunked`` gets 501; an upstream that cannot be reached gets 502 with a body that says so;
-  with a response timeout set, a response head late by that much gets 504.
+- **Decided, or untouched.** Each client connection's first bytes are classified
+  (:mod:`.sniff`): HTTP/1.x requests are routed one by one; HTTP/2 prior knowledge (gRPC,
+  h2c), TLS or any other protocol is spliced untouched to the original pods, and reported.
+  Every request an upstream receives is one this router parsed and decided: bytes after an
+  ``Upgrade`` request are held until the upstream answers (101: spliced; anything else: parsed
+  as the next request, or the connection closes); ``CONNECT`` is refused (a reverse proxy does
+  not tunnel); requests with both ``Content-Length`` and ``Transfer-Encoding``, two lengths, or
+  a coding other than ``chunked`` are refused (RFC 9112 §6.3: how smuggling starts).
+- **No connection shared between clients.** A client connection's requests use upstream
+  connections of its own, one per destination, kept while it lives: nothing one client sends
+  can reach another's connection, and the original pods are balanced per client connection,
+  as kube-proxy balances them without bridged (a shared pool sent ~all requests to one pod).
+- **Bounded per client.** A request head (and its trailers) may take :data:`MAX_HEAD_BYTES`;
+  a head must arrive within ``header_timeout_seconds``, an idle keep-alive connection is closed
+  after ``idle_timeout_seconds``; past ``max_connections`` client connections a new one gets
+  503. The wait for a *response* has no limit unless ``response_timeout_seconds`` is set (504),
+  because a request held at a developer's breakpoint must complete.
+
+How: asyncio protocols and httptools (llhttp). A request's head is decided by
+:func:`bridged.routing.decide.decide` alone; requests are re-framed from the parser's events
+(the head with its headers in order and case as sent, the body as is, or re-chunked with its
+trailers); responses are forwarded *verbatim*, parsed only to find where each ends, so a
+malformed or cut head is a clean 502 and a second response to one request never reaches the
+client. Requests are answered in order (pipelining); back-pressure works both ways.
+``Expect: 100-continue`` works by itself; a HEAD's response ends with its head.
 """
 
 from __future__ import annotations
@@ -35,8 +41,10 @@ from typing import Any
 
 import httptools
 
-from ..routing.decide import Route
+from ..config import RouterSettings
+from ..routing.decide import ORIGIN, Route
 from ..routing.rules import RequestHead
+from . import sniff
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +54,22 @@ Peer = tuple[str, int]
 OpenUpstream = Callable[[Route, Peer, Callable[[], Any]], Awaitable[Any]]
 Decide = Callable[[RequestHead], Route]
 OnRequest = Callable[[RequestHead, Route, int, float, Peer], None]
+#: a connection passed through untouched: (reason, client)
+OnPassThrough = Callable[[str, Peer], None]
+#: the relay's readiness probe: True when the nonce is one it sent (the router answers 204)
+Probe = Callable[[str], bool]
 
-#: the most a request's head (request line and headers) may take: beyond, 431
+#: the most a request's head — or its trailers, or whatever the parser must hold without
+#: producing anything — may take: beyond, 431. nginx's large_client_header_buffers is 4 x 8 KiB.
 MAX_HEAD_BYTES = 64 * 1024
 #: the most an upstream's response head may take before it is given up as broken
 MAX_RESPONSE_HEAD_BYTES = 256 * 1024
+#: the request header naming a readiness probe of the relay's own (see bridged.relay.probe)
+PROBE_HEADER = b"x-bridged-probe"
+
+#: seconds a refused connection stays half-closed, its bytes dropped, so that our answer is
+#: read before the close (nginx lingers up to 30 s; a refusal is short)
+REFUSAL_LINGER_SECONDS = 1.0
 
 #: bytes read at a time by the stream splice; with drain() after each write this bounds what
 #: a connection buffers
@@ -87,12 +106,21 @@ async def splice_streams(reader: Any, writer: Any, other_reader: Any, other_writ
                          return_exceptions=True)
 
 
+class ConnectionBudget:
+    """Client connections the relay's routers hold at once, all ports together: past the limit
+    a new one is answered 503, instead of the relay running out of descriptors or memory."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+
 class _Request:
     """One request as parsed: its head, and the bytes for the upstream not sent yet."""
 
     __slots__ = ("url", "headers", "trailers", "head", "chunked", "complete", "out",  # noqa: RUF023
                  "upstream", "route", "status", "started", "keep_alive", "upgrade", "timer",
-                 "head_bytes", "body_sent", "retried")
+                 "head_bytes", "body_sent", "retried", "body_left", "probe", "size")
 
     def __init__(self) -> None:
         self.url = b""
@@ -112,6 +140,9 @@ class _Request:
         self.head_bytes = b""  # as sent upstream: for a retry on a fresh connection
         self.body_sent = False
         self.retried = False
+        self.body_left = 0  # of an upgrade request's body: llhttp does not read it
+        self.probe = ""  # the x-bridged-probe nonce, if any
+        self.size = 0  # bytes of its target, headers and trailers: bounded
 
     def send(self, data: bytes) -> None:
         if self.upstream is not None:
@@ -140,22 +171,88 @@ def _origin_form(url: bytes) -> bytes:
     return url
 
 
+_REASONS = {204: "No Content", 400: "Bad Request", 405: "Method Not Allowed",
+            408: "Request Timeout", 431: "Request Header Fields Too Large",
+            501: "Not Implemented", 502: "Bad Gateway", 503: "Service Unavailable",
+            504: "Gateway Timeout"}
+
+
 def _error_response(status: int, why: str) -> bytes:
-    reason = {400: "Bad Request", 431: "Request Header Fields Too Large", 501: "Not Implemented",
-              502: "Bad Gateway", 504: "Gateway Timeout"}.get(status, "Error")
     body = f"{why}\n".encode()
-    return (f"HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain\r\n"
+    return (f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\ncontent-type: text/plain\r\n"
             f"content-length: {len(body)}\r\nconnection: close\r\n\r\n").encode() + body
 
 
-class _Upstream(asyncio.Protocol):
-    """One connection to a destination; carries one request/response at a time."""
+def _head_keeps_alive(parser: Any, connection: bytes) -> bool:
+    """Whether a HEAD's answer keeps the connection: the parser cannot tell when it has no
+    length (it expects a body until the close)."""
+    if parser.get_http_version() == "1.1":
+        return b"close" not in connection
+    return b"keep-alive" in connection
 
-    def __init__(self, pool: UpstreamPool, key: str) -> None:
-        self.pool = pool
+
+class _EndFinder:
+    """Parser events of a response read again from its start, to find where it ends."""
+
+    def __init__(self, head_request: bool) -> None:
+        self.head_request = head_request
+        self.parser = httptools.HttpResponseParser(self)
+        self.informational = False
+        self.keep_alive: bool | None = None  # set once the final response is whole
+        self.connection = b""
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if name.lower() == b"connection":
+            self.connection += value.lower()
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        self.informational = 100 <= status < 200 and status != 101
+        if self.head_request and not self.informational:
+            self.keep_alive = _head_keeps_alive(self.parser, self.connection)
+
+    def on_message_complete(self) -> None:
+        if not self.informational and self.keep_alive is None:
+            self.keep_alive = self.parser.should_keep_alive()
+
+    def whole_within(self, data: bytes) -> bool:
+        with contextlib.suppress(httptools.HttpParserError):
+            self.parser.feed_data(data)
+        return self.keep_alive is not None
+
+
+def _response_end(data: bytes, head_request: bool) -> tuple[int, bool] | None:
+    """How many bytes of ``data`` (the start of an answer) make the whole answer, and whether
+    it keeps the connection; None if it is not whole. httptools tells no offsets, so it is
+    found by bisection over fresh parsers: only ever for an upstream that misbehaves, or
+    after a HEAD."""
+    if not _EndFinder(head_request).whole_within(data):
+        return None
+    low, high = 1, len(data)
+    while low < high:
+        middle = (low + high) // 2
+        if _EndFinder(head_request).whole_within(data[:middle]):
+            high = middle
+        else:
+            low = middle + 1
+    finder = _EndFinder(head_request)
+    finder.whole_within(data[:low])
+    assert finder.keep_alive is not None
+    return low, finder.keep_alive
+
+
+_PROBE_ANSWER = b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n"
+
+
+class _Upstream(asyncio.Protocol):
+    """One connection to a destination, owned by one client connection; carries one
+    request/response at a time."""
+
+    def __init__(self, owner: _Downstream, key: str) -> None:
+        self.owner = owner
         self.key = key
         self.transport: Any = None
-        self.down: _Downstream | None = None
+        self.down: _Downstream | None = None  # the owner while it carries a request
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False
         self.informational = False
@@ -168,7 +265,9 @@ class _Upstream(asyncio.Protocol):
         self.extra = False  # bytes after the end of the response
         self.connection = b""  # the response's Connection header
         self.received = 0  # bytes from the upstream, in all
-        self.reused = False  # taken from the pool (it may have closed meanwhile)
+        self.reused = False  # kept from an earlier request (it may have closed meanwhile)
+        self.reads = 0  # data_received calls, in all
+        self.final_at = -1  # the read in which the final response's head ended
 
     # transport events
     def connection_made(self, transport: Any) -> None:
@@ -176,10 +275,11 @@ class _Upstream(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         down = self.down
-        if down is None:  # an idle pooled connection must not talk: drop it
-            self.transport.close()
+        if down is None:  # an idle connection must not talk: drop it
+            self.close()
             return
         self.received += len(data)
+        self.reads += 1
         if down.spliced:
             down.transport.write(data)
             return
@@ -188,14 +288,16 @@ class _Upstream(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._forward(down, data)
-            down.spliced_by(self)
+            down.switched(self, data)
             return
         except httptools.HttpParserError as exc:
             down.upstream_broke(self, f"sent a malformed response ({exc})")
             return
-        if self.extra:
-            down.upstream_broke(self, "sent more than one response to one request")
+        if self.extra or (self.done and self.head_request):
+            # the answer ended inside this read and more bytes follow it (a HEAD's answer
+            # ends with its head, whatever its length says): the answer is the client's,
+            # the rest belongs to no request and the connection is not used again
+            self._end_within(down, data)
             return
         if self.in_head:
             self.held.append(data)
@@ -203,14 +305,25 @@ class _Upstream(asyncio.Protocol):
                 down.upstream_broke(self, "sent a response head larger than "
                                           f"{MAX_RESPONSE_HEAD_BYTES} bytes")
             return
-        self._forward(down, data)
+        self.forward(down, data)
         if self.done:
             self.done = False
-            if self.head_request:  # its parser still waits for the body it announced
-                self.parser = httptools.HttpResponseParser(self)
             down.response_done(self, self.keep_alive)
 
-    def _forward(self, down: _Downstream, data: bytes) -> None:
+    def _end_within(self, down: _Downstream, data: bytes) -> None:
+        pending = b"".join(self.held) + data
+        self.held.clear()
+        end = _response_end(pending, self.head_request) if self.final_at == self.reads \
+            else None
+        if end is None:  # (its beginning was forwarded already: where it ends is unknown)
+            down.upstream_broke(self, "sent more than one response to one request")
+            return
+        length, keep_alive = end
+        down.transport.write(pending[:length])
+        self.done = False
+        down.response_done(self, keep_alive, reuse=length == len(pending))
+
+    def forward(self, down: _Downstream, data: bytes) -> None:
         if self.held:
             self.held.append(data)
             data = b"".join(self.held)
@@ -230,7 +343,7 @@ class _Upstream(asyncio.Protocol):
         if self.down is not None:
             self.down.upstream_broke(self, "closed the connection before answering")
         else:
-            self.pool.discard(self)
+            self.owner.forget(self)
 
     def pause_writing(self) -> None:
         if self.down is not None:
@@ -257,15 +370,13 @@ class _Upstream(asyncio.Protocol):
         if 100 <= status < 200 and status != 101:
             self.informational = True  # 100 Continue and friends: the real answer follows
             return
+        self.final_at = self.reads
         if self.down is not None:
             self.down.response_started(self, status)
         if self.head_request:
             # a HEAD's response has no body, whatever its headers say; the parser does not
-            # know it was a HEAD, so this one is replaced before the next response; nor can
-            # it tell whether a HEAD's answer without a length keeps the connection
-            version = self.parser.get_http_version()
-            self.keep_alive = b"close" not in self.connection if version == "1.1" \
-                else b"keep-alive" in self.connection
+            # know it was a HEAD, so it is replaced before the next response
+            self.keep_alive = _head_keeps_alive(self.parser, self.connection)
             self.done = True
 
     def on_message_complete(self) -> None:
@@ -279,7 +390,7 @@ class _Upstream(asyncio.Protocol):
         return not self.closed and not self.transport.is_closing()
 
     def pause_reading(self, paused: bool) -> None:
-        """Back-pressure from the downstream; a pooled connection is never left paused."""
+        """Back-pressure from the downstream; a kept connection is never left paused."""
         if paused != self.paused and not self.closed:
             self.paused = paused
             (self.transport.pause_reading if paused else self.transport.resume_reading)()
@@ -287,53 +398,8 @@ class _Upstream(asyncio.Protocol):
     def close(self) -> None:
         self.down = None
         self.closed = True
-        self.transport.close()
-
-
-class UpstreamPool:
-    """Idle upstream connections, per destination."""
-
-    def __init__(self, open_upstream: OpenUpstream, per_target: int = 128) -> None:
-        self.open_upstream = open_upstream
-        self.per_target = per_target
-        self.idle: dict[str, list[_Upstream]] = {}
-
-    def idle_one(self, route: Route) -> _Upstream | None:
-        idle = self.idle.get(route.target)
-        while idle:
-            up = idle.pop()
-            if up.usable():
-                up.reused = True
-                return up
-        return None
-
-    async def acquire(self, route: Route, peer: Peer, fresh: bool = False) -> _Upstream:
-        up = None if fresh else self.idle_one(route)
-        if up is not None:
-            return up
-        up = _Upstream(self, route.target)
-        await self.open_upstream(route, peer, lambda: up)
-        if up.transport is None or up.closed:
-            raise UpstreamUnavailable(f"{route.target}: the connection closed at once")
-        return up
-
-    def release(self, up: _Upstream) -> None:
-        idle = self.idle.setdefault(up.key, [])
-        up.pause_reading(False)
-        if up.usable() and len(idle) < self.per_target:
-            idle.append(up)
-        else:
-            up.close()
-
-    def discard(self, up: _Upstream) -> None:
-        with contextlib.suppress(ValueError):
-            self.idle.get(up.key, []).remove(up)
-
-    def close(self) -> None:
-        for idle in self.idle.values():
-            for up in idle:
-                up.close()
-        self.idle.clear()
+        if self.transport is not None:
+            self.transport.close()
 
 
 class _Downstream(asyncio.Protocol):
@@ -347,16 +413,32 @@ class _Downstream(asyncio.Protocol):
         self.current: _Request | None = None  # being parsed
         self.queue: deque[_Request] = deque()  # parsed heads, not yet sent
         self.active: _Request | None = None  # sent (or being sent), not yet answered
+        #: upstream connections of this client's, idle between its requests: one per target
+        self.idle: dict[str, _Upstream] = {}
+        #: the first bytes, until they tell what the connection speaks (None: decided)
+        self.sniffed: bytes | None = b""
+        #: bytes after an upgrade request, held until the upstream answers it (None: none)
+        self.held: list[bytes] | None = None
+        #: the upgrade request whose answer the held bytes wait for
+        self.upgrading: _Request | None = None
+        #: once spliced (an upgrade the upstream took, or a pass-through): the other end
+        self.tunnel: _Upstream | None = None
         self.spliced = False
-        self.upgrading = False
         self.closing = False
+        self.admitted = False  # counted in the router's connection budget
         self.eof = False
         self.writing_paused = False  # our transport's buffer is full
         self.reading_paused = False
         self.task: asyncio.Task[None] | None = None
         #: an error answer owed after the requests before it (a bad request, a huge head)
         self.refusal: tuple[int, str] | None = None
-        self.head_seen = 0  # bytes read since the current request began, until its head ended
+        #: bytes fed to the parser since it last produced something (a head, body, the end):
+        #: what it may be holding — a head, trailers, a chunk-size line
+        self.unparsed = 0
+        #: when the connection is closed unless something happens (loop time; 0: never), and
+        #: what it is waiting for: "head" (a request to arrive) or "idle" (keep-alive)
+        self.deadline = 0.0
+        self.waiting_for = "head"
 
     # --- transport events ---
 
@@ -364,36 +446,72 @@ class _Downstream(asyncio.Protocol):
         self.transport = transport
         peer = transport.get_extra_info("peername") or ("", 0)
         self.peer = (str(peer[0]), int(peer[1]))
+        if not self.router.admit(self):
+            self.closing = True
+            transport.write(_error_response(
+                503, f"bridged: the relay serves {self.router.budget.limit} client "
+                     "connections at most; try again later"))
+            self._close_softly()
+            return
+        self._wait("head", self.router.settings.header_timeout_seconds)
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
         if self.spliced:
-            assert self.active is not None and self.active.upstream is not None
-            self.active.upstream.transport.write(data)
+            assert self.tunnel is not None
+            self.tunnel.transport.write(data)
             return
-        if self.upgrading:  # bytes of the new protocol: sent once the upstream agreed
-            if self.active is not None:
-                self.active.send(data)
+        if self.held is not None:  # after an upgrade request: see switched()/response_done()
+            self._hold(data)
             return
+        if self.sniffed is not None:
+            data = self.sniffed + data
+            verdict = sniff.classify(data, MAX_HEAD_BYTES)
+            if verdict is None:
+                self.sniffed = data
+                return
+            self.sniffed = None
+            if verdict != sniff.HTTP1:
+                self._pass_through(verdict, data)
+                return
         if self.refusal is not None:
             return  # a bad request came: nothing after it is read
-        r = self.current
-        if r is not None and r.trailers is None:  # inside a head: bounded
-            self.head_seen += len(data)
-            if self.head_seen > MAX_HEAD_BYTES:
-                self._refuse_after(431, f"bridged: request head larger than {MAX_HEAD_BYTES} "
-                                        "bytes")
-                return
+        self.unparsed += len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
-            self.upgrading = True
-            rest = data[int(exc.args[0]):]
-            if rest and self.active is not None:
-                self.active.send(rest)
+            if self.refusal is None and not self.closing:
+                # the new protocol's bytes (or garbage, or a smuggled request): they reach
+                # nobody until the upstream agreed to switch
+                self.held = []
+                self._hold(data[int(exc.args[0]):])
         except httptools.HttpParserError as exc:
             self._refuse_after(400, f"bridged: bad request ({exc})")
+        else:
+            if self.unparsed > MAX_HEAD_BYTES:  # the parser holds a head, trailers or a
+                self._too_big()  # chunk line that grew past the limit, unfinished
+
+    def _hold(self, data: bytes) -> None:
+        """Bytes after an upgrade request: its body first (llhttp leaves it unparsed: it is
+        sent on by its length), then what the answer decides about."""
+        r = self.upgrading
+        if r is not None and r.body_left:
+            body = data[:r.body_left]
+            r.body_left -= len(body)
+            r.body_sent = True
+            r.send(body)
+            data = data[len(body):]
+        if data:
+            assert self.held is not None
+            self.held.append(data)
+        if r is None or not r.body_left or r.upstream is None:
+            self._pause()  # one read's worth at most, until the answer (or the upstream)
+
+    def _too_big(self) -> None:
+        if self.refusal is None:
+            self._refuse_after(431, "bridged: request head or trailers larger than "
+                                    f"{MAX_HEAD_BYTES} bytes")
 
     def _refuse_after(self, status: int, why: str) -> None:
         """Refuse, but only once the requests before this one are answered (in order)."""
@@ -404,11 +522,14 @@ class _Downstream(asyncio.Protocol):
             self.refuse(status, why)
 
     def eof_received(self) -> bool:
-        if self.spliced and self.active is not None and self.active.upstream is not None:
+        if self.spliced:
+            assert self.tunnel is not None
             with contextlib.suppress(Exception):
-                self.active.upstream.transport.write_eof()
+                self.tunnel.transport.write_eof()
             return True
         self.eof = True
+        if self.held is not None:
+            return True  # the upgrade's answer decides: spliced (EOF passed on) or closed
         if self.current is not None or (self.active is not None and not self.active.complete):
             # the client stopped in the middle of a request: nothing will complete it
             active = self.active
@@ -424,6 +545,7 @@ class _Downstream(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
+        self.router.leave(self)
         if self.task is not None:
             self.task.cancel()
         active = self.active
@@ -434,16 +556,29 @@ class _Downstream(asyncio.Protocol):
                 if not self.spliced and active.head is not None and active.route is not None:
                     self._report(active, 0)
                 active.upstream.close()
+        if self.tunnel is not None:
+            self.tunnel.close()
+        for up in list(self.idle.values()):
+            up.close()
+        self.idle.clear()
+
+    def _upstream(self) -> _Upstream | None:
+        """The upstream bytes flow to and from now."""
+        if self.tunnel is not None:
+            return self.tunnel
+        return self.active.upstream if self.active is not None else None
 
     def pause_writing(self) -> None:
         self.writing_paused = True
-        if self.active is not None and self.active.upstream is not None:
-            self.active.upstream.pause_reading(True)
+        up = self._upstream()
+        if up is not None:
+            up.pause_reading(True)
 
     def resume_writing(self) -> None:
         self.writing_paused = False
-        if self.active is not None and self.active.upstream is not None:
-            self.active.upstream.pause_reading(False)
+        up = self._upstream()
+        if up is not None:
+            up.pause_reading(False)
 
     def _pause(self) -> None:
         if not self.reading_paused:
@@ -455,20 +590,47 @@ class _Downstream(asyncio.Protocol):
             self.reading_paused = False
             self.transport.resume_reading()
 
+    def _wait(self, what: str, seconds: float | None) -> None:
+        """Close the connection unless something happens within ``seconds`` (None: never)."""
+        self.waiting_for = what
+        self.deadline = 0.0 if seconds is None else \
+            asyncio.get_running_loop().time() + seconds
+
+    def expired(self) -> None:
+        """The deadline passed (the router's sweep calls this)."""
+        self.deadline = 0.0
+        if self.closing:
+            return
+        if self.active is not None or self.queue:
+            if self.current is not None:  # a head begun behind busy ones: its time runs on
+                self._wait("head", self.router.settings.header_timeout_seconds)
+            return
+        if self.waiting_for == "idle":
+            self.closing = True  # an idle keep-alive connection: closed without a word
+            self.transport.close()
+        else:
+            self.refuse(408, "bridged: no complete request head within "
+                             f"{self.router.settings.header_timeout_seconds:g} s")
+
     # --- parser events (requests) ---
 
     def on_message_begin(self) -> None:
         self.current = _Request()
-        self.head_seen = 0
+        self._wait("head", self.router.settings.header_timeout_seconds)
 
     def on_url(self, url: bytes) -> None:
-        assert self.current is not None
-        self.current.url += url
+        r = self.current
+        assert r is not None
+        r.url += url
+        r.size += len(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         r = self.current
         assert r is not None
-        if r.trailers is None:
+        r.size += len(name) + len(value) + 4
+        if r.size > MAX_HEAD_BYTES:  # head and trailers together
+            self._too_big()
+        elif r.trailers is None:
             r.headers.append((name, value))
         else:
             r.trailers.append((name, value))
@@ -477,21 +639,47 @@ class _Downstream(asyncio.Protocol):
         r = self.current
         assert r is not None
         r.trailers = []
+        self.unparsed = 0
+        self.deadline = 0.0  # the head is whole: from here on the upstream sets the pace
         if self.closing or self.refusal is not None:
             return
-        lengths = [v for n, v in r.headers if n.lower() == b"content-length"]
-        codings = [v for n, v in r.headers if n.lower() == b"transfer-encoding"]
-        if (codings and lengths) or len(lengths) > 1:
+        lengths = 0
+        length = codings = b""
+        for name, value in r.headers:
+            lname = name.lower()
+            if lname == b"content-length":
+                lengths += 1
+                length = value
+            elif lname == b"transfer-encoding":
+                codings = codings + b"," + value if codings else value
+            elif lname == PROBE_HEADER:
+                r.probe = value.strip().decode("latin-1")
+        if (codings and lengths) or lengths > 1:
             self._refuse_after(400, "bridged: conflicting Content-Length / Transfer-Encoding")
             return
         if codings:
-            if len(codings) > 1 or codings[0].strip().lower() != b"chunked":
+            listed = [c.strip() for c in codings.lower().split(b",")]
+            if listed[-1] != b"chunked":  # RFC 9112 §6.3: no length can be known: 400, close
+                self._refuse_after(400, "bridged: a request body whose last transfer coding "
+                                        "is not chunked has no knowable length")
+                return
+            if len(listed) > 1:
                 self._refuse_after(501, "bridged: transfer codings other than chunked")
                 return
             r.chunked = True
         method = self.parser.get_method()
+        if method == b"CONNECT":
+            self._refuse_after(405, "bridged: CONNECT is not served here (this is a reverse "
+                                    "proxy, not a tunnel)")
+            return
         r.keep_alive = self.parser.should_keep_alive()
         r.upgrade = self.parser.should_upgrade()
+        if r.upgrade:
+            if r.chunked:
+                self._refuse_after(501, "bridged: an upgrade request with a chunked body")
+                return
+            r.body_left = int(length) if lengths else 0  # (llhttp checked its digits)
+            self.upgrading = r
         r.head = RequestHead(method.decode("latin-1"), _origin_form(r.url).decode("latin-1"),
                              [(n.decode("latin-1"), v.decode("latin-1")) for n, v in r.headers])
         r.head_bytes = _serialize_head(method, r.url, self.parser.get_http_version(), r.headers)
@@ -502,6 +690,7 @@ class _Downstream(asyncio.Protocol):
             self._pause()  # pipelined behind an unanswered one: its body waits in the socket
 
     def on_body(self, body: bytes) -> None:
+        self.unparsed = 0
         r = self.current
         if r is None or self.closing or self.refusal is not None:
             return
@@ -510,8 +699,11 @@ class _Downstream(asyncio.Protocol):
             r.send(b"%x\r\n%b\r\n" % (len(body), body))
         else:
             r.send(body)
+        if r.upstream is None:
+            self._pause()  # held until its upstream takes it: one read's worth at most
 
     def on_message_complete(self) -> None:
+        self.unparsed = 0
         r = self.current
         if r is None or self.closing or self.refusal is not None:
             return
@@ -535,21 +727,35 @@ class _Downstream(asyncio.Protocol):
             return
         r = self.active = self.queue.popleft()
         assert r.head is not None
+        probe = self.router.probe
+        if r.probe and probe is not None and probe(r.probe):
+            self.closing = True  # the relay's own probe reached it: the redirect works
+            self.transport.write(_PROBE_ANSWER)
+            self.transport.close()
+            return
         r.route = self.router.decide(r.head)
         r.started = asyncio.get_running_loop().time()
-        up = self.router.pool.idle_one(r.route)
-        if up is not None:  # the usual case: no task, no waiting
+        up = self.idle.pop(r.route.target, None)
+        if up is not None and up.usable():  # the usual case: no task, no waiting
+            up.reused = True
             self._attach(r, up)
             return
         # nothing more is read until the upstream takes this request's bytes
         self._pause()
         self.task = asyncio.ensure_future(self._connect(r))
 
-    async def _connect(self, r: _Request, fresh: bool = False) -> None:
+    async def _open(self, route: Route) -> _Upstream:
+        up = _Upstream(self, route.target)
+        await self.router.open_upstream(route, self.peer, lambda: up)
+        if up.transport is None or up.closed:
+            raise UpstreamUnavailable(f"{route.target}: the connection closed at once")
+        return up
+
+    async def _connect(self, r: _Request) -> None:
         assert r.route is not None
         while True:
             try:
-                up = await self.router.pool.acquire(r.route, self.peer, fresh=fresh)
+                up = await self._open(r.route)
                 break
             except UpstreamUnavailable as exc:
                 other = self.router.fallback(r.route) if self.router.fallback else None
@@ -568,6 +774,8 @@ class _Downstream(asyncio.Protocol):
         assert r.head is not None
         up.down = self
         up.received = 0
+        if up.head_request:  # its parser waited for the body the HEAD's answer announced
+            up.parser = httptools.HttpResponseParser(up)
         up.head_request = r.head.method == "HEAD"
         up.pause_reading(self.writing_paused)
         r.upstream = up
@@ -575,11 +783,28 @@ class _Downstream(asyncio.Protocol):
         r.out.clear()
         if r.complete:
             self._start_timer(r)
-        if not r.complete or self.upgrading:
-            self._resume()  # the body (or the new protocol) flows on
+        if not r.complete or r.body_left:
+            self._resume()  # the body flows on
+
+    def _keep(self, up: _Upstream) -> None:
+        """Keep an upstream connection for this client's next request to the same place."""
+        up.down = None
+        up.pause_reading(False)
+        old = self.idle.get(up.key)
+        if old is not None and old is not up:
+            old.close()
+        if up.usable():
+            self.idle[up.key] = up
+        else:
+            up.close()
+
+    def forget(self, up: _Upstream) -> None:
+        """An idle upstream connection closed (the upstream's keep-alive time-out)."""
+        if self.idle.get(up.key) is up:
+            del self.idle[up.key]
 
     def _start_timer(self, r: _Request) -> None:
-        timeout = self.router.response_timeout
+        timeout = self.router.settings.response_timeout_seconds
         if timeout is not None and r.timer is None:
             r.timer = asyncio.get_running_loop().call_later(timeout, self._timed_out, r)
 
@@ -587,7 +812,7 @@ class _Downstream(asyncio.Protocol):
         if self.active is r and not r.status:
             self._report(r, 504)
             self.refuse(504, f"bridged: no answer from {r.route.target if r.route else '?'} "
-                             f"within {self.router.response_timeout:g} s")
+                             f"within {self.router.settings.response_timeout_seconds:g} s")
 
     def response_started(self, up: _Upstream, status: int) -> None:
         r = self.active
@@ -596,58 +821,115 @@ class _Downstream(asyncio.Protocol):
             if r.timer is not None:
                 r.timer.cancel()
 
-    def response_done(self, up: _Upstream, keep_alive: bool) -> None:
+    def response_done(self, up: _Upstream, keep_alive: bool, reuse: bool = True) -> None:
+        """The answer is whole; ``keep_alive``: it lets the connections go on; ``reuse``:
+        False when the upstream misbehaved and its connection must not carry another."""
         r = self.active
         if r is None or r.upstream is not up:
             return
         self._report(r, r.status)
         self.active = None
         up.down = None
-        if keep_alive and r.complete:
-            self.router.pool.release(up)
+        if keep_alive and reuse and r.complete and not r.upgrade:
+            self._keep(up)
         else:
-            up.close()
-        if not (r.complete and r.keep_alive and keep_alive) or r.upgrade or (self.eof \
-                and not self.queue):
-            # Connection: close either side, an answer before the whole body, a refused
-            # upgrade, or the client is done: the connection ends with this response
+            up.close()  # a connection that saw an upgrade attempt is never used again
+        held = None
+        if r.upgrade:  # refused: what the client sent after it was held for this moment
+            held, self.held, self.upgrading = self.held or [], None, None
+        if not (r.complete and r.keep_alive and keep_alive) or (self.eof and not self.queue) \
+                or r.body_left:
+            # Connection: close either side, an answer before the whole body, or the client
+            # is done
             self.closing = True
             self.transport.close()
+            return
+        if held is not None:
+            # a refused upgrade: the connection goes on as HTTP/1.1 (RFC 9110 §7.8), and
+            # what the client sent after it is parsed as its next request
+            self.parser = httptools.HttpRequestParser(self)
+            self._wait("idle", self.router.settings.idle_timeout_seconds)
+            self._resume()
+            rest = b"".join(held)
+            if rest:
+                self.data_received(rest)
             return
         self._next()
         if self.active is None and self.refusal is not None:
             self.refuse(*self.refusal)  # the bad request's turn
         elif self.active is None or not self.active.complete:
+            if self.active is None and not self.queue and self.current is None:
+                self._wait("idle", self.router.settings.idle_timeout_seconds)
             self._resume()
 
-    def spliced_by(self, up: _Upstream) -> None:
-        """The upstream answered 101: from now on both ways are raw bytes."""
+    def switched(self, up: _Upstream, data: bytes) -> None:
+        """The upstream answered 101: from now on both ways are raw bytes — if the request
+        asked for it; a 101 nobody asked for is a broken upstream."""
         r = self.active
         if r is None or r.upstream is not up:
             return
+        if not r.upgrade:
+            r.status = 0  # nothing of it was forwarded: the client gets a 502
+            self.upstream_broke(up, "switched protocols although the request asked for no "
+                                    "upgrade")
+            return
+        up.forward(self, data)
         self._report(r, 101)
+        held, self.held, self.upgrading = self.held or [], None, None
+        self._splice(up, b"".join(held))
+
+    def _splice(self, up: _Upstream, pending: bytes) -> None:
+        """Both ways raw bytes from now on, ``pending`` (read already) first."""
+        self.tunnel = up
+        up.down = self
         self.spliced = True
+        self.deadline = 0.0
+        if pending:
+            up.transport.write(pending)
+        if self.eof:
+            with contextlib.suppress(Exception):
+                up.transport.write_eof()
         self._resume()
 
+    def _pass_through(self, reason: str, data: bytes) -> None:
+        """Not HTTP/1.x: spliced untouched to the original pods."""
+        self.deadline = 0.0
+        self._pause()
+        self.router.passed_through(reason, self.peer)
+        self.task = asyncio.ensure_future(self._open_pass_through(reason, data))
+
+    async def _open_pass_through(self, reason: str, data: bytes) -> None:
+        try:
+            up = await self._open(Route(ORIGIN))
+        except UpstreamUnavailable as exc:
+            log.warning("%s from %s: nowhere to pass it (%s)", reason, self.peer[0], exc)
+            self.closing = True
+            self.transport.close()
+            return
+        if self.closing:
+            up.close()
+            return
+        self._splice(up, data)
+
     def upstream_broke(self, up: _Upstream, why: str) -> None:
+        if self.spliced:
+            if up is self.tunnel:
+                self.closing = True
+                self.transport.close()
+            return
         r = self.active
         if r is None or r.upstream is not up:
             return
-        up.down = None
         up.close()
         if up.reused and not up.received and r.complete and not r.body_sent \
-                and not r.retried and not self.closing:
-            # a pooled connection the upstream had closed just before we used it: the
+                and not r.retried and not self.closing and not r.upgrade:
+            # a kept connection the upstream had closed just before we used it: the
             # request never reached it, so it is sent again on a fresh connection
             r.retried, r.upstream, r.out = True, None, [r.head_bytes]
             if r.timer is not None:
                 r.timer.cancel()
                 r.timer = None
-            self.task = asyncio.ensure_future(self._connect(r, fresh=True))
-            return
-        if self.spliced:
-            self.closing = True
-            self.transport.close()
+            self.task = asyncio.ensure_future(self._connect(r))
             return
         if r.status:  # mid-response (or a body that ends with the connection): pass it on
             self._report(r, r.status)
@@ -658,19 +940,33 @@ class _Downstream(asyncio.Protocol):
         self.refuse(502, f"bridged: {r.route.target if r.route else '?'} {why}")
 
     def refuse(self, status: int, why: str) -> None:
-        """Answer with an error of our own and end the connection."""
+        """Answer with an error of our own and end the connection (just end it when a
+        response has begun: an answer of ours in its middle would be taken for its bytes)."""
         if self.closing:
             return
         self.closing = True
         r = self.active
+        began = r is not None and r.status != 0
         if r is not None:
             if r.timer is not None:
                 r.timer.cancel()
             if r.upstream is not None:
                 r.upstream.close()
         if not self.transport.is_closing():
-            self.transport.write(_error_response(status, why))
-            self.transport.close()
+            if not began:
+                self.transport.write(_error_response(status, why))
+            self._close_softly()
+
+    def _close_softly(self) -> None:
+        """Half-close, drop what the client still sends for a moment, then close: closing
+        with its bytes unread would reset the connection, and our answer could be lost with
+        it (nginx's lingering close)."""
+        with contextlib.suppress(Exception):
+            self.transport.write_eof()
+        if self.reading_paused:
+            self.reading_paused = False
+            self.transport.resume_reading()
+        asyncio.get_running_loop().call_later(REFUSAL_LINGER_SECONDS, self.transport.close)
 
     def _report(self, r: _Request, status: int) -> None:
         if self.router.on_request is not None and r.head is not None and r.route is not None:
@@ -689,17 +985,69 @@ class HttpRouter:
     def __init__(self, decide: Decide, open_upstream: OpenUpstream,
                  on_request: OnRequest | None = None,
                  fallback: Callable[[Route], Route | None] | None = None,
-                 response_timeout: float | None = None) -> None:
+                 settings: RouterSettings | None = None,
+                 budget: ConnectionBudget | None = None,
+                 on_pass_through: OnPassThrough | None = None,
+                 probe: Probe | None = None) -> None:
         self.decide = decide
-        self.pool = UpstreamPool(open_upstream)
+        self.open_upstream = open_upstream
         self.on_request = on_request
         #: where a request goes when its destination cannot be reached (None: a 502)
         self.fallback = fallback
-        #: seconds to wait for a response's head (then 504); None: as long as it takes
-        self.response_timeout = response_timeout
+        self.settings = settings if settings is not None else RouterSettings()
+        #: shared by the relay's routers (the limit is the relay's); one of its own otherwise
+        self.budget = budget if budget is not None else \
+            ConnectionBudget(self.settings.max_connections)
+        self.on_pass_through = on_pass_through
+        self.probe = probe
+        self.downstreams: set[_Downstream] = set()
+        self._sweeping: asyncio.TimerHandle | None = None
 
     def protocol(self) -> asyncio.Protocol:
         return _Downstream(self)
 
+    def admit(self, down: _Downstream) -> bool:
+        if self.budget.used >= self.budget.limit:
+            log.warning("client %s refused: %d client connections open", down.peer[0],
+                        self.budget.used)
+            return False
+        self.budget.used += 1
+        down.admitted = True
+        self.downstreams.add(down)
+        if self._sweeping is None:
+            self._sweep_later()
+        return True
+
+    def leave(self, down: _Downstream) -> None:
+        if down.admitted:
+            down.admitted = False
+            self.budget.used -= 1
+            self.downstreams.discard(down)
+
+    def passed_through(self, reason: str, peer: Peer) -> None:
+        if self.on_pass_through is not None:
+            try:
+                self.on_pass_through(reason, peer)
+            except Exception:  # runs in transport callbacks: must never break the proxying
+                log.exception("pass-through report failed")
+
+    def _sweep_later(self) -> None:
+        s = self.settings
+        shortest = min(t for t in (s.header_timeout_seconds, s.idle_timeout_seconds, 4.0)
+                       if t is not None)
+        # a quarter of the shortest time-out: a connection lives at most 25 % past its own
+        self._sweeping = asyncio.get_running_loop().call_later(shortest / 4, self._sweep)
+
+    def _sweep(self) -> None:
+        """Close the connections whose head or keep-alive time ran out; one timer for all of
+        them, so that no request pays for arming and cancelling one of its own."""
+        self._sweeping = None
+        now = asyncio.get_running_loop().time()
+        for down in [d for d in self.downstreams if 0 < d.deadline <= now]:
+            down.expired()
+        if self.downstreams:
+            self._sweep_later()
+
     def close(self) -> None:
-        self.pool.close()
+        """Nothing to stop: client connections carry on (a port changing hands lets them
+        finish), each closing its own upstream connections; the sweep ends with the last."""

@@ -31,7 +31,13 @@ from ..routing.table import Holding, InterceptTable, TableConflict
 from ..splice import Counters, channel_then_socket, socket_then_channel
 from ..tasks import TaskSet
 from .auth import AuthorizedKeys
-from .http_router import HttpRouter, UpstreamUnavailable, splice_streams, tcp_upstream
+from .http_router import (
+    ConnectionBudget,
+    HttpRouter,
+    UpstreamUnavailable,
+    splice_streams,
+    tcp_upstream,
+)
 from .policy import DestinationDenied, DestinationPolicy, allowed_origin, resolve_allowed
 from .redirect import Redirector
 
@@ -220,6 +226,15 @@ class OriginListener(PortListener):
             writer.close()
 
 
+@dataclass
+class RouterCounters(Counters):
+    #: connections passed through untouched (not HTTP/1.x), by reason
+    passed_through: dict[str, int] = field(default_factory=dict)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {**super().snapshot(), "passed_through": dict(self.passed_through)}
+
+
 class HttpPortListener(PortListener):
     """An intercepted port whose requests are routed one by one (:mod:`.http_router`)."""
 
@@ -227,9 +242,11 @@ class HttpPortListener(PortListener):
 
     def __init__(self, relay: Relay, port: int, origin: str = "") -> None:
         super().__init__(relay, port, origin)
+        self.counters: RouterCounters = RouterCounters()
         self.router = HttpRouter(
             self._decide, self._open_upstream, self._count, self._fallback,
-            response_timeout=relay.settings.router.response_timeout_seconds)
+            settings=relay.settings.router, budget=relay.budget,
+            on_pass_through=self._passed_through)
 
     async def start(self, host: str) -> None:
         self.server = await asyncio.get_running_loop().create_server(
@@ -251,6 +268,20 @@ class HttpPortListener(PortListener):
         if holding is not None and holding.claim.fallback == "origin" and self.origin:
             return Route(ORIGIN)
         return None
+
+    def _passed_through(self, reason: str, peer: tuple[str, int]) -> None:
+        """Not HTTP/1.x: counted, and told to every developer intercepting this port (their
+        h2c or TLS clients' calls never reach them; this says why)."""
+        self.counters.connections += 1
+        self.counters.passed_through[reason] = self.counters.passed_through.get(reason, 0) + 1
+        for holding in self.relay.table.on_port(self.port):
+            session = self.relay.sessions.get(holding.session)
+            if session is not None and session.control is not None \
+                    and not session.control.is_closing():
+                session.control.write(protocol.encode(protocol.Traffic(
+                    intercept_id=holding.claim.id, method="", path="", status=0,
+                    duration_ms=0.0, client=format_host_port(*peer) if peer[0] else "",
+                    note=reason)))
 
     def _count(self, head: RequestHead, route: Route, status: int, seconds: float,
                peer: tuple[str, int]) -> None:
@@ -311,6 +342,8 @@ class Relay:
         self.sessions: dict[str, RelaySession] = {}
         self.ports: dict[int, PortListener] = {}
         self.outbound = Counters()
+        #: client connections of every HTTP port's router, against one limit
+        self.budget = ConnectionBudget(settings.router.max_connections)
         self.keys = AuthorizedKeys(settings.authorized_keys)
         self.host_key = load_or_create_key(settings.host_key, comment="bridged-relay")
         self.acceptor = StreamAcceptor()
