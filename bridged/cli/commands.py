@@ -313,6 +313,10 @@ def register(app: typer.Typer) -> None:
                     typer.echo(json.dumps(e, sort_keys=True))
                 else:
                     stamp = _time.strftime("%H:%M:%S", _time.localtime(e["time"]))
+                    if e.get("note"):  # a connection passed through, not a request
+                        typer.echo(f"{stamp} {e['intercept']:<16} --- {e['note']}"
+                                   f"  from {e['client']}")
+                        continue
                     typer.echo(f"{stamp} {e['intercept']:<16} {e['status'] or 'ERR':>3} "
                                f"{e['method']:<6} {e['path']}  {e['duration_ms']:.1f} ms"
                                f"  from {e['client']}")
@@ -403,6 +407,10 @@ def _print_status(s: dict[str, Any]) -> None:
                for i in s["intercepts"]):
             typer.echo("no request yet? Clients that connected before the intercept keep "
                        "their connections to the original pods until they reconnect")
+        for i in s["intercepts"]:  # e.g. gRPC clients: their connections go to the pods
+            for reason, n in (i.get("passed_through") or {}).items():
+                typer.echo(f"{i['name']}: {n} × {reason} to the original pods (only "
+                           "HTTP/1.x is routed per request)")
 
 
 def _requests(i: dict[str, Any]) -> str:
@@ -412,8 +420,9 @@ def _requests(i: dict[str, Any]) -> str:
     if i.get("mode") != "http":
         return "-"  # a whole-port intercept counts connections (total)
     count, last = i.get("requests") or 0, i.get("last_request_at")
-    if not last:
-        return str(count)
-    ago = max(0.0, _time.time() - float(last))
-    when = f"{ago:.0f} s" if ago < 120 else f"{ago / 60:.0f} min"
-    return f"{count} (last {when} ago)"
+    shown = str(count)
+    if last:
+        ago = max(0.0, _time.time() - float(last))
+        when = f"{ago:.0f} s" if ago < 120 else f"{ago / 60:.0f} min"
+        shown = f"{count} (last {when} ago)"
+    return shown

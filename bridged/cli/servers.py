@@ -14,6 +14,7 @@ import typer
 
 from ..config import LeaseSettings, RouterSettings, TunnelSettings, parse_host_port
 from ..errors import ConfigError, Conflict
+from ..relay.probe import ProbeSettings
 from .output import handles_errors
 
 LogLevel = Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")]
@@ -92,6 +93,9 @@ def register(app: typer.Typer) -> None:
             = False,
         mesh_accept_seconds: Annotated[float, typer.Option(
             help="How long a mesh has to accept a new HTTPRoute (--via gateway).")] = 10.0,
+        redirect_live_seconds: Annotated[float, typer.Option(
+            help="How long an intercepted Service has to send its traffic to the relay.")]
+            = ProbeSettings.deadline_seconds,
         response_timeout: Annotated[float | None, typer.Option(
             help="Seconds the router waits for a response's head before a 504 (default: no "
                  "limit, so a request paused at a breakpoint still completes).")] = None,
@@ -175,6 +179,9 @@ def register(app: typer.Typer) -> None:
                 relay = Relay(settings, kube)
                 if relay.redirector is not None:
                     relay.redirector.accept_seconds = _positive(mesh_accept_seconds)
+                    relay.redirector.live = replace(
+                        relay.redirector.live,
+                        deadline_seconds=_positive(redirect_live_seconds))
                 try:
                     await relay.start()
                 except OSError as exc:

@@ -116,6 +116,9 @@ class Intercept:
     #: came (time.time()): what tells a developer whether anything arrives at all
     requests: int = 0
     last_request_at: float | None = None
+    #: connections to the intercepted port the router passed through to the original pods
+    #: untouched (h2c, TLS, not HTTP/1.x), by reason: why such clients never reach the laptop
+    passed_through: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         s = self.spec
@@ -130,6 +133,7 @@ class Intercept:
                 if self.state == "active" else 0.0,
                 "local_port": s.local_port, "state": self.state, "error": self.error,
                 "requests": self.requests, "last_request_at": self.last_request_at,
+                "passed_through": dict(self.passed_through),
                 **self.counters.snapshot()}
 
 
@@ -506,7 +510,10 @@ class Bridge:
                           if i.claim.id == msg.intercept_id), None)
         name = intercept.spec.name if intercept is not None else msg.intercept_id
         now = time.time()
-        if intercept is not None:
+        if intercept is not None and msg.note:
+            counts = intercept.passed_through
+            counts[msg.note] = counts.get(msg.note, 0) + 1
+        elif intercept is not None:
             intercept.requests += 1
             intercept.last_request_at = now
         self.traffic_log.append({
@@ -515,6 +522,7 @@ class Bridge:
             "duration_ms": msg.duration_ms, "client": msg.client,
             # the relay redacted with its list; this daemon's list applies too
             "headers": redact(msg.headers, self.redact_headers),
+            "note": msg.note,
         })
 
     # --- status and state ---

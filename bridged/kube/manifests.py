@@ -16,6 +16,8 @@ which RBAC could not restrict by name.
   Services to intercept are the developers' choice, so the right cannot name them.
 - ``httproutes`` (Gateway API) and ``ciliumenvoyconfigs`` get/list/create/update/delete: the
   gateway and cilium redirects; rights on kinds a cluster does not serve are harmless.
+- ``endpointslices`` get/list: a whole-port (``--tcp``) takeover is live once the Service's
+  slices — what kube-proxy programs from — list only the relay (its bytes cannot carry a probe).
 Authorized developer keys reach the relay as a mounted Secret volume: the kubelet reads it,
 the relay needs no right for it.
 """
@@ -68,6 +70,8 @@ def role(namespace: str) -> dict[str, Any]:
              "verbs": ["get", "list", "update", "create", "delete"]},
             {"apiGroups": ["cilium.io"], "resources": ["ciliumenvoyconfigs"],
              "verbs": ["get", "list", "update", "create", "delete"]},
+            {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"],
+             "verbs": ["get", "list"]},
         ],
     }
 

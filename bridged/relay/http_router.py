@@ -424,6 +424,7 @@ class _Downstream(asyncio.Protocol):
         #: once spliced (an upgrade the upstream took, or a pass-through): the other end
         self.tunnel: _Upstream | None = None
         self.spliced = False
+        self.passing = False  # a pass-through's upstream is being connected
         self.closing = False
         self.admitted = False  # counted in the router's connection budget
         self.eof = False
@@ -528,8 +529,8 @@ class _Downstream(asyncio.Protocol):
                 self.tunnel.transport.write_eof()
             return True
         self.eof = True
-        if self.held is not None:
-            return True  # the upgrade's answer decides: spliced (EOF passed on) or closed
+        if self.held is not None or self.passing:
+            return True  # passed on once spliced (an upgrade's answer may close instead)
         if self.current is not None or (self.active is not None and not self.active.complete):
             # the client stopped in the middle of a request: nothing will complete it
             active = self.active
@@ -894,6 +895,7 @@ class _Downstream(asyncio.Protocol):
     def _pass_through(self, reason: str, data: bytes) -> None:
         """Not HTTP/1.x: spliced untouched to the original pods."""
         self.deadline = 0.0
+        self.passing = True
         self._pause()
         self.router.passed_through(reason, self.peer)
         self.task = asyncio.ensure_future(self._open_pass_through(reason, data))

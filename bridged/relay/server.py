@@ -39,6 +39,7 @@ from .http_router import (
     tcp_upstream,
 )
 from .policy import DestinationDenied, DestinationPolicy, allowed_origin, resolve_allowed
+from .probe import Probes
 from .redirect import Redirector
 
 log = logging.getLogger(__name__)
@@ -246,7 +247,7 @@ class HttpPortListener(PortListener):
         self.router = HttpRouter(
             self._decide, self._open_upstream, self._count, self._fallback,
             settings=relay.settings.router, budget=relay.budget,
-            on_pass_through=self._passed_through)
+            on_pass_through=self._passed_through, probe=relay.probes.arrived)
 
     async def start(self, host: str) -> None:
         self.server = await asyncio.get_running_loop().create_server(
@@ -333,11 +334,13 @@ class Relay:
     def __init__(self, settings: RelaySettings, kube: Any = None) -> None:
         self.settings = settings
         self.table = InterceptTable()
+        #: the relay's own requests through a redirected Service, awaited until they arrive
+        self.probes = Probes()
         #: redirects Services to the relay; None without Kubernetes access (local runs)
         self.redirector = Redirector(
             kube, host=settings.intercept_host, live=self._live_services,
             listen=self._listen_origin, set_origin=self._set_origin,
-            closed=self._close_idle_ports_by_number,
+            closed=self._close_idle_ports_by_number, probes=self.probes,
         ) if kube is not None else None
         self.sessions: dict[str, RelaySession] = {}
         self.ports: dict[int, PortListener] = {}
