@@ -409,7 +409,7 @@ def _print_status(s: dict[str, Any]) -> None:
                        "their connections to the original pods until they reconnect")
         for i in s["intercepts"]:  # e.g. gRPC clients: their connections go to the pods
             for reason, n in (i.get("passed_through") or {}).items():
-                typer.echo(f"{i['name']}: {n} × {reason} to the original pods (only "
+                typer.echo(f"{i['name']}: {reason} to the original pods: {n} (only "
                            "HTTP/1.x is routed per request)")
 
 

@@ -37,7 +37,7 @@ async def test_a_grpc_client_is_passed_through_and_the_developer_is_told(
     assert await eventually(reported, within=10, what="the pass-through in status") == \
         {sniff.H2C: 1}
     shown = await bridge.acli("status")
-    assert f"1 × {sniff.H2C} to the original pods" in shown.stdout
+    assert f"{sniff.H2C} to the original pods: 1" in shown.stdout
     traffic = await bridge.acli("traffic", "--json")
     entries = [json.loads(line) for line in traffic.stdout.splitlines()]
     assert [(e["note"], e["method"]) for e in entries] == [(sniff.H2C, "")]
