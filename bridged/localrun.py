@@ -64,8 +64,10 @@ class RelayProcess(_Process):
 
     def __init__(self, workdir: Path, *, ssh_port: int = 0, http_port: int | None = None,
                  token: str | None = None, extra_args: tuple[str, ...] = (),
-                 log_path: Path | None = None) -> None:
+                 log_path: Path | None = None, python: str = sys.executable) -> None:
         self.workdir = workdir
+        #: the interpreter that runs it (a test may wrap it, e.g. in a namespace of its own)
+        self.python = python
         self.ssh_port = ssh_port
         self.http_port = http_port
         self.token = token
@@ -86,7 +88,7 @@ class RelayProcess(_Process):
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.authorized_keys.touch(mode=0o600)
         args = [
-            sys.executable, "-m", "bridged", "relay",
+            self.python, "-m", "bridged", "relay",
             "--ssh-listen", f"127.0.0.1:{self.ssh_port}",
             "--host-key", str(self.host_key_path),
             "--authorized-keys", str(self.authorized_keys),

@@ -99,10 +99,9 @@ def resolver(tmp_path: Path) -> Resolver:
 @pytest.fixture
 async def relay_ns(tmp_path: Path, resolver: Resolver) -> AsyncIterator[RelayProcess]:
     """A local relay (loopback allowed, 127.0.0.2 denied) resolving with ``resolver``."""
-    relay = RelayProcess(tmp_path / "relay", extra_args=("--deny", "127.0.0.2/32"))
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(sys, "executable", str(resolver.wrapper))  # RelayProcess runs this
-        await relay.start()
+    relay = RelayProcess(tmp_path / "relay", extra_args=("--deny", "127.0.0.2/32"),
+                         python=str(resolver.wrapper))
+    await relay.start()
     try:
         yield relay
     finally:
