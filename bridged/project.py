@@ -75,14 +75,7 @@ def load(path: Path) -> Project:
     data = _construct(node, path) if node is not None else None
     if data is None:
         data = {}
-    errors = sorted(jsonschema.Draft202012Validator(schema()).iter_errors(data),
-                    key=lambda e: (_line(node, list(e.absolute_path)), list(e.absolute_path)))
-    if errors:
-        first = errors[0]
-        fpath = list(first.absolute_path)
-        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise ConfigError(f"{path}:{_line(node, fpath)}: {_field(fpath)}: {_say(first)}{more}",
-                          hint="bridged schema prints what the file may hold")
+    validate(data, str(path), node)
     base = path.parent
     env = dict(data["env"]) if data.get("env") else None
     if env is not None:
@@ -93,6 +86,20 @@ def load(path: Path) -> Project:
     return Project(path=path, context=data.get("context"), namespace=data.get("namespace"),
                    intercept=data.get("intercept"), expose=tuple(data.get("expose") or ()),
                    env=env, files=files, raw=data)
+
+
+def validate(data: Any, file: str, node: yaml.Node | None = None) -> None:
+    """``data`` checked against the schema: the first mistake as one ``FILE:LINE: field: …``
+    line (no line without the YAML ``node`` it came from), long values cut."""
+    errors = sorted(jsonschema.Draft202012Validator(schema()).iter_errors(data),
+                    key=lambda e: (_line(node, list(e.absolute_path)), list(e.absolute_path)))
+    if errors:
+        first = errors[0]
+        fpath = list(first.absolute_path)
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        where = f"{file}:{_line(node, fpath)}" if node is not None else file
+        raise ConfigError(f"{where}: {_field(fpath)}: {_say(first)}{more}",
+                          hint="bridged schema prints what the file may hold")
 
 
 # --- reading a file nobody vouched for ---------------------------------------------------------

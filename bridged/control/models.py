@@ -190,7 +190,7 @@ class UpRequest:
 
     @staticmethod
     def parse(body: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
-        from ..project import schema
+        from ..project import validate
 
         file = field(body, "file", str)
         if not file or not file.startswith("/"):
@@ -198,14 +198,5 @@ class UpRequest:
         kubeconfig = field(body, "kubeconfig", str)
         project = {k: body[k] for k in ("context", "namespace", "intercept", "expose", "env",
                                         "files") if body.get(k) is not None}
-        errors = sorted(_validator(schema()).iter_errors(project), key=lambda e: e.path)
-        if errors:
-            where = ".".join(str(p) for p in errors[0].absolute_path) or "(top level)"
-            raise ConfigError(f"{file}: {where}: {errors[0].message}")
+        validate(project, file)  # the same one line as the CLI's, long values cut
         return {**project, "file": file}, kubeconfig
-
-
-def _validator(schema: dict[str, Any]) -> Any:
-    import jsonschema
-
-    return jsonschema.Draft202012Validator(schema)

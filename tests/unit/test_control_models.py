@@ -9,6 +9,7 @@ from bridged.control.models import (
     ForwardRequest,
     InterceptRequest,
     ServiceTarget,
+    UpRequest,
     error_body,
     error_from_body,
     status_for,
@@ -289,3 +290,14 @@ def test_null_local_port_of_a_forward_means_the_default():
 def test_names_with_trailing_newline_are_config_errors(parse, body):
     with pytest.raises(ConfigError):
         parse(body)
+
+
+def test_an_up_request_s_schema_error_is_one_short_line_whatever_the_value() -> None:
+    """The control API checks a bridged.yaml again (it trusts no client): a 2 MB value comes
+    back as the CLI's one line, cut, never the whole value."""
+    huge = "x" * 2_000_000
+    with pytest.raises(ConfigError) as caught:
+        UpRequest.parse({"file": "/work/bridged.yaml", "expose": [huge]})
+    message = str(caught.value)
+    assert "\n" not in message and len(message) < 300
+    assert message.startswith("/work/bridged.yaml: expose[0]: 'xxxx")
