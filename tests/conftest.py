@@ -17,7 +17,7 @@ import pytest
 from bridged.control.client import ControlClient
 from bridged.localrun import DaemonProcess, RelayProcess
 
-from .helpers import Daemon, assert_clean_log
+from .helpers import Daemon, NamedService, assert_clean_log
 
 
 @pytest.fixture(autouse=True)
@@ -124,3 +124,19 @@ async def digest_server() -> AsyncIterator[int]:
     await server.wait_closed()
 
 
+
+
+@pytest.fixture
+async def named_service() -> AsyncIterator[Callable[[str], Awaitable[NamedService]]]:
+    """Local services that say who they are (see :class:`~tests.helpers.NamedService`): one
+    per developer, so a test can tell whose laptop got the traffic."""
+    started: list[NamedService] = []
+
+    async def make(name: str) -> NamedService:
+        service = await NamedService(name).start()
+        started.append(service)
+        return service
+
+    yield make
+    for service in started:
+        await service.stop()

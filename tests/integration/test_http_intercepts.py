@@ -102,7 +102,7 @@ async def test_a_whole_port_and_a_per_request_intercept_do_not_mix(
     http = await bridge.acli("intercept", "--relay-port", str(port), "--port",
                              str(echo_server), "--header", "x-dev=me", "--name", "some")
     assert http.returncode == 1
-    assert "intercepted in another mode" in http.stderr or "already intercepted" in http.stderr
+    assert f"port {port} is intercepted in another mode (tcp)" in http.stderr, http.stderr
 
 
 async def test_fallback_origin_sends_requests_to_the_cluster_while_you_are_down(

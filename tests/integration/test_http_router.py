@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import re
 from collections.abc import AsyncIterator
@@ -19,7 +20,7 @@ from bridged.relay.http_router import HttpRouter, tcp_upstream
 from bridged.routing.decide import Route, decide
 from bridged.routing.rules import Rule
 
-from ..helpers import free_port
+from ..helpers import free_port, read_response
 
 
 def _app(who: str) -> web.Application:
@@ -65,13 +66,46 @@ async def _serve(app: web.Application) -> tuple[web.AppRunner, int]:
     return runner, port
 
 
+async def _record_chunked(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A raw upstream that decodes one chunked request by hand (not with the router's parser)
+    and answers what reached it: the body's sha256 and size, and the trailer fields in order,
+    names and values as they came."""
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+        digest, size = hashlib.sha256(), 0
+        while size_line := await reader.readuntil(b"\r\n"):
+            n = int(size_line.split(b";")[0], 16)
+            if n == 0:
+                break
+            digest.update(await reader.readexactly(n))
+            size += n
+            assert await reader.readexactly(2) == b"\r\n"
+        trailers = []
+        while (line := await reader.readuntil(b"\r\n")) != b"\r\n":
+            name, value = line[:-2].decode("latin-1").split(":", 1)
+            trailers.append([name, value.strip(" \t")])
+        body = json.dumps({"who": "recorder", "chunked": b"chunked" in head.lower(),
+                           "sha256": digest.hexdigest(), "size": size,
+                           "trailers": trailers}).encode()
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\nConnection: close\r\n\r\n%b" % (len(body), body))
+        await writer.drain()
+    except (asyncio.IncompleteReadError, ConnectionError):
+        pass
+    finally:
+        writer.close()
+
+
 @pytest.fixture
 async def router_port() -> AsyncIterator[int]:
     origin, origin_port = await _serve(_app("origin"))
     alice, alice_port = await _serve(_app("alice"))
-    ports = {"origin": origin_port, "alice": alice_port, "bob": free_port()}  # bob is down
+    recorder = await asyncio.start_server(_record_chunked, "127.0.0.1", 0)
+    ports = {"origin": origin_port, "alice": alice_port, "bob": free_port(),  # bob is down
+             "recorder": recorder.sockets[0].getsockname()[1]}
     rules = [Rule.compile("alice", [Matcher("header", "equals", "x-dev", "alice")], 1),
-             Rule.compile("bob", [Matcher("header", "equals", "x-dev", "bob")], 2)]
+             Rule.compile("bob", [Matcher("header", "equals", "x-dev", "bob")], 2),
+             Rule.compile("recorder", [Matcher("header", "equals", "x-dev", "recorder")], 3)]
 
     async def open_upstream(route: Route, peer: tuple[str, int], factory: Any) -> Any:
         return await tcp_upstream("127.0.0.1", ports[route.target], factory,
@@ -83,6 +117,8 @@ async def router_port() -> AsyncIterator[int]:
     server.close()
     router.close()
     await server.wait_closed()
+    recorder.close()
+    await recorder.wait_closed()
     await alice.cleanup()
     await origin.cleanup()
 
@@ -143,23 +179,27 @@ async def test_a_websocket_upgrade_is_routed_then_spliced(router_port: int) -> N
             assert (await ws.receive()).data == f"alice:ping{n}"
 
 
-@pytest.mark.parametrize("request_bytes", [
-    # CL.TE and TE.CL smuggling shapes
-    b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n"
-    b"0\r\n\r\nGET /admin HTTP/1.1\r\nHost: x\r\n\r\n",
-    b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcde",
-    b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
-    b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
-    b"NOT-HTTP\r\n\r\n",
-])
+@pytest.mark.parametrize("request_bytes, status", [
+    # CL.TE and TE.CL smuggling shapes: the length cannot be told, 400 (RFC 9112 §6.3)
+    (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n"
+     b"0\r\n\r\nGET /admin HTTP/1.1\r\nHost: x\r\n\r\n", b"400"),
+    (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcde",
+     b"400"),
+    # framed by its final chunked, but with a coding the router does not implement: 501
+    (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+     b"501"),
+    (b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n", b"400"),
+    # (what is not HTTP/1.x at all is passed through to the original pods:
+    # test_router_passthrough.py)
+], ids=["cl-and-te", "two-lengths", "gzip-chunked", "bad-header"])
 async def test_smuggling_and_malformed_requests_get_400_and_close(
-    router_port: int, request_bytes: bytes
+    router_port: int, request_bytes: bytes, status: bytes,
 ) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", router_port)
     writer.write(request_bytes)
     raw = await asyncio.wait_for(reader.read(), 10)
     writer.close()
-    assert raw.startswith((b"HTTP/1.1 400", b"HTTP/1.1 501")), raw[:80]
+    assert raw.startswith(b"HTTP/1.1 " + status + b" "), raw[:80]
     assert b"/admin" not in raw and raw.count(b"HTTP/1.1 ") == 1
     # and the router still serves others
     async with aiohttp.ClientSession() as session, session.get(
@@ -176,31 +216,47 @@ async def test_a_developer_whose_service_is_down_gets_a_502_that_says_so(
         assert "bob's local service" in await response.text()
 
 
-async def test_head_requests_keep_the_connection_and_the_next_answer_intact(
+async def test_after_a_head_the_next_request_is_answered_by_the_one_it_was_routed_to(
     router_port: int,
 ) -> None:
-    connector = aiohttp.TCPConnector(limit=1)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        for dev in ("alice", "", "alice"):
-            headers = {"x-dev": dev} if dev else {}
-            async with session.head(f"http://127.0.0.1:{router_port}/h",
-                                    headers=headers) as response:
-                assert response.status == 200
-                assert int(response.headers["Content-Length"]) > 0  # no body follows
-            async with session.get(f"http://127.0.0.1:{router_port}/g",
-                                   headers=headers) as response:
-                assert (await response.json())["path"] == "/g"
+    # one keep-alive connection; each HEAD is followed by a request to the *other* upstream,
+    # then one to the HEAD's own (its pooled connection must not wait for the HEAD's "body")
+    plan = [("HEAD", "alice"), ("GET", "origin"), ("GET", "alice"),
+            ("HEAD", "origin"), ("GET", "alice"), ("GET", "origin"),
+            ("HEAD", "alice"), ("HEAD", "origin"), ("GET", "alice")]
+    reader, writer = await asyncio.open_connection("127.0.0.1", router_port)
+    try:
+        for n, (method, target) in enumerate(plan):
+            dev = b"x-dev: alice\r\n" if target == "alice" else b""
+            writer.write(b"%b /r%d HTTP/1.1\r\nHost: x\r\n%b\r\n" % (method.encode(), n, dev))
+            status, headers, body = await asyncio.wait_for(
+                read_response(reader, head=method == "HEAD"), 10)
+            assert status == 200, (n, method, target)
+            if method == "HEAD":
+                assert int(headers["content-length"]) > 0  # announced, and yet no body follows
+            else:
+                assert json.loads(body) == {"who": target, "path": f"/r{n}"}, (n, method)
+        writer.write(b"GET /last HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        status, _, body = await asyncio.wait_for(read_response(reader), 10)
+        assert json.loads(body) == {"who": "origin", "path": "/last"}
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # and nothing stray after
+    finally:
+        writer.close()
 
 
 async def test_chunked_requests_with_trailers_are_reframed_intact(router_port: int) -> None:
     body = os.urandom(300_000)
+    checksum = hashlib.sha256(body).hexdigest()
     chunks = b"".join(b"%x\r\n%b\r\n" % (len(body[i:i + 70_000]), body[i:i + 70_000])
                       for i in range(0, len(body), 70_000))
     reader, writer = await asyncio.open_connection("127.0.0.1", router_port)
-    writer.write(b"POST /upload HTTP/1.1\r\nHost: x\r\nx-dev: alice\r\n"
-                 b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n" + chunks +
-                 b"0\r\nx-checksum: abc\r\n\r\n")
-    raw = await asyncio.wait_for(reader.read(), 10)
+    writer.write(b"POST /upload HTTP/1.1\r\nHost: x\r\nx-dev: recorder\r\n"
+                 b"Transfer-Encoding: chunked\r\nTrailer: X-Checksum, x-signed-by\r\n"
+                 b"Connection: close\r\n\r\n" + chunks +
+                 b"0\r\nX-Checksum: %b\r\nx-signed-by: alice\r\n\r\n" % checksum.encode())
+    status, _, answer = await asyncio.wait_for(read_response(reader), 10)
     writer.close()
-    assert raw.startswith(b"HTTP/1.1 200")
-    assert hashlib.sha256(body).hexdigest().encode() in raw and b'"who": "alice"' in raw
+    assert status == 200
+    assert json.loads(answer) == {
+        "who": "recorder", "chunked": True, "sha256": checksum, "size": len(body),
+        "trailers": [["X-Checksum", checksum], ["x-signed-by", "alice"]]}
