@@ -8,7 +8,7 @@ resourceVersion it was computed from; a 409 re-reads and recomputes.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -240,9 +240,12 @@ async def ensure_shadow(kube: Kube, shadow: dict[str, Any]) -> dict[str, Any]:
         raise translate(exc, f"cannot update the shadow Service {name}") from exc
 
 
-async def restore(kube: Kube, name: str, record: plan.Record | None = None) -> Restored:
+async def restore(kube: Kube, name: str, record: plan.Record | None = None,
+                  drained: Callable[[], Awaitable[None]] | None = None) -> Restored:
     """Undo the takeover of Service ``name``: from the record in its annotation, or ``record``
-    (what the relay remembers) when someone removed the annotation."""
+    (what the relay remembers) when someone removed the annotation. ``drained`` is awaited
+    between the restore and the shadow's removal: until the cluster stops sending the
+    Service's new connections to the relay, which passes them on through the shadow."""
     for _ in range(ATTEMPTS):
         try:
             current = await rest(kube, "GET", _services(kube, name))
@@ -267,6 +270,8 @@ async def restore(kube: Kube, name: str, record: plan.Record | None = None) -> R
                 if exc.status == 409:
                     continue
                 raise translate(exc, f"cannot restore Service {name}") from exc
+        if drained is not None:
+            await drained()
         await _delete(kube, _services(kube, rec.shadow), f"Service {rec.shadow}")
         result = Restored(name, changed)
         (log.warning if changed else log.info)("%s", result.describe())
@@ -379,12 +384,13 @@ SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 
 
 async def wait_endpoints(kube: Kube, service: str, service_port: int, relay_port: int,
-                         within: float) -> str | None:
+                         within: float, *, gone: bool = False) -> str | None:
     """Wait until the EndpointSlices of ``service`` send its port ``service_port`` to the
     relay's port only — what kube-proxy programs from (a whole-port TCP intercept's signal:
-    the relay reads none of its bytes, so it cannot see a probe arrive). ``""`` once they do;
-    what they list instead when ``within`` seconds ran out; None if the relay may not read
-    EndpointSlices (its Role predates this check) or the cluster serves none."""
+    the relay reads none of its bytes, so it cannot see a probe arrive) — or, with ``gone``,
+    no longer to the relay at all (a restored Service's traffic has left it). ``""`` once
+    they do; what they list instead when ``within`` seconds ran out; None if the relay may
+    not read EndpointSlices (its Role predates this check) or the cluster serves none."""
     import asyncio
 
     found = await read_service(kube, service)
@@ -407,7 +413,7 @@ async def wait_endpoints(kube: Kube, service: str, service_port: int, relay_port
             raise translate(exc, f"cannot read the EndpointSlices of Service {service}") \
                 from exc
         ports = _ready_ports(slices, name)
-        if ports and ports == {relay_port}:
+        if (relay_port not in ports) if gone else (ports == {relay_port}):
             return ""
         if loop.time() + delay > deadline:
             return ", ".join(f"{n} ready endpoints on port {p}" for p, n in

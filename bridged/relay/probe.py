@@ -58,6 +58,13 @@ class ProbeSettings:
     #: seconds one probe may take (connect, send, read the answer's first line): a ClusterIP
     #: answers within milliseconds; an application that never answers must not stall the loop
     attempt_seconds: float = 2.0
+    #: seconds a restored Service's EndpointSlices have to stop listing the relay, while the
+    #: relay still passes the Service's new connections on to the original pods (a restore is
+    #: as slow to take effect as a takeover); then the shadow goes whatever they list
+    drain_seconds: float = 10.0
+    #: seconds after the slices changed before the relay stops passing on: kube-proxy programs
+    #: each node from them within its minimum sync period (1 s by default)
+    settle_seconds: float = 1.0
 
 
 class Probes:

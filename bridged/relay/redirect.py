@@ -250,6 +250,26 @@ class Redirector:
                     f"{p['port']} within {self.live.deadline_seconds:g} s ({seen}); the "
                     "Service was left as it was")
 
+    async def _drained(self, service: str) -> None:
+        """After a restore, until the cluster stops sending the Service's new connections to
+        the relay (the EndpointSlices, then kube-proxy, take a moment, as at the takeover):
+        meanwhile the relay's ports pass them on to the original pods through the shadow,
+        so the team's requests in that moment are not refused. Bounded: a restore waits
+        ``live.drain_seconds`` at most, then goes on."""
+        settings = self.live
+        for (svc, service_port), port in list(self.ports.items()):
+            if svc != service:
+                continue
+            left = await ops.wait_endpoints(self.kube, service, service_port, port,
+                                            settings.drain_seconds, gone=True)
+            if left:
+                log.warning("Service %s restored, but its EndpointSlices still list the relay "
+                            "after %g s (%s); its shadow goes now", service,
+                            settings.drain_seconds, left)
+                return
+        # kube-proxy programs a node a moment after the slices change
+        await asyncio.sleep(settings.settle_seconds)
+
     async def _route(self, service: str, via: str, claims: list[InterceptClaim]) -> Redirected:
         """gateway / cilium: a backend Service per intercept, the route objects, and a shadow
         Service through which the relay itself reaches the original pods (the Service's own
@@ -294,7 +314,8 @@ class Redirector:
     async def _undo(self, service: str) -> str:
         state = self.redirected[service]
         if state.via == "takeover":
-            note = (await ops.restore(self.kube, service, state.record)).describe()
+            note = (await ops.restore(self.kube, service, state.record,
+                                      drained=lambda: self._drained(service))).describe()
         else:
             await ops.remove_routes(self.kube, service)
             note = f"Service {service}: its {state.via} routes removed"

@@ -579,6 +579,30 @@ async def test_an_intercept_is_live_when_the_command_returns(
     assert intercept["last_request_at"] > asked_at
 
 
+async def test_the_team_s_requests_keep_working_while_a_restore_takes_effect(
+    cluster: KubeApiServer, orders: dict[str, Any], alice: tuple[Daemon, int],
+) -> None:
+    """The mirror of the takeover's lag: after a leave, kube-proxy still sends new
+    connections to the relay for a moment; the relay passes them on to the original pods
+    until the slices no longer list it, instead of refusing them."""
+    assert cluster.endpointslices is not None
+    cluster.endpointslices.lag = LAG_SECONDS
+    a, port = alice
+    await a.call("POST", "bridges", {})
+    made = await a.acli("intercept", "orders", "--port", f"{port}:http", "--header",
+                        "x-dev=alice", "--via", "takeover")
+    assert made.returncode == 0, made.stderr
+    left = await a.acli("leave", "orders")
+    assert left.returncode == 0, left.stderr
+    url = f"http://{orders['spec']['clusterIP']}/orders"
+    pods = set(_ready_pods(cluster, "orders"))
+    # at once, each on a new connection: every request answered, by the original pods
+    answered = await _one_per_connection(url, NOBODY, 10) + \
+        await _one_per_connection(url, ALICE, 10)
+    assert set(answered) <= pods, answered
+    assert not _taken_over(cluster)
+
+
 async def test_a_whole_port_intercept_is_live_when_its_endpointslices_say_so(
     cluster: KubeApiServer, orders: dict[str, Any], alice: tuple[Daemon, int],
 ) -> None:
