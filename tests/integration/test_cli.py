@@ -180,30 +180,3 @@ async def test_a_relay_whose_key_changes_while_connected_is_refused_on_reconnect
         # a forward through a failed bridge fails at once, saying why
         result = bridge.cli("expose", "127.0.0.1:9", "--json")
         assert result.returncode == 0  # the forward exists; its connections fail
-
-
-async def test_a_gone_developers_port_is_reserved_until_overwrite(
-    relay: RelayProcess, bridge: Daemon, make_daemon: Callable[[str], Awaitable[Daemon]],
-    echo_server: int,
-) -> None:
-    port = free_port()
-    first = await bridge.acli("intercept", "--relay-port", str(port), "--port",
-                              str(echo_server))
-    assert first.returncode == 0, first.stderr
-    bridge.process.kill()  # the laptop vanishes: its intercept stays reserved, unrouted
-    other = await make_daemon("alice")
-    relay.authorize(await other.public_key())
-    assert (await other.acli("connect", relay.url)).returncode == 0
-
-    async def reserved() -> bool:
-        r = await other.acli("intercept", "--relay-port", str(port), "--port",
-                             str(echo_server))
-        return r.returncode == 1 and "reserved for a developer who disconnected" in r.stderr
-
-    from ..helpers import eventually
-
-    await eventually(reserved, within=15, what="the relay to notice the vanished laptop")
-    taken = await other.acli("intercept", "--relay-port", str(port), "--port",
-                             str(echo_server), "--overwrite", "--json")
-    assert taken.returncode == 0, taken.stderr
-    assert json.loads(taken.stdout)["state"] == "active"
