@@ -23,11 +23,11 @@ import pytest
 
 from bridged.config import RouterSettings
 from bridged.protocol import Matcher
-from bridged.relay.http_router import HttpRouter, tcp_upstream
 from bridged.routing.decide import ORIGIN, Route, decide
 from bridged.routing.rules import RequestHead, Rule
 
 from ..helpers import free_port, read_head, read_response
+from .routerkit import router_on
 from .test_http_router import _app, _serve
 
 MiB = 1024 * 1024
@@ -63,36 +63,12 @@ def by_header(head: RequestHead) -> Route:
     return Route(values[0] if values else ORIGIN)
 
 
-@contextlib.asynccontextmanager
-async def running_router(ports: dict[str, int],
-                         decide_fn: Callable[[RequestHead], Route] = by_header,
-                         **kwargs: Any) -> AsyncIterator[SimpleNamespace]:
+def running_router(ports: dict[str, int],
+                   decide_fn: Callable[[RequestHead], Route] = by_header,
+                   **kwargs: Any) -> contextlib.AbstractAsyncContextManager[SimpleNamespace]:
     """An HttpRouter on 127.0.0.1; ``downstreams`` lists its downstream protocols (to look at
     what the relay buffers)."""
-
-    async def open_upstream(route: Route, peer: tuple[str, int], factory: Any) -> Any:
-        return await tcp_upstream("127.0.0.1", ports[route.target], factory,
-                                  f"{route.target}'s local service")
-
-    router = HttpRouter(decide_fn, open_upstream, **kwargs)
-    downstreams: list[Any] = []
-
-    def factory() -> Any:
-        proto = router.protocol()
-        downstreams.append(proto)
-        return proto
-
-    server = await asyncio.get_running_loop().create_server(factory, "127.0.0.1", 0)
-    try:
-        yield SimpleNamespace(port=server.sockets[0].getsockname()[1], router=router,
-                              downstreams=downstreams)
-    finally:
-        server.close()
-        router.close()
-        for proto in downstreams:
-            if proto.transport is not None:
-                proto.transport.close()
-        await server.wait_closed()
+    return router_on(ports, decide_fn, **kwargs)
 
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
