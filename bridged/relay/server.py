@@ -207,6 +207,12 @@ class OriginListener(PortListener):
 
     async def _pass(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.counters.connections += 1
+        budget = self.relay.budget  # the routers' limit counts these connections too
+        if budget.used >= budget.limit:
+            self.counters.fail(f"refused: the relay holds {budget.limit} client connections")
+            writer.close()
+            return
+        budget.used += 1
         self.counters.active += 1
         try:
             if not self.origin:
@@ -217,12 +223,14 @@ class OriginListener(PortListener):
             why = getattr(exc, "strerror", None) or exc
             self.counters.fail(f"origin {self.origin or '-'}: {why}")
             self.counters.active -= 1
+            budget.used -= 1
             writer.close()
             return
         try:
             await splice_streams(reader, writer, up_reader, up_writer)
         finally:
             self.counters.active -= 1
+            budget.used -= 1
             up_writer.close()
             writer.close()
 

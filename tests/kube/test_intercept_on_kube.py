@@ -661,3 +661,37 @@ async def test_a_shadow_service_that_reaches_nothing_leaves_the_service_alone(
         "did not reach the original pods on port 80 within 2 s (connection refused); the " \
         "Service was left as it was\n"
     assert await _restored(cluster, before)  # type: ignore[arg-type]
+
+
+async def test_the_pass_through_ports_count_against_the_relay_s_connection_limit(
+    cluster: KubeApiServer, orders: dict[str, Any], alice: tuple[Daemon, int],
+) -> None:
+    """A takeover moves every port to the relay; the ports nobody intercepts are spliced to
+    the pods, and their connections count against ``--max-connections`` like the router's."""
+    kubelet: RelayKubelet = cluster.kubelet_hook  # type: ignore[attr-defined]
+    kubelet.extra_args = ["--max-connections", "2"]
+    a, port = alice
+    await a.call("POST", "bridges", {})
+    made = await a.acli("intercept", "orders", "--port", f"{port}:http", "--header",
+                        "x-dev=alice", "--via", "takeover")
+    assert made.returncode == 0, made.stderr
+    ip = orders["spec"]["clusterIP"]
+    held = [await asyncio.open_connection(ip, 9090) for _ in range(2)]
+    for reader, writer in held:  # each one admitted: an answer from a pod's admin port
+        writer.write(b"GET /admin HTTP/1.1\r\nHost: orders\r\n\r\n")
+        assert (await asyncio.wait_for(reader.readuntil(b"\r\n"), 10)).startswith(b"HTTP/1.1 200")
+    reader, writer = await asyncio.open_connection(ip, 9090)
+    writer.write(b"GET /admin HTTP/1.1\r\nHost: orders\r\n\r\n")
+    assert await asyncio.wait_for(reader.read(), 10) == b""  # refused: closed unanswered
+    writer.close()
+    for _, w in held:
+        w.close()
+
+    async def admitted() -> bool:  # the slots come back once the relay saw the closes
+        try:
+            found = await _requests(f"http://{ip}:9090/admin", [NOBODY])
+        except aiohttp.ServerDisconnectedError:
+            return False  # still refused
+        return set(found) <= set(_ready_pods(cluster, "orders"))
+
+    assert await eventually(admitted, within=10, what="a connection admitted again")
