@@ -98,6 +98,10 @@ class RouterSettings:
     #: keepalive_timeout (Go's and Java's client pools close theirs after 90 s and 60 s idle,
     #: so clients rarely race our close)
     idle_timeout_seconds: float = 75.0
+    #: seconds a client may leave what it was sent unread before it is dropped: nginx's
+    #: send_timeout. Counted only while the relay's buffer to it is full, so a slow download
+    #: that keeps reading is never cut
+    send_timeout_seconds: float = 60.0
     #: client connections the relay's routers hold at once, all ports together; past it, 503.
     #: Each may buffer up to ~2 x 64 KiB plus an upstream connection: 1024 of them stay well
     #: within the relay pod's 256 MiB and its descriptor limit

@@ -105,6 +105,9 @@ def register(app: typer.Typer) -> None:
         idle_timeout: Annotated[float, typer.Option(
             help="Seconds an idle keep-alive client connection is kept.")]
             = RouterSettings.idle_timeout_seconds,
+        send_timeout: Annotated[float, typer.Option(
+            help="Seconds a client may leave an answer unread before it is dropped.")]
+            = RouterSettings.send_timeout_seconds,
         max_connections: Annotated[int, typer.Option(
             help="Client connections the router holds at once (then 503).")]
             = RouterSettings.max_connections,
@@ -151,6 +154,7 @@ def register(app: typer.Typer) -> None:
                 redact_headers=tuple(redact_header or ()),
                 header_timeout_seconds=_positive(header_timeout),
                 idle_timeout_seconds=_positive(idle_timeout),
+                send_timeout_seconds=_positive(send_timeout),
                 max_connections=_count(max_connections, "--max-connections")),
         )
 

@@ -31,16 +31,16 @@ from ..routing.table import Holding, InterceptTable, TableConflict
 from ..splice import Counters, channel_then_socket, socket_then_channel
 from ..tasks import TaskSet
 from .auth import AuthorizedKeys
-from .http_router import (
+from .policy import DestinationDenied, DestinationPolicy, allowed_origin, resolve_allowed
+from .probe import Probes
+from .redirect import Redirector
+from .router import (
     ConnectionBudget,
     HttpRouter,
     UpstreamUnavailable,
     splice_streams,
     tcp_upstream,
 )
-from .policy import DestinationDenied, DestinationPolicy, allowed_origin, resolve_allowed
-from .probe import Probes
-from .redirect import Redirector
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +245,7 @@ class RouterCounters(Counters):
 
 
 class HttpPortListener(PortListener):
-    """An intercepted port whose requests are routed one by one (:mod:`.http_router`)."""
+    """An intercepted port whose requests are routed one by one (:mod:`.router`)."""
 
     mode = "http"
 

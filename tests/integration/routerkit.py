@@ -18,7 +18,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from bridged.config import RouterSettings
-from bridged.relay.http_router import HttpRouter, tcp_upstream
+from bridged.relay.router import HttpRouter, tcp_upstream
 from bridged.routing.decide import ORIGIN, Route
 from bridged.routing.rules import RequestHead
 
@@ -130,7 +130,7 @@ async def router_on(ports: dict[str, int], decide: Callable[[RequestHead], Route
 
     async def open_upstream(route: Route, peer: tuple[str, int], factory: Any) -> Any:
         if route.target not in ports:
-            from bridged.relay.http_router import UpstreamUnavailable
+            from bridged.relay.router import UpstreamUnavailable
             raise UpstreamUnavailable(f"{route.target}: unknown here")
         return await tcp_upstream("127.0.0.1", ports[route.target], factory, route.target)
 

@@ -16,7 +16,7 @@ import pytest
 from aiohttp import web
 
 from bridged.protocol import Matcher
-from bridged.relay.http_router import HttpRouter, tcp_upstream
+from bridged.relay.router import HttpRouter, tcp_upstream
 from bridged.routing.decide import Route, decide
 from bridged.routing.rules import Rule
 

@@ -8,7 +8,7 @@ import json
 import grpc
 
 from bridged.localrun import RelayProcess
-from bridged.relay import sniff
+from bridged.relay.router import sniff
 
 from ..helpers import Daemon, eventually, free_port
 from .test_router_passthrough import grpc_origin  # noqa: F401  (a fixture)

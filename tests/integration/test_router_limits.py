@@ -13,7 +13,7 @@ import json
 import tracemalloc
 
 from bridged.config import RouterSettings
-from bridged.relay.http_router import MAX_HEAD_BYTES
+from bridged.relay.router import MAX_HEAD_BYTES
 
 from ..helpers import read_response
 from .routerkit import RecordingUpstream, client, read_until_closed, recording_upstreams, router_on

@@ -17,7 +17,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from bridged.relay import sniff
+from bridged.relay.router import sniff
 
 from ..helpers import read_response
 from ..kube.pki import CertificateAuthority

@@ -3,7 +3,7 @@
 The router routes HTTP/1.x requests one by one. Anything else reaching an intercepted port — an
 HTTP/2 client with prior knowledge (gRPC, h2c), TLS, or a protocol that is not HTTP at all — is
 no request the router can decide, but it is somebody's traffic: it is spliced, untouched, to the
-Service's original pods (:mod:`.http_router`). Answering it ``400`` would break every such client
+Service's original pods (:mod:`.downstream`). Answering it ``400`` would break every such client
 of the Service for as long as anyone intercepts it.
 
 Pure: :func:`classify` looks at a prefix and says what it is, or that it needs more bytes. It
