@@ -612,8 +612,7 @@ class Downstream(asyncio.Protocol):
             up = await self._open(Route(ORIGIN))
         except UpstreamUnavailable as exc:
             log.warning("%s from %s: nowhere to pass it (%s)", reason, self.peer[0], exc)
-            self.state = CLOSING
-            self.transport.abort()  # not a clean end: the client must see an error
+            self._end(lost=True)  # the client must see an error, not an empty answer
             return
         if self.state is CLOSING:
             up.close()
@@ -626,11 +625,7 @@ class Downstream(asyncio.Protocol):
         clean close (a reset), so a client that got part of an answer must see an error."""
         if self.state is SPLICED:
             if up is self.tunnel:
-                self.state = CLOSING
-                if lost:
-                    self.transport.abort()
-                else:
-                    self.transport.close()
+                self._end(lost)
             return
         r = self.active
         if r is None or r.upstream is not up:
@@ -649,14 +644,16 @@ class Downstream(asyncio.Protocol):
             return
         if up.final_sent:  # mid-response (or a body that ends with the connection): pass it on
             self._report(r, r.status)
-            self.state = CLOSING
-            if lost:
-                self.transport.abort()
-            else:
-                self.transport.close()
+            self._end(lost)
             return
         self._report(r, 0)
         self.refuse(502, f"bridged: {r.route.target if r.route else '?'} {why}")
+
+    def _end(self, lost: bool) -> None:
+        """End the connection here: reset when what it carried was lost, since a clean close
+        could pass for a complete answer (a body without a length ends with the close)."""
+        self.state = CLOSING
+        (self.transport.abort if lost else self.transport.close)()
 
     def refuse(self, status: int, why: str) -> None:
         """Answer with an error of our own and end the connection (just end it when a

@@ -27,7 +27,7 @@ _TCHAR = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefgh
 _VERSION = b"HTTP/1."
 
 
-def classify(prefix: bytes, limit: int) -> str | None:
+def classify(prefix: bytes | bytearray, limit: int) -> str | None:
     """:data:`HTTP1`, a pass-through reason, or None when ``prefix`` does not tell yet.
 
     ``limit``: past this many bytes without a verdict, the bytes are handed to the HTTP parser
@@ -48,7 +48,7 @@ def classify(prefix: bytes, limit: int) -> str | None:
     return verdict
 
 
-def _request_line(data: bytes) -> str | None:
+def _request_line(data: bytes | bytearray) -> str | None:
     """method SP request-target SP HTTP/1.x — checked as far as ``data`` goes."""
     space = data.find(b" ", 0, _MAX_METHOD + 1)
     method = data[:space] if space >= 0 else data[:_MAX_METHOD + 1]
