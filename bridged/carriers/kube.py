@@ -72,6 +72,7 @@ class KubeCarrier(Carrier):
     ) -> tuple[asyncio.BaseTransport, asyncio.BaseProtocol]:
         from ..kube.portforward import close_websocket, open_websocket, ready_pod
 
+        self.pod = None  # the pod of this attempt, if one was Ready: the bridge skips it next
         self.pod = await ready_pod(self.kube, self.selector)
         ws = await open_websocket(self.kube, self.pod, self.port)
         protocol = protocol_factory()

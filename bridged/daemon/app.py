@@ -276,6 +276,7 @@ class Daemon:
         from ..carriers.kube import KubeCarrier
         from ..kube import manifests
         from ..kube.client import Kube, KubeTarget
+        from ..kube.portforward import wait_ready_pod
         from ..kube.relay import ensure_relay, published_host_key
 
         kube = await Kube.connect(KubeTarget(context, namespace, kubeconfig))
@@ -317,6 +318,8 @@ class Daemon:
             bridge.made_with = {"context": kube.context, "namespace": kube.namespace,
                                 "kubeconfig": kubeconfig, "image": image}
             bridge.published_key_source = lambda: published_host_key(kube)
+            bridge.relay_pods = lambda exclude, within: wait_ready_pod(
+                kube, manifests.SELECTOR, exclude=exclude, within=within)
             bridge.on_close = kube.close
             await self._start_when_key_is_seen(bridge, progress)
         except BaseException:

@@ -1,9 +1,12 @@
 """A bridge: one relay, one SSH connection kept alive, and the forwards and intercepts through it.
 
 The connection is owned by :meth:`Bridge.run`, a loop that connects, restores every intercept,
-renews leases, and on any loss reconnects with capped exponential backoff and jitter. Forwards
-keep their local listeners through reconnects: a connection accepted meanwhile waits for the
-relay (up to ``wait_relay_seconds``) instead of failing at once.
+renews leases, and on any loss reconnects at once, then with capped exponential backoff and
+jitter. A bridge that can see the relay's pods (``relay_pods``: a kube bridge) does not retry on
+a timer while no relay pod is Ready: it waits for the pod's Ready event and connects then, so a
+replaced relay is reached the moment it can answer. Forwards keep their local listeners through
+reconnects: a connection accepted meanwhile waits for the relay (up to ``wait_relay_seconds``)
+instead of failing at once.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import asyncssh
 
 from .. import protocol
@@ -183,6 +187,15 @@ class Bridge:
         self.kube: Any = None
         #: called once the bridge is closed (e.g. to close its API client)
         self.on_close: Any = None
+        #: ``await relay_pods(exclude, within)``: the name of a Ready relay pod not in
+        #: ``exclude`` as soon as there is one, None after ``within`` seconds (kube bridges);
+        #: None: the relay cannot be watched, retries follow the backoff alone
+        self.relay_pods: Any = None
+        #: how the last connection after a loss came about: "at-once" (first retry),
+        #: "pod-ready" (a relay pod's Ready event), "timer" (backoff); with the pod and when
+        self.last_reconnect: dict[str, Any] | None = None
+        self._retry: dict[str, Any] = {"trigger": "at-once", "pod": None}
+        self._watch_failing = False
         self._tasks = TaskSet(f"bridge:{name}")
         self._stopping = False
 
@@ -269,18 +282,22 @@ class Bridge:
                     log.error("bridge %s: %s", self.name, exc)
                     return  # never retry an impersonated relay
                 except Exception as exc:  # anything else is transient too: never stop retrying
-                    if not isinstance(exc, BridgedError):
+                    if not _expected(exc):  # a bug: its traceback helps
                         log.exception("bridge %s: unexpected error while connecting", self.name)
                     self.state, self.last_error = "reconnecting", str(exc)
-                    delay = self.backoff.delay(attempt, random.random())
-                    attempt += 1
-                    log.warning("bridge %s: %s; retrying in %.1fs", self.name, exc, delay)
-                    await asyncio.sleep(delay)
+                    if await self._wait_to_retry(exc, attempt) == "timer":
+                        attempt += 1
                     continue
+                self.last_reconnect = {**self._retry, "at": time.time()}
+                self._retry = {"trigger": "at-once", "pod": None}
                 try:
                     await self._on_connected()
-                except Exception:  # whatever failed, the loop must live on and reconnect
-                    log.exception("bridge %s: setting up the connection failed", self.name)
+                except Exception as exc:  # whatever failed, the loop must live on and reconnect
+                    if _expected(exc):  # e.g. the relay went away meanwhile
+                        log.warning("bridge %s: setting up the connection failed: %s",
+                                    self.name, _one_line(exc))
+                    else:
+                        log.exception("bridge %s: setting up the connection failed", self.name)
                     self.conn.abort()
             conn = self.conn
             up_since = asyncio.get_running_loop().time()
@@ -292,6 +309,42 @@ class Bridge:
             if asyncio.get_running_loop().time() - up_since >= self.stable_seconds:
                 attempt = 0
             self._on_lost()
+
+    async def _wait_to_retry(self, exc: Exception, attempt: int) -> str:
+        """Wait before the next attempt; what ended the wait ("pod-ready" or "timer").
+
+        With ``relay_pods``: no pod was Ready, so none is tried until one is (a relay being
+        replaced is coming back; the timer is only a safety net at the backoff's cap); a pod
+        that was Ready but failed is skipped, and a new one that becomes Ready ends the
+        backoff at once. Without it, or when the pods cannot be watched: the backoff."""
+        delay = self.backoff.delay(attempt, random.random())
+        tried = getattr(self.carrier, "pod", None)
+        if self.relay_pods is not None:
+            within = delay if tried else self.backoff.max_seconds
+            log.warning("bridge %s: %s; %s", self.name, exc,
+                        f"waiting for a Ready relay pod (or {within:.1f}s)" if not tried
+                        else f"retrying in {within:.1f}s, or when another relay pod is Ready")
+            started = asyncio.get_running_loop().time()
+            try:
+                pod = await self.relay_pods(frozenset({tried} if tried else ()), within)
+            except Exception as watch_error:  # the watch failed: the timer alone
+                if not self._watch_failing:
+                    log.warning("bridge %s: cannot watch the relay's pods (%s): retrying on "
+                                "a timer", self.name, _one_line(watch_error))
+                self._watch_failing = True
+                left = within - (asyncio.get_running_loop().time() - started)
+                await asyncio.sleep(min(delay, max(left, 0.0)))
+            else:
+                self._watch_failing = False
+                if pod is not None:
+                    log.info("bridge %s: relay pod %s is Ready: connecting", self.name, pod)
+                    self._retry = {"trigger": "pod-ready", "pod": pod}
+                    return "pod-ready"
+        else:
+            log.warning("bridge %s: %s; retrying in %.1fs", self.name, exc, delay)
+            await asyncio.sleep(delay)
+        self._retry = {"trigger": "timer", "pod": None}
+        return "timer"
 
     async def _on_connected(self) -> None:
         self.connects += 1
@@ -548,7 +601,24 @@ class Bridge:
             "connected_since": self.connected_since,
             "relay_version": self.relay_info.get("relay"),
             "session": self.relay_info.get("session"),
+            "last_reconnect": self.last_reconnect,
         }
+
+
+#: what a network, a relay or an API server may do to a connection: logged in one line (a
+#: traceback per retry would bury the log), never a traceback
+_EXPECTED_TYPES = (BridgedError, OSError, TimeoutError, asyncssh.Error, aiohttp.ClientError)
+
+
+def _expected(exc: BaseException) -> bool:
+    # the API client's errors by name: importing it here would cost every daemon its memory
+    return isinstance(exc, _EXPECTED_TYPES) or type(exc).__name__ == "ApiException"
+
+
+def _one_line(exc: BaseException) -> str:
+    """An expected failure in one log line: what it was and its first line."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 def _version() -> str:
