@@ -320,6 +320,7 @@ class Daemon:
             bridge.published_key_source = lambda: published_host_key(kube)
             bridge.relay_pods = lambda exclude, within: wait_ready_pod(
                 kube, manifests.SELECTOR, exclude=exclude, within=within)
+            bridge.restore_service = lambda service: _restore_once(kube, service)
             bridge.on_close = kube.close
             await self._start_when_key_is_seen(bridge, progress)
         except BaseException:
@@ -671,3 +672,11 @@ class Daemon:
                 for name, (step, since) in self.intercepting.items()
             ],
         }
+
+
+async def _restore_once(kube: Any, service: str) -> str:
+    """Undo a takeover the relay can no longer undo, from the record on the Service (what
+    ``bridged clean`` does); left alone if the Service changes meanwhile."""
+    from ..kube.redirects import restore
+
+    return (await restore(kube, service, attempts=1)).describe()

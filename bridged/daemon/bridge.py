@@ -195,6 +195,11 @@ class Bridge:
         #: "pod-ready" (a relay pod's Ready event), "timer" (backoff); with the pod and when
         self.last_reconnect: dict[str, Any] | None = None
         self._retry: dict[str, Any] = {"trigger": "at-once", "pod": None}
+        #: ``await restore_service(name)``: undo a takeover of Service ``name`` from the record
+        #: on the Service, saying what was done (kube bridges); see :meth:`_give_services_back`
+        self.restore_service: Any = None
+        #: Services this daemon restored because no relay came back: name → (when, what)
+        self.restored: dict[str, tuple[float, str]] = {}
         self._watch_failing = False
         self._tasks = TaskSet(f"bridge:{name}")
         self._stopping = False
@@ -290,6 +295,13 @@ class Bridge:
                     continue
                 self.last_reconnect = {**self._retry, "at": time.time()}
                 self._retry = {"trigger": "at-once", "pod": None}
+                # no restore may run while the intercepts register again: it would undo the
+                # new takeover (a restore already sent is answered before the relay reads)
+                giving_back = self._tasks.named("give-back")
+                if giving_back is not None:
+                    giving_back.cancel()
+                    await asyncio.wait([giving_back])
+                self.restored.clear()
                 try:
                     await self._on_connected()
                 except Exception as exc:  # whatever failed, the loop must live on and reconnect
@@ -368,6 +380,54 @@ class Bridge:
             self.state = "reconnecting"
             log.warning("bridge %s: connection to %s lost; reconnecting", self.name,
                         self.relay)
+            if self.restore_service is not None and self._takeovers():
+                self._tasks.start(self._give_services_back(), name="give-back")
+
+    def _takeovers(self) -> list[Intercept]:
+        return [i for i in self.intercepts.values()
+                if i.spec.service and i.claim.via == "takeover"]
+
+    async def _give_services_back(self) -> None:
+        """While disconnected: once a lease has passed and no relay pod is Ready, restore the
+        Services this daemon's intercepts took over. A relay that died for good (OOM-killed,
+        its Deployment deleted or scaled to zero) cannot end its takeovers; its next start
+        would, but until then the Service would send its traffic to no endpoint. The lease is
+        what the relay itself waits before it stops routing to a silent daemon; a relay that
+        is Ready restores on its own (its leases) and is left to. One read-modify-write per
+        Service: one changed meanwhile (a relay back, taking it over again) is left alone."""
+        from ..config import LeaseSettings
+
+        lease = float(self.relay_info.get("lease_seconds") or LeaseSettings().ttl_seconds)
+        await asyncio.sleep(lease)
+        while self.conn is None:
+            try:
+                ready = await self.relay_pods(frozenset(), 0.0) \
+                    if self.relay_pods is not None else None
+            except Exception as exc:
+                log.warning("bridge %s: cannot tell whether a relay pod is Ready (%s): "
+                            "Services left as they are for now", self.name, _one_line(exc))
+                ready = "unknown"
+            if ready is None:
+                for intercept in self._takeovers():
+                    service = intercept.spec.service
+                    if service in self.restored:
+                        continue
+                    try:
+                        done = str(await self.restore_service(service))
+                    except Exception as exc:
+                        if not _expected(exc):
+                            raise
+                        log.warning("bridge %s: Service %s not restored yet: %s", self.name,
+                                    service, _one_line(exc))
+                        continue
+                    self.restored[service] = (time.time(), done)
+                    intercept.error = (f"no relay for {lease:.0f}s: {done} by this daemon; "
+                                       "taken over again when a relay is back")
+                    log.warning("bridge %s: no relay pod Ready %.0fs after the connection was "
+                                "lost: %s", self.name, lease, done)
+                if all(i.spec.service in self.restored for i in self._takeovers()):
+                    return
+            await asyncio.sleep(lease / 4)  # the pods' state has no event for "still gone"
 
     async def _renew_leases(self) -> None:
         interval = float(self.relay_info.get("renew_seconds", 2.0))
@@ -602,6 +662,8 @@ class Bridge:
             "relay_version": self.relay_info.get("relay"),
             "session": self.relay_info.get("session"),
             "last_reconnect": self.last_reconnect,
+            "restored": [{"service": name, "at": at, "note": note}
+                         for name, (at, note) in sorted(self.restored.items())],
         }
 
 

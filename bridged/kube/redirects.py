@@ -241,12 +241,15 @@ async def ensure_shadow(kube: Kube, shadow: dict[str, Any]) -> dict[str, Any]:
 
 
 async def restore(kube: Kube, name: str, record: plan.Record | None = None,
-                  drained: Callable[[], Awaitable[None]] | None = None) -> Restored:
+                  drained: Callable[[], Awaitable[None]] | None = None, *,
+                  attempts: int = ATTEMPTS) -> Restored:
     """Undo the takeover of Service ``name``: from the record in its annotation, or ``record``
     (what the relay remembers) when someone removed the annotation. ``drained`` is awaited
     between the restore and the shadow's removal: until the cluster stops sending the
-    Service's new connections to the relay, which passes them on through the shadow."""
-    for _ in range(ATTEMPTS):
+    Service's new connections to the relay, which passes them on through the shadow.
+    ``attempts=1``: the Service as read, or nothing — a Service changed meanwhile (a relay
+    back and taking it over again) is left alone (:class:`KubeError`)."""
+    for _ in range(attempts):
         try:
             current = await rest(kube, "GET", _services(kube, name))
         except ApiException as exc:

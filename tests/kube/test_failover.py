@@ -4,6 +4,7 @@ the relay's pods and connects on the Ready event (not on a backoff timer)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -12,11 +13,13 @@ import pytest
 
 from bridged.control.client import ControlClient
 from bridged.localrun import DaemonProcess
+from bridged.redirect.takeover import record_of
 
-from ..helpers import Daemon, assert_clean_log
+from ..helpers import Daemon, assert_clean_log, eventually, free_port
 from .apiserver import Context, KubeApiServer
 from .failover import RelayPods, delete_pod, echo_on, echo_roundtrip
 from .relay_kubelet import RelayKubelet
+from .test_intercept_on_kube import Replicas, _comparable, _identity_app, _requests
 
 NS = "team-a"
 #: the promise (issue 10): working again within this many seconds of the new pod being Ready
@@ -26,8 +29,11 @@ FAILOVER_SECONDS = 5.0
 @pytest.fixture
 async def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[KubeApiServer]:
     kubelet = RelayKubelet(tmp_path / "node")
-    async with KubeApiServer(kubelet=kubelet, namespaces=[NS], bookmark_interval=0.2) as api:
+    async with KubeApiServer(kubelet=kubelet, namespaces=[NS], bookmark_interval=0.2,
+                             kube_proxy=True) as api:
         kubelet.attach(api)
+        kubelet.others = Replicas(api)
+        api.kubelet_hook = kubelet  # type: ignore[attr-defined]
         kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig", [
             Context("admin", api.admin, NS, auth="cert")])
         monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
@@ -82,3 +88,98 @@ async def test_a_replaced_relay_pod_is_reached_on_its_ready_event(
         server.close()
         await server.wait_closed()
 
+
+
+#: the relay's routing lease (LeaseSettings.ttl_seconds): how long a daemon waits, disconnected,
+#: before it restores a Service no relay can restore any more
+LEASE_SECONDS = 8.0
+
+
+async def _orders(cluster: KubeApiServer) -> dict[str, Any]:
+    """One replica of ``orders`` behind its Service; the Service as created."""
+    labels = {"app": "orders"}
+    cluster.apply({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "orders", "namespace": NS},
+        "spec": {"replicas": 1, "selector": {"matchLabels": labels},
+                 "template": {"metadata": {"labels": labels}, "spec": {"containers": [
+                     {"name": "app", "image": "orders:1",
+                      "ports": [{"name": "web", "containerPort": 8080}]}]}}}})
+    service = cluster.apply({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "orders", "namespace": NS, "labels": labels},
+        "spec": {"selector": labels, "ports": [{"name": "http", "port": 80,
+                                                 "targetPort": "web"}]}})
+
+    async def replica_ready() -> bool:
+        return any(p["metadata"]["name"].startswith("orders-") and any(
+            c["type"] == "Ready" and c["status"] == "True"
+            for c in (p.get("status") or {}).get("conditions") or [])
+            for p in cluster.list("pods", NS))
+
+    await eventually(replica_ready, within=30, what="the orders replica")
+    return service
+
+
+def _scale_relay(cluster: KubeApiServer, replicas: int) -> None:
+    dep = cluster.get("deployments", NS, "bridged-relay")
+    assert dep is not None
+    dep["spec"]["replicas"] = replicas
+    cluster.apply(dep)
+
+
+async def test_a_takeover_whose_relay_died_for_good_is_restored_by_the_daemon(
+    cluster: KubeApiServer, laptop: Daemon
+) -> None:
+    before = await _orders(cluster)
+    url = f"http://{before['spec']['clusterIP']}/"
+    port = free_port()
+    app = await _identity_app("127.0.0.1", port, "alice")
+    try:
+        await laptop.call("POST", "bridges", {})
+        made = await laptop.acli("intercept", "orders", "--port", f"{port}:80",
+                                 "--via", "takeover")
+        assert made.returncode == 0, made.stderr
+        assert await _requests(url, [{}]) == ["alice"]
+
+        # the relay is OOM-killed (no goodbye: it cannot restore) and its Deployment scaled
+        # to zero: nothing would ever give the Service back
+        kubelet: RelayKubelet = cluster.kubelet_hook  # type: ignore[attr-defined]
+        ((_, relay),) = kubelet.processes.items()
+        relay.kill()
+        await relay.wait()
+        killed = time.time()
+        _scale_relay(cluster, 0)
+
+        async def restored() -> bool:
+            return cluster.get("services", NS, "bridged-origin-orders") is None and \
+                _comparable(cluster.get("services", NS, "orders")) == _comparable(before)
+
+        await eventually(restored, within=LEASE_SECONDS + 6, what="the Service restored")
+        took = time.time() - killed
+        assert took >= LEASE_SECONDS - 0.5  # not before a relay could have come back
+        assert (await _requests(url, [{}]))[0].startswith("orders-")  # the Service works
+        status = await laptop.status()
+        assert [r["service"] for r in status["bridges"][0]["restored"]] == ["orders"]
+        (intercept,) = status["intercepts"]
+        assert intercept["state"] != "active" and "restored" in intercept["error"]
+
+        # a relay comes back later: the intercept takes the Service over again, from the
+        # original (the record is the Service as created), and leaving gives it back whole
+        _scale_relay(cluster, 1)
+
+        async def alice_again() -> bool:
+            try:
+                return await _requests(url, [{}]) == ["alice"]
+            except AssertionError:
+                return False
+
+        await eventually(alice_again, within=30, what="the intercept taken over again")
+        record = record_of(cluster.get("services", NS, "orders") or {})
+        assert record is not None and record.selector == before["spec"]["selector"]
+        assert (await laptop.status())["bridges"][0]["restored"] == []
+        left = await laptop.acli("leave", "orders")
+        assert left.returncode == 0, left.stderr
+        await eventually(restored, within=10, what="the Service restored on leave")
+    finally:
+        await app.cleanup()
