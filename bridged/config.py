@@ -26,6 +26,17 @@ class TunnelSettings:
     #: per-channel flow-control window, bytes. 2 MiB covers the bandwidth-delay product of a
     #: laptop-to-cluster path; a larger window only costs memory per stream.
     window_bytes: int = 2 * MiB
+    #: bytes all of the relay's channels together may be sent ahead of what their sockets took
+    #: (a new channel's receive window is a quarter of what is free, between
+    #: ``smallest_window_bytes`` and ``window_bytes``): 200 streams into slow destinations at
+    #: 2 MiB each buffered 344 MiB, past the relay pod's 256 MiB (bench/relay_memory.py)
+    relay_window_budget_bytes: int = 48 * MiB
+    #: the least window a relay channel gets however many are open: 32 KiB still moves ~3 MB/s
+    #: per stream over a 10 ms round trip
+    smallest_window_bytes: int = 32 * KiB
+    #: streams (SSH channels) the relay carries at once; past it a new one is refused, with the
+    #: reason, rather than the pod running out of memory: 2048 x 32 KiB is 64 MiB more at most
+    max_streams: int = 2048
     #: largest SSH data packet, bytes. The cost of SSH in Python is per packet (framing, copies,
     #: a read that ends mid-packet), so bigger packets move more bytes per CPU second: measured
     #: with bench/tunnel.py, 256 KiB costs 0.55x the CPU per GB of 32 KiB and 0.75x that of

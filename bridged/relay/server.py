@@ -152,11 +152,7 @@ class PortListener:
         listen_host = holding.claim.listen_host
         if session is None or listen_host not in session.virtual:
             raise RefusedError(f"intercept {holding.claim.id!r} has no connected session")
-        tunnel = self.relay.settings.tunnel
-        await session.conn.create_connection(
-            factory, listen_host, holding.port, peer[0], peer[1],
-            window=tunnel.window_bytes, max_pktsize=tunnel.packet_bytes,
-        )
+        await self.relay.open_channel(session, factory, listen_host, holding.port, peer)
 
     def stop_accepting(self) -> None:
         if self.server is not None:
@@ -320,13 +316,14 @@ class HttpPortListener(PortListener):
         if holding is None or session is None or \
                 holding.claim.listen_host not in session.virtual:
             raise UpstreamUnavailable(f"intercept {route.target}: its session is gone")
-        tunnel = self.relay.settings.tunnel
         try:
-            channel, _ = await session.conn.create_connection(
-                lambda: ChannelProtocol(factory()), holding.claim.listen_host, self.port,
-                peer[0], peer[1], window=tunnel.window_bytes, max_pktsize=tunnel.packet_bytes)
+            channel, _ = await self.relay.open_channel(
+                session, lambda: ChannelProtocol(factory()), holding.claim.listen_host,
+                self.port, peer)
         except asyncssh.ChannelOpenError as exc:
             raise UpstreamUnavailable(f"{route.target}: {exc.reason}") from None
+        except RefusedError as exc:  # the relay carries all the streams it may
+            raise UpstreamUnavailable(f"{route.target}: {exc}") from None
         except (asyncssh.Error, OSError) as exc:
             raise UpstreamUnavailable(f"{route.target}: {exc}") from None
         return channel
@@ -355,6 +352,9 @@ class Relay:
         self.outbound = Counters()
         #: client connections of every HTTP port's router, against one limit
         self.budget = ConnectionBudget(settings.router.max_connections)
+        #: the channels open and the receive windows granted them (see stream_window)
+        self.streams = 0
+        self.windows_granted = 0
         self.keys = AuthorizedKeys(settings.authorized_keys)
         self.host_key = load_or_create_key(settings.host_key, comment="bridged-relay")
         self.acceptor = StreamAcceptor()
@@ -595,6 +595,54 @@ class Relay:
             self._close_idle_ports(gone)
             self._sync_redirects()
 
+    # --- memory: what the channels may buffer ---
+    # A channel's receive window is what its peer may send before its socket took any: with
+    # 2 MiB each, 200 streams into slow destinations buffered 344 MiB (bench/relay_memory.py),
+    # past the pod's limit. So windows are granted from one budget: a new channel gets a
+    # quarter of what is free (at most the usual window, at least the smallest), and gives it
+    # back when it closes.
+
+    def stream_window(self) -> int:
+        """The receive window of a new channel, taken from the budget (give it back with
+        :meth:`track` or :meth:`give_back`); past ``max_streams``, :class:`RefusedError`."""
+        t = self.settings.tunnel
+        if self.streams >= t.max_streams:
+            raise RefusedError(f"the relay carries {t.max_streams} streams at most; close some "
+                               "or try again later")
+        free = t.relay_window_budget_bytes - self.windows_granted
+        window = max(t.smallest_window_bytes, min(t.window_bytes, free // 4))
+        self.streams += 1
+        self.windows_granted += window
+        return window
+
+    def give_back(self, window: int) -> None:
+        self.streams -= 1
+        self.windows_granted -= window
+
+    async def open_channel(self, session: RelaySession, factory: Any, listen_host: str,
+                           port: int, peer: tuple[str, int]) -> Any:
+        """A ``forwarded-tcpip`` channel to ``session``'s intercept, its window taken from the
+        budget: (channel, its session object), as asyncssh's create_connection."""
+        window = self.stream_window()
+        try:
+            opened = await session.conn.create_connection(
+                factory, listen_host, port, peer[0], peer[1], window=window,
+                max_pktsize=self.settings.tunnel.packet_bytes)
+        except BaseException:
+            self.give_back(window)
+            raise
+        self.track(opened[0], window)
+        return opened
+
+    def track(self, chan: Any, window: int) -> None:
+        """Give ``window`` back once ``chan`` has closed."""
+        async def closed() -> None:
+            try:
+                await chan.wait_closed()
+            finally:
+                self.give_back(window)
+        self.tasks.start(closed(), name="stream-window")
+
     # --- outbound ---
 
     async def connect_out(self, conn: asyncssh.SSHServerConnection, host: str,
@@ -657,6 +705,8 @@ class Relay:
             "other_intercepts": sum(1 for h in holdings if h.session != session.id),
             "ports": {str(p): listener.counters.snapshot() for p, listener in self.ports.items()},
             "outbound": self.outbound.snapshot(),
+            "streams": self.streams,
+            "windows_granted_bytes": self.windows_granted,
         }
 
 
@@ -706,7 +756,13 @@ class RelaySession(asyncssh.SSHServer):
     def connection_requested(self, dest_host: str, dest_port: int, orig_host: str,
                              orig_port: int) -> Any:
         t = self.relay.settings.tunnel
-        chan = self.conn.create_tcp_channel(window=t.window_bytes, max_pktsize=t.packet_bytes)
+        try:
+            window = self.relay.stream_window()
+        except RefusedError as exc:
+            self.relay.outbound.fail(str(exc))
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_RESOURCE_SHORTAGE, str(exc)) from None
+        chan = self.conn.create_tcp_channel(window=window, max_pktsize=t.packet_bytes)
+        self.relay.track(chan, window)
         return chan, self.relay.connect_out(self.conn, dest_host, dest_port)
 
     # inbound: remote-forward requests for virtual listeners
