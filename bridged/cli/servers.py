@@ -70,6 +70,10 @@ def register(app: typer.Typer) -> None:
         authorized_keys: Annotated[
             Path, typer.Option(help="File or folder of authorized public keys.")
         ] = Path("/etc/bridged/authorized_keys"),
+        authorized_keys_secret: Annotated[str | None, typer.Option(
+            help="In a cluster: follow this Secret's keys through the API (a new key works at "
+                 "once; the --authorized-keys volume serves while the API cannot be read).")]
+            = None,
         host_key_secret: Annotated[
             str | None, typer.Option(help="In a cluster: Secret that keeps the host key.")
         ] = None,
@@ -176,11 +180,18 @@ def register(app: typer.Typer) -> None:
                     await load_or_publish(api, host_key_secret, publish_configmap, host_key)
             async with contextlib.AsyncExitStack() as stack:
                 kube: Any = None
-                if redirect_services:
+                if redirect_services or authorized_keys_secret:
                     from ..kube.client import Kube as KubeClient
 
                     kube = await stack.enter_async_context(await KubeClient.connect())
-                relay = Relay(settings, kube)
+                relay = Relay(settings, kube if redirect_services else None)
+                if authorized_keys_secret:
+                    from functools import partial
+
+                    from ..kube.keywatch import follow_secret
+
+                    relay.keys.follow_secret(authorized_keys_secret, partial(
+                        follow_secret, kube, authorized_keys_secret))
                 if relay.redirector is not None:
                     relay.redirector.accept_seconds = _positive(mesh_accept_seconds)
                     relay.redirector.live = replace(

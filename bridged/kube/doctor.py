@@ -24,6 +24,8 @@ RIGHTS = (
     ("reach the relay", "create", "", "pods", "portforward"),
     ("join the relay", "get", "apps", "deployments", ""),
     ("add your key", "update", "", "secrets", ""),
+    # RBAC lets a user grant only rights they hold: the relay's Role lets it watch the keys
+    ("deploy the relay's Role (it watches the keys Secret)", "watch", "", "secrets", ""),
     ("list and expose Services", "list", "", "services", ""),
     ("read a workload's env and files", "get", "", "configmaps", ""),
 )
@@ -60,6 +62,7 @@ async def checks(target: KubeTarget) -> list[Check]:
         found.append(_clock(headers.get("Date")))
         found += [await _right(kube, *right) for right in RIGHTS]
         found.append(await _relay(kube))
+        found.append(await _relay_role(kube))
     return found
 
 
@@ -108,3 +111,25 @@ async def _relay(kube: Kube) -> Check:
         return Check("relay", "fail", f"version {version}, no pod ready: "
                                       f"kubectl -n {kube.namespace} describe deploy {m.RELAY}")
     return Check("relay", "ok", f"version {version}, {ready} pod(s) ready")
+
+
+async def _relay_role(kube: Kube) -> Check:
+    """The relay's Role grants what this version's relay uses: an older one, e.g. without the
+    watch of the keys Secret, leaves new keys to the kubelet's refresh (about a minute)."""
+    try:
+        role = await rest(kube, "GET",
+                          f"/apis/rbac.authorization.k8s.io/v1/namespaces/{kube.namespace}"
+                          f"/roles/{m.RELAY}")
+    except ApiException as exc:
+        if exc.status == 404:
+            return Check("relay rights", "ok", "no Role yet: bridged connect makes it")
+        return Check("relay rights", "warn", f"cannot read Role {m.RELAY} ({exc.reason})")
+    have = role.get("rules") or []
+    missing = [r for r in m.role(kube.namespace)["rules"] if r not in have]
+    if not missing:
+        return Check("relay rights", "ok", f"Role {m.RELAY} grants what the relay uses")
+    what = "; ".join(f"{'/'.join(r['verbs'])} {','.join(r['resources'])}"
+                     + (f" ({','.join(r['resourceNames'])})" if r.get("resourceNames") else "")
+                     for r in missing)
+    return Check("relay rights", "warn", f"Role {m.RELAY} lacks {what}: bridged connect "
+                                         "upgrades an older relay and its Role")

@@ -18,8 +18,12 @@ which RBAC could not restrict by name.
   gateway and cilium redirects; rights on kinds a cluster does not serve are harmless.
 - ``endpointslices`` get/list: a whole-port (``--tcp``) takeover is live once the Service's
   slices — what kube-proxy programs from — list only the relay (its bytes cannot carry a probe).
-Authorized developer keys reach the relay as a mounted Secret volume: the kubelet reads it,
-the relay needs no right for it.
+- ``secrets`` get/list/watch on ``bridged-authorized-keys`` only: the relay follows the
+  developers' keys through the API, so a new key works at once instead of when the kubelet
+  next refreshes the mounted copy (about a minute). RBAC lets a list or a watch restricted by
+  ``resourceNames`` through only when it selects that name (``fieldSelector=metadata.name=``),
+  which the relay's requests do. The Secret is also mounted: the relay's keys while the API
+  cannot be read.
 """
 
 from __future__ import annotations
@@ -64,6 +68,11 @@ def role(namespace: str) -> dict[str, Any]:
              "verbs": ["get", "update"]},
             {"apiGroups": [""], "resources": ["configmaps"],
              "resourceNames": [PUBLISHED_CONFIGMAP], "verbs": ["get", "update"]},
+            # list/watch restricted by resourceNames are allowed only for requests that select
+            # that name (fieldSelector=metadata.name=…): the relay's list and watch do
+            # (kubernetes.io, Using RBAC Authorization, "Referring to resources")
+            {"apiGroups": [""], "resources": ["secrets"],
+             "resourceNames": [AUTHORIZED_KEYS_SECRET], "verbs": ["get", "list", "watch"]},
             {"apiGroups": [""], "resources": ["services"],
              "verbs": ["get", "list", "update", "create", "delete"]},
             {"apiGroups": ["gateway.networking.k8s.io"], "resources": ["httproutes"],
@@ -131,6 +140,7 @@ def deployment(namespace: str, image: str = DEFAULT_IMAGE, replicas: int = 1) ->
                             "--host-key-secret", HOST_KEY_SECRET,
                             "--publish-configmap", PUBLISHED_CONFIGMAP,
                             "--authorized-keys", "/etc/bridged/authorized-keys",
+                            "--authorized-keys-secret", AUTHORIZED_KEYS_SECRET,
                             "--redirect-services",
                         ],
                         "ports": [{"name": "ssh", "containerPort": SSH_PORT},

@@ -393,7 +393,7 @@ class Relay:
 
     async def start(self) -> None:
         s = self.settings
-        self.keys.refresh()
+        await self.keys.start(self.tasks)  # in a cluster: the Secret read before Ready
         if self.redirector is not None:
             await self.redirector.restore_stale()
         server = await asyncssh.listen(s.ssh_host, s.ssh_port, reuse_address=True,
