@@ -9,6 +9,12 @@ Both directions stream with back-pressure and no buffering of our own:
 Half-close is honoured both ways (EOF becomes ``write_eof`` on the other side); the pair is closed
 once both directions have ended, or at once when either side is reset.
 
+A lost stream is an error, never an end of stream: when the channel ends without the far side's
+EOF (relay or daemon gone, carrier cut, SSH connection closed, shutdown), the socket is *reset*
+(:func:`reset`), so the application sees ECONNRESET; a clean EOF only ever means the far end sent
+one. A socket reset or closed without EOF likewise closes the channel without EOF, and the far
+side resets its own socket in turn.
+
 Two shapes cover all four cases of the tunnel:
 - :func:`socket_then_channel` for listeners (daemon forwards, relay whole-port intercepts): a
   socket was accepted, a channel is then opened for it. The socket is *not read* until the
@@ -23,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -109,6 +116,8 @@ class Pipe(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._finish()
         if self.chan is not None:
+            # without our EOF sent, this close (no EOF first) tells the far side that the
+            # stream was lost, and it resets its socket
             self.chan.close()
 
     def pause_writing(self) -> None:
@@ -148,17 +157,24 @@ class Pipe(asyncio.Protocol):
         return True
 
     def channel_lost(self, exc: Exception | None) -> None:
-        if self.transport is not None:
-            if exc is not None:
-                self.transport.abort()
-            else:
-                self.transport.close()
+        if self.transport is None:
+            return
+        if self._chan_eof:
+            # the far end's stream was whole (even if the connection died since): what is
+            # still buffered for the client goes out before the FIN
+            self.transport.close()
+        else:
+            # ended without the far side's EOF, whether the SSH connection died (exc) or the
+            # far side closed the channel (its socket was reset, its process is stopping):
+            # a clean close here would pass a cut stream off as a complete one
+            reset(self.transport)
 
     def fail(self, reason: str) -> None:
-        """The channel could not be opened: drop the socket at once and count why."""
+        """The channel could not be opened: reset the socket at once and count why (what the
+        client may have sent is lost, so it must see an error, not an empty answer)."""
         self.counters.fail(reason)
         if self.transport is not None:
-            self.transport.abort()
+            reset(self.transport)
         self._finish()
 
     # --- helpers ---
@@ -180,7 +196,7 @@ class Pipe(asyncio.Protocol):
     def abort(self) -> None:
         """Cut both sides now (the forward or intercept it belongs to was removed)."""
         if self.transport is not None:
-            self.transport.abort()
+            reset(self.transport)
         if self.chan is not None:
             self.chan.abort()
         self._finish()
@@ -247,6 +263,22 @@ def socket_then_channel(
     return factory
 
 
+_LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST, not FIN
+
+
+def reset(transport: asyncio.BaseTransport) -> None:
+    """Close ``transport`` with a TCP reset, discarding what is unsent. asyncio's and uvloop's
+    ``abort()`` alone only close the descriptor, which sends an orderly FIN (a clean EOF to
+    the peer) unless unread bytes happen to be queued: SO_LINGER 0 makes it an RST."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+        except (OSError, ValueError):  # the descriptor is gone already: nothing to send
+            pass
+    transport.abort()
+
+
 def describe(exc: BaseException) -> str:
     """A one-line reason for a failed channel, as the other side or the OS gave it."""
     if isinstance(exc, asyncssh.ChannelOpenError):
@@ -282,6 +314,6 @@ async def channel_then_socket(
     if conn.is_closed():
         # the SSH connection ended while we connected: asyncssh will drop the session
         # without a word, so the socket must not outlive this moment
-        transport.abort()
+        reset(transport)
         raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, "SSH connection closed")
     return ChannelSide(pipe)

@@ -170,6 +170,7 @@ class ChannelProtocol(asyncssh.SSHTCPSession[bytes]):
 
     def __init__(self, protocol: Any) -> None:
         self.protocol = protocol
+        self.eof = False
 
     def connection_made(self, chan: Any) -> None:
         self.protocol.connection_made(chan)
@@ -178,9 +179,14 @@ class ChannelProtocol(asyncssh.SSHTCPSession[bytes]):
         self.protocol.data_received(data)
 
     def eof_received(self) -> bool:
+        self.eof = True
         return bool(self.protocol.eof_received())
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if exc is None and not self.eof:
+            # closed without the laptop's EOF (its socket was reset, its daemon stopped): for
+            # the router that is a lost stream, as a TCP reset would be, not a clean close
+            exc = ConnectionResetError("the laptop's channel closed without end of stream")
         self.protocol.connection_lost(exc)
 
     def pause_writing(self) -> None:
