@@ -317,3 +317,38 @@ async def channel_then_socket(
         reset(transport)
         raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, "SSH connection closed")
     return ChannelSide(pipe)
+
+
+async def pass_streams(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                       other_reader: asyncio.StreamReader, other_writer: asyncio.StreamWriter,
+                       read_size: int = 256 * 1024) -> None:
+    """Copy raw bytes both ways between two TCP streams until both directions ended, EOF
+    passed on as EOF (half-close works); when either side fails (a reset, an error), both
+    are reset at once, so neither peer takes a cut stream for a whole one. Closes both."""
+    lost = False
+
+    async def copy(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        nonlocal lost
+        try:
+            while data := await src.read(read_size):
+                dst.write(data)
+                await dst.drain()
+            if dst.can_write_eof():
+                dst.write_eof()
+        except OSError:
+            if not lost:
+                lost = True
+                reset(writer.transport)
+                reset(other_writer.transport)
+
+    try:
+        await asyncio.gather(copy(reader, other_writer), copy(other_reader, writer))
+    except asyncio.CancelledError:  # stopped midway (the relay is shutting down): cut, not done
+        lost = True
+        reset(writer.transport)
+        reset(other_writer.transport)
+        raise
+    finally:
+        if not lost:
+            writer.close()
+            other_writer.close()

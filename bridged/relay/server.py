@@ -28,7 +28,7 @@ from ..routing.decide import ORIGIN, Route, decide
 from ..routing.redact import redact
 from ..routing.rules import RequestHead
 from ..routing.table import Holding, InterceptTable, TableConflict
-from ..splice import Counters, channel_then_socket, socket_then_channel
+from ..splice import Counters, channel_then_socket, pass_streams, socket_then_channel
 from ..tasks import TaskSet
 from .auth import AuthorizedKeys
 from .policy import DestinationDenied, DestinationPolicy, allowed_origin, resolve_allowed
@@ -38,7 +38,6 @@ from .router import (
     ConnectionBudget,
     HttpRouter,
     UpstreamUnavailable,
-    splice_streams,
     tcp_upstream,
 )
 
@@ -228,8 +227,8 @@ class OriginListener(PortListener):
             budget.used -= 1
             writer.close()
             return
-        try:
-            await splice_streams(reader, writer, up_reader, up_writer)
+        try:  # a reset of either side resets the other: a cut answer must not end cleanly
+            await pass_streams(reader, writer, up_reader, up_writer)
         finally:
             self.counters.active -= 1
             budget.used -= 1

@@ -487,3 +487,45 @@ async def test_a_reset_at_the_far_end_reaches_the_client_as_a_reset(
     finally:
         server.close()
         await server.wait_closed()
+
+
+# --- the relay's pass-through to the original pods ----------------------------------------
+
+
+@pytest.fixture
+async def origin_listener(tmp_path: Path) -> AsyncIterator[Callable[[int], Awaitable[int]]]:
+    """The relay's pass-through of a taken-over Service's port nobody intercepts, in this
+    process: ``await listen(origin_port)`` returns the port it listens on."""
+    from bridged.relay.server import OriginListener, Relay, RelaySettings
+
+    relay = Relay(RelaySettings(host_key=tmp_path / "host_key",
+                                authorized_keys=tmp_path / "authorized_keys"))
+    listeners: list[OriginListener] = []
+
+    async def listen(origin_port: int) -> int:
+        listener = OriginListener(relay, 0, f"127.0.0.1:{origin_port}")
+        await listener.start("127.0.0.1")
+        listeners.append(listener)
+        assert listener.server is not None
+        return int(listener.server.sockets[0].getsockname()[1])
+
+    yield listen
+    for listener in listeners:
+        await listener.close()
+
+
+async def test_the_pass_through_to_the_original_pods_passes_a_reset_on(
+    origin_listener: Callable[[int], Awaitable[int]], digest_server: int,
+) -> None:
+    """An original pod that resets mid-answer: the cluster client is reset too (not a clean
+    end after 3 MiB); a whole exchange with a half-close still goes through intact."""
+    server = await asyncio.start_server(_send_then_reset, "127.0.0.1", 0)
+    try:
+        port = await origin_listener(server.sockets[0].getsockname()[1])
+        outcome = await _bounded(_download(port, 8 * MiB), "download", 8 * MiB)
+        assert outcome.result == "error" and outcome.error == "ConnectionResetError", outcome
+        digest = await origin_listener(digest_server)
+        assert (await _bounded(_upload(digest, 5 * MiB + 3), "upload", 0)).result == "ok"
+    finally:
+        server.close()
+        await server.wait_closed()
