@@ -529,3 +529,56 @@ async def test_the_pass_through_to_the_original_pods_passes_a_reset_on(
     finally:
         server.close()
         await server.wait_closed()
+
+
+# --- an HTTP intercept: the router between the cluster client and the laptop --------------
+
+
+async def _answer_then_reset(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """The laptop's HTTP service: an answer framed by the end of the connection (no length),
+    cut by a reset after 2 MiB: only the reset tells the client its body is not whole."""
+    try:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + _stream(2 * MiB))
+        await writer.drain()
+    except OSError:
+        pass
+    finally:
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "the router's Downstream._end(lost=True) ends the client's connection with "
+    "transport.abort(), which sends a FIN, not a reset, without SO_LINGER 0 (router's owner)"))
+async def test_a_laptop_service_reset_mid_body_resets_the_http_client(
+    relay: RelayProcess, daemon: Daemon, tmp_path: Path,
+) -> None:
+    server = await asyncio.start_server(_answer_then_reset, "127.0.0.1", 0)
+    origin = await asyncio.start_server(_answer_then_reset, "127.0.0.1", 0)
+    try:
+        relay.authorize(await daemon.public_key())
+        await daemon.call("POST", "bridges", {"url": relay.url})
+        port = free_port()
+        made = await daemon.acli(
+            "intercept", "--relay-port", str(port),
+            "--port", str(server.sockets[0].getsockname()[1]), "--header", "x-dev=alice",
+            "--origin", f"127.0.0.1:{origin.sockets[0].getsockname()[1]}", "--json")
+        assert made.returncode == 0, made.stderr
+        received = b""
+        error = ""
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            try:
+                writer.write(b"GET / HTTP/1.1\r\nHost: svc\r\nx-dev: alice\r\n\r\n")
+                received = await asyncio.wait_for(reader.read(), TRANSFER_SECONDS)
+            finally:
+                writer.close()
+        except OSError as exc:
+            error = type(exc).__name__
+        assert error == "ConnectionResetError", f"a clean end after {len(received)} bytes"
+    finally:
+        for s in (server, origin):
+            s.close()
+            await s.wait_closed()
