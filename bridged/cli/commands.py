@@ -332,9 +332,23 @@ def register(app: typer.Typer) -> None:
     @handles_errors
     def doctor(context: ContextOpt = None, namespace: NamespaceOpt = None,
                json_out: JsonOpt = False) -> None:
-        """Check the daemon, the bridges, kube access, RBAC rights, the relay and the clock."""
-        found = _client().post("doctor", {"context": context, "namespace": namespace,
-                                          "kubeconfig": os.environ.get("KUBECONFIG")})
+        """Check the daemon, the bridges, kube access, RBAC rights, the relay and the clock.
+
+        Without --context/--namespace: the connected kube bridge's (each, if several), else
+        the kubeconfig's current ones."""
+        client = _client()
+        kubeconfig = os.environ.get("KUBECONFIG")
+        targets: list[tuple[str | None, str | None]] = [(context, namespace)]
+        if context is None and namespace is None:
+            targets = _kube_bridge_targets(client) or targets
+        found: list[dict[str, Any]] = []
+        for ctx, ns in targets:
+            answer = client.post("doctor", {"context": ctx, "namespace": ns,
+                                            "kubeconfig": kubeconfig})
+            if found:  # the daemon's own checks once; each further namespace's by name
+                answer = [{**c, "name": f"{ctx}/{ns}: {c['name']}"} for c in answer
+                          if c["name"] not in {f["name"] for f in found}]
+            found += answer
         mark = {"ok": "✓", "warn": "!", "fail": "✗"}
         failed = [c for c in found if c["verdict"] == "fail"]
 
@@ -352,6 +366,19 @@ def register(app: typer.Typer) -> None:
     def status(json_out: JsonOpt = False) -> None:
         """What is connected, exposed and intercepted, with counters."""
         emit(_client(no_start=True).get("status"), json_out, _print_status)
+
+
+def _kube_bridge_targets(client: ControlClient) -> list[tuple[str | None, str | None]]:
+    """(context, namespace) of each kube bridge, from its relay ``kube://CONTEXT/NAMESPACE``:
+    what doctor checks when not told, rather than the kubeconfig's current namespace."""
+    targets: list[tuple[str | None, str | None]] = []
+    for bridge in client.get("status")["bridges"]:
+        relay = str(bridge.get("relay") or "")
+        if relay.startswith("kube://") and "/" in relay[len("kube://"):]:
+            ctx, ns = relay[len("kube://"):].rsplit("/", 1)
+            if (ctx, ns) not in targets:
+                targets.append((ctx, ns))
+    return targets
 
 
 def _only_bridge(client: ControlClient) -> str:

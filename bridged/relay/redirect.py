@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -79,6 +80,11 @@ class Redirector:
         self.redirected: dict[str, Redirected] = {}
         #: seconds a mesh has to accept a new HTTPRoute (meshes answer within a second or two)
         self.accept_seconds = 10.0
+        #: why no mesh took up a route in this namespace, once one was not accepted in time: for
+        #: the relay's lifetime, a gateway redirect is refused at once with it (the daemon's
+        #: ``--via auto`` then takes over at once) rather than waiting ``accept_seconds`` again.
+        #: A mesh installed since is tried after the relay restarts.
+        self.no_mesh = ""
         #: (service, service port) → relay port; kept while anything uses it, so an intercept
         #: that re-attaches finds its port (and the Service its targetPort) unchanged
         self.ports: dict[tuple[str, int], int] = {}
@@ -282,6 +288,12 @@ class Redirector:
         by_port: dict[int, list[tuple[str, Any]]] = {}
         for c in claims:
             by_port.setdefault(c.service_port, []).append((c.id, c.matchers))
+        if via == "gateway" and service not in self.redirected and self.no_mesh:
+            log.info("Service %s: --via gateway refused at once, remembered: %s", service,
+                     self.no_mesh)
+            raise RefusedError(f"{ops.NOT_ACCEPTED} an HTTPRoute in namespace {ns} earlier in "
+                               f"this relay's life ({self.no_mesh}); not waiting "
+                               f"{self.accept_seconds:g} s again: use --via takeover")
         if via == "gateway" and any(len(i) > MAX_ROUTE_RULES for i in by_port.values()):
             raise RefusedError(f"Service {service}: an HTTPRoute holds {MAX_ROUTE_RULES} "
                                "intercepts per port at most")
@@ -301,6 +313,13 @@ class Redirector:
             try:  # the first route of this Service: is there a mesh to act on it?
                 for obj in objects:
                     await ops.wait_accepted(self.kube, obj, self.accept_seconds)
+            except RefusedError as exc:
+                if ops.NOT_ACCEPTED in str(exc):
+                    self.no_mesh = (f"the HTTPRoute of Service {service} not accepted within "
+                                    f"{self.accept_seconds:g} s at "
+                                    f"{time.strftime('%H:%M:%S')}")
+                await ops.remove_routes(self.kube, service)
+                raise
             except BaseException:
                 await ops.remove_routes(self.kube, service)
                 raise
