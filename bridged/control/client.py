@@ -61,7 +61,10 @@ class ControlClient:
             except (FileNotFoundError, ConnectionRefusedError) as exc:
                 raise DaemonNotRunning(
                     f"the bridged daemon is not running (no answer on {self.path})",
-                    hint="start it with 'bridged daemon', or let 'bridged connect' start it",
+                    # a command that only reads or undoes state does not start it: a new
+                    # daemon would answer with an empty state before it restored the saved one
+                    hint="'bridged daemon' or 'bridged service install' starts it; your "
+                         "bridges, forwards and intercepts are restored when it does",
                 ) from exc
             except TimeoutError as exc:
                 raise ControlError(f"the daemon did not answer within {self.timeout:.0f}s") \
