@@ -21,6 +21,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,7 +33,7 @@ from ..helpers import Daemon, DaemonProcess, assert_clean_log, eventually, free_
 KiB, MiB = 1024, 1024 * 1024
 #: keepalive of both ends here: a dead carrier is noticed within 3 of these (the default, 5 s,
 #: would make the stall tests wait 15 s each)
-KEEPALIVE = ("--keepalive-seconds", "0.5")
+KEEPALIVE = ("--keepalive-seconds", "1")
 #: a transfer that neither completes nor fails in this long has hung: a failure of its own
 TRANSFER_SECONDS = 25.0
 #: what the source servers send: a fixed random block, repeated (cheap to make and to check)
@@ -582,3 +583,48 @@ async def test_a_laptop_service_reset_mid_body_resets_the_http_client(
         for s in (server, origin):
             s.close()
             await s.wait_closed()
+
+
+# --- the kube carrier: the API server's port-forward dropped mid-transfer -------------------
+
+
+@pytest.fixture
+async def kube_laptop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                      ) -> AsyncIterator[tuple[Any, Daemon]]:
+    """The stand-in API server running the real relay as its pod, and a daemon whose
+    kubeconfig points at it."""
+    from bridged.control.client import ControlClient
+
+    from ..kube.apiserver import Context, KubeApiServer
+    from ..kube.relay_kubelet import RelayKubelet
+
+    kubelet = RelayKubelet(tmp_path / "node")
+    async with KubeApiServer(kubelet=kubelet, namespaces=["team-a"]) as api:
+        kubelet.attach(api)
+        kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig", [
+            Context("admin", api.admin, "team-a", auth="cert")])
+        monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+        process = await DaemonProcess(tmp_path / "laptop", extra_args=KEEPALIVE).start()
+        try:
+            yield api, Daemon(process, ControlClient(process.socket))
+        finally:
+            await process.stop()
+        assert_clean_log(process.log_path)
+
+
+@pytest.mark.parametrize("abrupt", [False, True], ids=["close-frame", "cut"])
+async def test_a_dropped_port_forward_resets_a_download(
+    kube_laptop: tuple[Any, Daemon], source_server: int, abrupt: bool,
+) -> None:
+    api, laptop = kube_laptop
+    await laptop.call("POST", "bridges", {})
+    local = await _expose(laptop, source_server, "source")
+    started = asyncio.Event()
+    transfer = asyncio.create_task(_bounded(_download_until(local, 8 * MiB, started), "d", 0))
+    await asyncio.wait_for(started.wait(), 20)
+    pod = api.list("pods", "team-a")[0]["metadata"]["name"]
+    assert await api.drop_portforwards("team-a", pod, abrupt=abrupt) >= 1
+    outcome = await transfer
+    assert outcome.result == "error" and outcome.error == "ConnectionResetError", outcome
+    # and the tunnel heals: a whole download through the same forward
+    assert (await _bounded(_download(local, 3 * MiB), "download", 0)).result == "ok"
