@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +36,7 @@ from typing import Any
 import asyncssh
 
 from .errors import BridgedError
+from .sockets import reset
 
 log = logging.getLogger(__name__)
 
@@ -261,22 +261,6 @@ def socket_then_channel(
             pipe.fail(reason)
 
     return factory
-
-
-_LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST, not FIN
-
-
-def reset(transport: asyncio.BaseTransport) -> None:
-    """Close ``transport`` with a TCP reset, discarding what is unsent. asyncio's and uvloop's
-    ``abort()`` alone only close the descriptor, which sends an orderly FIN (a clean EOF to
-    the peer) unless unread bytes happen to be queued: SO_LINGER 0 makes it an RST."""
-    sock = transport.get_extra_info("socket")
-    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
-        except (OSError, ValueError):  # the descriptor is gone already: nothing to send
-            pass
-    transport.abort()
 
 
 def describe(exc: BaseException) -> str:

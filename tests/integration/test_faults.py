@@ -550,9 +550,6 @@ async def _answer_then_reset(reader: asyncio.StreamReader, writer: asyncio.Strea
         writer.transport.abort()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the router's Downstream._end(lost=True) ends the client's connection with "
-    "transport.abort(), which sends a FIN, not a reset, without SO_LINGER 0 (router's owner)"))
 async def test_a_laptop_service_reset_mid_body_resets_the_http_client(
     relay: RelayProcess, daemon: Daemon, tmp_path: Path,
 ) -> None:

@@ -88,11 +88,15 @@ async def test_connect_from_scratch_deploys_a_locked_down_relay(
         obj = cluster.get(plural, NS, name)
         assert obj is not None, (plural, name)
         assert obj["metadata"]["labels"][m.MANAGED_BY] == "bridged"
-    # least privilege: two named objects; the redirects' kinds and nothing else
+    # least privilege: three named objects (the keys' Secret read and watched, the host key
+    # and its published copy read and updated); the redirects' kinds and nothing else
     role = cluster.get("roles", NS, m.RELAY)
     assert role is not None
     named = [r for r in role["rules"] if r.get("resourceNames")]
-    assert len(named) == 2 and all(set(r["verbs"]) <= {"get", "update"} for r in named)
+    assert len(named) == 3 and all(set(r["verbs"]) <= {"get", "update"} for r in named
+                                   if r["resourceNames"] != [m.AUTHORIZED_KEYS_SECRET])
+    assert [r["verbs"] for r in named if r["resourceNames"] == [m.AUTHORIZED_KEYS_SECRET]] \
+        == [["get", "list", "watch"]]
     assert [(r["apiGroups"], r["resources"], r["verbs"]) for r in role["rules"]
             if not r.get("resourceNames")] == [
         (group, [kind], ["get", "list", "update", "create", "delete"])

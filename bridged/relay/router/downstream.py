@@ -27,6 +27,7 @@ import httptools
 
 from ...routing.decide import ORIGIN, Route
 from ...routing.rules import RequestHead
+from ...sockets import reset
 from . import sniff
 from .framing import (
     MAX_HEAD_BYTES,
@@ -297,7 +298,7 @@ class Downstream(asyncio.Protocol):
             return
         if 0 < self.send_deadline <= now:  # a client that stopped reading: its buffer and
             self.state = CLOSING  # our write queue would never drain — dropped, not closed
-            self.transport.abort()
+            reset(self.transport)
             return
         if not 0 < self.deadline <= now:
             return
@@ -653,7 +654,10 @@ class Downstream(asyncio.Protocol):
         """End the connection here: reset when what it carried was lost, since a clean close
         could pass for a complete answer (a body without a length ends with the close)."""
         self.state = CLOSING
-        (self.transport.abort if lost else self.transport.close)()
+        if lost:
+            reset(self.transport)
+        else:
+            self.transport.close()
 
     def refuse(self, status: int, why: str) -> None:
         """Answer with an error of our own and end the connection (just end it when a
@@ -671,7 +675,7 @@ class Downstream(asyncio.Protocol):
                 r.upstream.close()
         if not self.transport.is_closing():
             if began:
-                self.transport.abort()
+                reset(self.transport)  # an answer cut short: an error, not its end
                 return
             self.transport.write(error_response(status, why))
             self._close_softly()
