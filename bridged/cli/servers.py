@@ -112,6 +112,9 @@ def register(app: typer.Typer) -> None:
         send_timeout: Annotated[float, typer.Option(
             help="Seconds a client may leave an answer unread before it is dropped.")]
             = RouterSettings.send_timeout_seconds,
+        max_streams: Annotated[int, typer.Option(
+            help="Streams (SSH channels) the relay carries at once (then refused).")]
+            = TunnelSettings.max_streams,
         max_connections: Annotated[int, typer.Option(
             help="Client connections the router holds at once (then 503).")]
             = RouterSettings.max_connections,
@@ -151,7 +154,8 @@ def register(app: typer.Typer) -> None:
             lease=LeaseSettings(ttl_seconds=_positive(lease_seconds),
                                 renew_seconds=_positive(lease_seconds) / 4,
                                 resume_seconds=max(0.0, resume_seconds)),
-            tunnel=replace(TunnelSettings(), keepalive_seconds=_positive(keepalive_seconds)),
+            tunnel=replace(TunnelSettings(), keepalive_seconds=_positive(keepalive_seconds),
+                           max_streams=_count(max_streams, "--max-streams")),
             router=RouterSettings(
                 response_timeout_seconds=_positive(response_timeout)
                 if response_timeout is not None else None,

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from pathlib import Path
+
+import pytest
 
 from bridged.config import TunnelSettings
 from bridged.localrun import RelayProcess
@@ -46,3 +49,33 @@ async def test_windows_come_from_one_budget_and_are_given_back(
             return now["streams"] == 0 and now["windows_granted_bytes"] == 0
 
         await eventually(all_back, within=10, what="every window given back")
+
+
+async def test_past_max_streams_a_new_stream_is_refused_with_the_reason(
+    tmp_path: Path, daemon: Daemon, echo_server: int,
+) -> None:
+    async with RelayProcess(tmp_path / "relay", extra_args=("--max-streams", "2")) as relay:
+        relay.authorize(await daemon.public_key())
+        await daemon.call("POST", "bridges", {"url": relay.url})
+        made = await daemon.call("POST", "forwards", {"target": f"127.0.0.1:{echo_server}"})
+        local, name = made["forwards"][0]["local_port"], made["forwards"][0]["name"]
+        held = [await asyncio.open_connection("127.0.0.1", local) for _ in range(2)]
+        for reader, writer in held:
+            writer.write(b"ping")
+            assert await asyncio.wait_for(reader.readexactly(4), 10) == b"ping"
+        reader, writer = await asyncio.open_connection("127.0.0.1", local)
+        writer.write(b"ping")
+        with pytest.raises(ConnectionError):  # an error, never a clean end
+            data = await asyncio.wait_for(reader.read(), 10)
+            assert data, "a clean end of stream instead of an error"
+        writer.close()
+
+        async def reason() -> str:
+            status = await daemon.call("GET", "status")
+            forward = next(f for f in status["forwards"] if f["name"] == name)
+            return str(forward["last_error"])
+
+        assert "the relay carries 2 streams at most" in \
+            await eventually(reason, within=10, what="the refusal's reason in status")
+        for _, w in held:
+            w.close()
