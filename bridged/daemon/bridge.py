@@ -554,8 +554,8 @@ class Bridge:
     async def _register(self, intercept: Intercept, *, strict: bool = False,
                         overwrite: bool = False) -> None:
         conn, control = self.conn, self.control
-        if conn is None or control is None:
-            return
+        if conn is None or control is None or self._stopping:
+            return  # stopping: what close() just released must not be taken again
         spec, claim = intercept.spec, intercept.claim
         t = self.tunnel
         try:

@@ -8,6 +8,7 @@ resourceVersion it was computed from; a 409 re-reads and recomputes.
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,13 @@ from .client import Kube, rest, translate
 log = logging.getLogger(__name__)
 
 ATTEMPTS = 10  # read-modify-write rounds before giving up on a Service others keep changing
+
+#: which relay process made a takeover: while a replaced relay pod stops, its successor may
+#: already have taken the Service over again (same record: the same original), and the old
+#: one, undoing what it remembers, must not undo that (nor remove the shadow it uses)
+OWNER_ANNOTATION = "bridged.dev/taken-over-by"
+#: this process's mark (a pod's name is no proof: two processes can share a host name)
+INSTANCE = secrets.token_hex(8)
 
 
 def _path(kube: Kube, group: str, version: str, plural: str, name: str = "") -> str:
@@ -171,8 +179,12 @@ class Restored:
     #: fields someone else changed during the takeover, left as they made them
     changed_by_others: list[str] = field(default_factory=list)
     gone: bool = False  # the Service was deleted meanwhile
+    #: another relay took the Service over again meanwhile: left to it
+    taken_again: bool = False
 
     def describe(self) -> str:
+        if self.taken_again:
+            return f"Service {self.service} was taken over again by another relay: left to it"
         if self.gone:
             return f"Service {self.service} was deleted during the takeover; its shadow removed"
         if self.changed_by_others:
@@ -200,6 +212,7 @@ async def take_over(kube: Kube, name: str, relay_selector: Mapping[str, str],
             new, shadow, record = plan.take_over(service, relay_selector, relay_ports(service))
         except plan.TakeoverRefused as exc:
             raise RefusedError(str(exc)) from None
+        new["metadata"].setdefault("annotations", {})[OWNER_ANNOTATION] = INSTANCE
         shadow_now = await ensure_shadow(kube, shadow)
         try:
             if shadow_ready is not None:
@@ -247,8 +260,9 @@ async def restore(kube: Kube, name: str, record: plan.Record | None = None,
     (what the relay remembers) when someone removed the annotation. ``drained`` is awaited
     between the restore and the shadow's removal: until the cluster stops sending the
     Service's new connections to the relay, which passes them on through the shadow.
-    ``attempts=1``: the Service as read, or nothing — a Service changed meanwhile (a relay
-    back and taking it over again) is left alone (:class:`KubeError`)."""
+    With ``record`` (the caller's own takeover), a Service another relay process took over
+    since is left to it. ``attempts=1``: the Service as read, or nothing — a Service changed
+    meanwhile (a relay back and taking it over again) is left alone (:class:`KubeError`)."""
     for _ in range(attempts):
         try:
             current = await rest(kube, "GET", _services(kube, name))
@@ -265,7 +279,15 @@ async def restore(kube: Kube, name: str, record: plan.Record | None = None,
         rec = found or record
         if rec is None:
             return Restored(name)  # not taken over
+        owner = (current["metadata"].get("annotations") or {}).get(OWNER_ANNOTATION)
+        if record is not None and found is not None and owner not in (None, INSTANCE):
+            return Restored(name, taken_again=True)
         new, changed = plan.restore(current, rec)
+        annotations = new["metadata"].get("annotations")
+        if annotations is not None and OWNER_ANNOTATION in annotations:
+            annotations.pop(OWNER_ANNOTATION)
+            if not annotations and rec.annotations_absent:
+                del new["metadata"]["annotations"]
         if new != current:
             try:
                 await rest(kube, "PUT", _services(kube, name), new)
@@ -275,11 +297,24 @@ async def restore(kube: Kube, name: str, record: plan.Record | None = None,
                 raise translate(exc, f"cannot restore Service {name}") from exc
         if drained is not None:
             await drained()
-        await _delete(kube, _services(kube, rec.shadow), f"Service {rec.shadow}")
+        if drained is None or not await _taken_over_again(kube, name):
+            await _delete(kube, _services(kube, rec.shadow), f"Service {rec.shadow}")
         result = Restored(name, changed)
         (log.warning if changed else log.info)("%s", result.describe())
         return result
     raise KubeError(f"Service {name} kept changing under us; try again")
+
+
+async def _taken_over_again(kube: Kube, name: str) -> bool:
+    """Whether Service ``name`` carries a takeover again (a new relay's, made while this one
+    waited for the restore to take effect): its shadow, same name, is in use again."""
+    try:
+        current = await rest(kube, "GET", _services(kube, name))
+    except ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise translate(exc, f"cannot read Service {name}") from exc
+    return plan.ANNOTATION in (current["metadata"].get("annotations") or {})
 
 
 async def restore_stale(kube: Kube) -> list[Restored]:

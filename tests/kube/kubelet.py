@@ -33,6 +33,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import random
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -128,7 +129,9 @@ class Kubelet(Controller):
         self.sandboxes: dict[str, PodSandbox] = {}
         self.streams: dict[str, set[Any]] = {}  # pod uid -> open port-forward websockets
         self._terminating: dict[str, asyncio.Task[None]] = {}
-        self._ips = 0
+        # pod IPs start at a random /24 of 127.244.0.0/16: two test runs on one machine bind
+        # their pods' addresses, and must not collide (EADDRINUSE)
+        self._ips = 250 * random.SystemRandom().randrange(0, 200)
 
     # --- informer and work loop ------------------------------------------------------------
 

@@ -30,6 +30,7 @@ import base64
 import copy
 import datetime as dt
 import json
+import random
 import secrets
 import uuid
 from typing import Any
@@ -67,7 +68,9 @@ class Registry:
     def __init__(self, store: Store) -> None:
         self.store = store
         self._by_plural = {r.plural: r for r in RESOURCES}
-        self._next_ip = 10
+        # where this server's ClusterIPs start: a random /24 of the /16, so that two test runs
+        # on one machine (each binding its Services' addresses) do not collide (EADDRINUSE)
+        self._next_ip = 250 * random.SystemRandom().randrange(1, 200) + 10
 
     # --- helpers for strategies and controllers --------------------------------------------
 

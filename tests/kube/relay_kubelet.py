@@ -18,6 +18,7 @@ import base64
 import contextlib
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,8 @@ class RelayKubelet:
         self.others: Any = None
         #: more arguments for the relay (settings a test shortens)
         self.extra_args: list[str] = []
+        #: seconds from each relay process's start to its ready line, by pod
+        self.startup_seconds: dict[str, float] = {}
 
     def attach(self, api: KubeApiServer) -> None:
         self.api = api
@@ -76,6 +79,7 @@ class RelayKubelet:
         sync = asyncio.create_task(self._sync_secret(ns, secret_name, keys))
         self._write_keys(ns, secret_name, keys)
         log = (home / "relay.log").open("ab")
+        started = time.monotonic()
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "bridged", "relay", *args,
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=log,
@@ -90,6 +94,7 @@ class RelayKubelet:
             tail = (home / "relay.log").read_text().strip().splitlines()[-1:]
             raise ContainerWaiting("CrashLoopBackOff", tail[0] if tail else "exited")
         ready = json.loads(line)
+        self.startup_seconds[sandbox.name] = time.monotonic() - started
         self.processes[sandbox.name] = proc
 
         async def stop() -> None:

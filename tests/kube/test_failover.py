@@ -9,9 +9,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from bridged.control.client import ControlClient
+from bridged.kube import manifests as m
 from bridged.localrun import DaemonProcess
 from bridged.redirect.takeover import record_of
 
@@ -64,8 +66,15 @@ async def _exposed_echo(cluster: KubeApiServer, laptop: Daemon) -> tuple[Any, in
 async def test_a_replaced_relay_pod_is_reached_on_its_ready_event(
     cluster: KubeApiServer, laptop: Daemon
 ) -> None:
+    orders = await _orders(cluster)
+    url = f"http://{orders['spec']['clusterIP']}/"
+    alice_port = free_port()
+    app = await _identity_app("127.0.0.1", alice_port, "alice")
     server, port = await _exposed_echo(cluster, laptop)
     try:
+        made = await laptop.acli("intercept", "orders", "--port", f"{alice_port}:80",
+                                 "--header", "x-dev=alice", "--via", "takeover")
+        assert made.returncode == 0, made.stderr
         await echo_roundtrip(port)
         with RelayPods(cluster, NS) as pods:
             old = pods.current()
@@ -74,20 +83,46 @@ async def test_a_replaced_relay_pod_is_reached_on_its_ready_event(
             # one connection, made once the new pod is Ready: it waits in the forward for the
             # bridge to come back, and its bytes must come back whole
             _, first_byte = await echo_roundtrip(port, within=30)
+
+            async def alice_again() -> bool:  # each request a new connection, as a client's
+                try:
+                    return await _requests(url, [ALICE]) == ["alice"]
+                except (AssertionError, aiohttp.ClientError):
+                    return False  # sent while the relay was away: a 502 or a reset
+
+            await eventually(alice_again, within=30, what="the intercept back")
+            intercepted = time.time()
         bridge = (await laptop.status())["bridges"][0]
         reconnect = bridge["last_reconnect"]
-        took = first_byte - ready
-        assert took < FAILOVER_SECONDS, (
-            f"working again {took:.2f}s after pod {new} was Ready "
-            f"(deleted→Ready {ready - deleted:.2f}s, reconnect {reconnect})")
+        for what, took in (("forward", first_byte - ready), ("intercept", intercepted - ready)):
+            assert took < FAILOVER_SECONDS, (
+                f"the {what} worked again {took:.2f}s after pod {new} was Ready "
+                f"(deleted→Ready {ready - deleted:.2f}s, reconnect {reconnect})")
         # the mechanism: the reconnect came from the pod's Ready event, to that pod, after it
         assert reconnect["trigger"] == "pod-ready" and reconnect["pod"] == new, reconnect
         assert reconnect["at"] >= ready - 0.05  # the daemon could not know before the store
         assert bridge["state"] == "connected" and bridge["connects"] == 2
+
+        # the old relay, stopping meanwhile, undid its own takeover: not the new one's, nor
+        # did it remove the shadow the new one uses (once its pod is gone, it changes nothing)
+        async def old_pod_gone() -> bool:
+            return cluster.get("pods", NS, old) is None
+
+        await eventually(old_pod_gone, within=30, what=f"pod {old} gone")
+        assert await _requests(url, [ALICE, {}, ALICE]) == ["alice", _replica(cluster), "alice"]
     finally:
         server.close()
         await server.wait_closed()
+        await app.cleanup()
 
+
+ALICE = {"x-dev": "alice"}
+
+
+def _replica(cluster: KubeApiServer) -> str:
+    (name,) = [p["metadata"]["name"] for p in cluster.list("pods", NS)
+               if p["metadata"]["name"].startswith("orders-")]
+    return str(name)
 
 
 #: the relay's routing lease (LeaseSettings.ttl_seconds): how long a daemon waits, disconnected,
@@ -183,3 +218,37 @@ async def test_a_takeover_whose_relay_died_for_good_is_restored_by_the_daemon(
         await eventually(restored, within=10, what="the Service restored on leave")
     finally:
         await app.cleanup()
+
+
+async def test_a_stopping_relay_leaves_the_takeover_its_successor_made(
+    cluster: KubeApiServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replaced relay pod stops while its successor already took the Service over again
+    (the same record: the same original). Undoing what it remembers must leave the new
+    takeover and its shadow alone; a restore without a record (a daemon whose relay is gone,
+    ``bridged clean``) still gives the Service back whole."""
+    from bridged.kube import redirects
+    from bridged.kube.client import Kube
+
+    before = await _orders(cluster)
+    relay = {m.NAME_LABEL: m.RELAY, m.MANAGED_BY: "bridged"}
+    async with await Kube.connect() as kube:
+        monkeypatch.setattr(redirects, "INSTANCE", "old-relay")
+        old = await redirects.take_over(kube, "orders", relay, lambda service: {80: 41000})
+        monkeypatch.setattr(redirects, "INSTANCE", "new-relay")  # finds it stale, redoes it
+        await redirects.take_over(kube, "orders", relay, lambda service: {80: 42000})
+        taken = cluster.get("services", NS, "orders")
+        shadow = cluster.get("services", NS, old.record.shadow)
+        assert shadow is not None
+
+        monkeypatch.setattr(redirects, "INSTANCE", "old-relay")
+        result = await redirects.restore(kube, "orders", old.record)
+        assert result.taken_again, result
+        assert _comparable(cluster.get("services", NS, "orders")) == _comparable(taken)
+        assert _comparable(cluster.get("services", NS, old.record.shadow)) == \
+            _comparable(shadow)
+
+        result = await redirects.restore(kube, "orders", attempts=1)  # the daemon's
+        assert not result.taken_again and not result.changed_by_others, result
+    assert _comparable(cluster.get("services", NS, "orders")) == _comparable(before)
+    assert cluster.get("services", NS, old.record.shadow) is None
