@@ -181,7 +181,7 @@ async def ask(port: int, data: bytes = b"ping", within: float = 5.0) -> bytes:
     the connection is refused, reset, or closed without an answer."""
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    except ConnectionRefusedError:
+    except (ConnectionRefusedError, ConnectionResetError):
         return b""
     try:
         writer.write(data)

@@ -76,6 +76,8 @@ async def _held_but_unrouted(port: int) -> bool:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
     except ConnectionRefusedError:
         return False
+    except ConnectionResetError:  # listened, then reset before the connect was seen through
+        return True
     try:
         writer.write(b"ping")
         return await asyncio.wait_for(reader.read(), 2) == b""

@@ -36,8 +36,8 @@ both ways. ``Expect: 100-continue`` works by itself; a HEAD's response ends with
 """
 
 from .framing import MAX_HEAD_BYTES, UpstreamUnavailable
-from .router import ConnectionBudget, HttpRouter, splice_streams
+from .router import ConnectionBudget, HttpRouter
 from .upstream import tcp_upstream
 
 __all__ = ["MAX_HEAD_BYTES", "ConnectionBudget", "HttpRouter", "UpstreamUnavailable",
-           "splice_streams", "tcp_upstream"]
+           "tcp_upstream"]

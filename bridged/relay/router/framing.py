@@ -42,9 +42,6 @@ PROBE_HEADER = b"x-bridged-probe"
 #: seconds a refused connection stays half-closed, its bytes dropped, so that our answer is
 #: read before the close (nginx lingers up to 30 s; a refusal is short)
 REFUSAL_LINGER_SECONDS = 1.0
-#: bytes read at a time by the stream splice; with drain() after each write this bounds what
-#: a connection buffers
-READ_SIZE = 64 * 1024
 
 
 class UpstreamUnavailable(Exception):

@@ -4,15 +4,13 @@ one timer that enforces their time-outs."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
-from typing import Any
 
 from ...config import RouterSettings
 from ...routing.decide import Route
 from .downstream import Downstream
-from .framing import READ_SIZE, Decide, OnPassThrough, OnRequest, OpenUpstream, Peer, Probe
+from .framing import Decide, OnPassThrough, OnRequest, OpenUpstream, Peer, Probe
 
 log = logging.getLogger("bridged.relay.router")
 
@@ -100,20 +98,3 @@ class HttpRouter:
     def close(self) -> None:
         """Nothing to stop: client connections carry on (a port changing hands lets them
         finish), each closing its own upstream connections; the sweep ends with the last."""
-
-
-async def splice_streams(reader: Any, writer: Any, other_reader: Any, other_writer: Any) -> None:
-    """Copy raw bytes both ways until both directions ended, EOF passed on as EOF; one read
-    at a time, drained before the next (back-pressure). Closes nothing itself."""
-
-    async def copy(src: Any, dst: Any) -> None:
-        try:
-            while data := await src.read(READ_SIZE):
-                dst.write(data)
-                await dst.drain()
-        finally:
-            with contextlib.suppress(Exception):
-                dst.write_eof()
-
-    await asyncio.gather(copy(reader, other_writer), copy(other_reader, writer),
-                         return_exceptions=True)
