@@ -332,10 +332,13 @@ class Bridge:
         delay = self.backoff.delay(attempt, random.random())
         tried = getattr(self.carrier, "pod", None)
         if self.relay_pods is not None:
-            within = delay if tried else self.backoff.max_seconds
+            # a pod was tried (it failed) or the watch fails: the timer; else the Ready event
+            by_timer = bool(tried) or self._watch_failing
+            within = delay if by_timer else self.backoff.max_seconds
             log.warning("bridge %s: %s; %s", self.name, exc,
-                        f"waiting for a Ready relay pod (or {within:.1f}s)" if not tried
-                        else f"retrying in {within:.1f}s, or when another relay pod is Ready")
+                        f"retrying in {within:.1f}s" if self._watch_failing
+                        else f"retrying in {within:.1f}s, or when another relay pod is Ready"
+                        if tried else f"waiting for a Ready relay pod (or {within:.1f}s)")
             started = asyncio.get_running_loop().time()
             try:
                 pod = await self.relay_pods(frozenset({tried} if tried else ()), within)

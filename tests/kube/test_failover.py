@@ -252,3 +252,40 @@ async def test_a_stopping_relay_leaves_the_takeover_its_successor_made(
         assert not result.taken_again and not result.changed_by_others, result
     assert _comparable(cluster.get("services", NS, "orders")) == _comparable(before)
     assert cluster.get("services", NS, old.record.shadow) is None
+
+
+async def test_without_the_right_to_watch_pods_the_backoff_reconnects(
+    cluster: KubeApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kube user who may list the pods but not watch them (a Role made for an older
+    bridged): reconnects come from the backoff's timer, and the log says why in one line."""
+    dev = cluster.add_user("dev")
+    cluster.grant(dev, NS, [
+        {"apiGroups": ["*"], "verbs": ["*"], "resources": [
+            "services", "secrets", "configmaps", "serviceaccounts", "deployments", "roles",
+            "rolebindings", "endpointslices"]},
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]},
+        {"apiGroups": [""], "resources": ["pods/portforward"], "verbs": ["get", "create"]}])
+    monkeypatch.setenv("KUBECONFIG", str(cluster.write_kubeconfig(
+        tmp_path / "dev-kubeconfig", [Context("dev", dev, NS)])))
+    process = await DaemonProcess(tmp_path / "dev").start()
+    daemon = Daemon(process, ControlClient(process.socket))
+    try:
+        server, port = await _exposed_echo(cluster, daemon)
+        try:
+            with RelayPods(cluster, NS) as pods:
+                old = pods.current()
+                delete_pod(cluster, NS, old)
+                await pods.next_ready({old}, within=60)
+                await echo_roundtrip(port, within=30)
+        finally:
+            server.close()
+            await server.wait_closed()
+        reconnect = (await daemon.status())["bridges"][0]["last_reconnect"]
+        assert reconnect["trigger"] == "timer", reconnect
+        said = [line for line in process.log_path.read_text().splitlines()
+                if "cannot watch the relay's pods" in line]
+        assert len(said) == 1 and "forbidden" in said[0].lower(), said
+    finally:
+        await process.stop()
+        assert_clean_log(process.log_path)
