@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import getpass
 import logging
 import os
 import secrets
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+import aiohttp
 
 from .. import __version__, paths
 from ..carriers import carrier_for
@@ -26,7 +30,7 @@ from ..config import (
 )
 from ..control.api import ControlServer
 from ..control.models import ForwardRequest
-from ..errors import ConfigError, Conflict, NotFound, RefusedError
+from ..errors import ConfigError, Conflict, KubeError, NotFound, RefusedError
 from ..keys import PinnedHostKeys, fingerprint, load_or_create_key, public_line
 from ..tasks import TaskSet
 from .bridge import Bridge, Forward, Intercept, KeyRefused
@@ -34,6 +38,25 @@ from .notify import Notifier
 from .state import StateFile
 
 log = logging.getLogger(__name__)
+
+_Method = TypeVar("_Method", bound=Callable[..., Awaitable[Any]])
+
+
+def _reaching_the_api(method: _Method) -> _Method:
+    """An API server that cannot be reached is an expected failure: one line for the CLI and
+    the log, not an internal error with a traceback."""
+
+    @functools.wraps(method)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await method(*args, **kwargs)
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            reason = str(exc).strip() or type(exc).__name__
+            raise KubeError(f"cannot reach the Kubernetes API server: {reason}",
+                            hint="check that the cluster is up and the kubeconfig's server "
+                            "address (bridged doctor)") from None
+
+    return wrapper  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -268,6 +291,7 @@ class Daemon:
         self.save()
         return bridge
 
+    @_reaching_the_api
     async def connect_kube(self, context: str | None, namespace: str | None, *,
                            name: str | None = None, image: str | None = None,
                            kubeconfig: str | None = None) -> Bridge:
@@ -386,6 +410,7 @@ class Daemon:
             else:
                 await bridge.close()
 
+    @_reaching_the_api
     async def clean(self, context: str | None, namespace: str | None,
                     kubeconfig: str | None = None) -> dict[str, Any]:
         """Remove everything bridged made in a namespace, whether the relay works or not."""
@@ -425,6 +450,7 @@ class Daemon:
                 return bridge
         raise NotFound(f"no {kind} named {name!r}", hint="bridged status lists them")
 
+    @_reaching_the_api
     async def expose(self, req: ForwardRequest) -> list[Forward]:
         """Forwards for a HOST:PORT, or for the ports of a Service (kube bridges resolve
         ``NAME[.NAMESPACE][:PORT]`` through the API first, then fall back to the host)."""
@@ -492,6 +518,7 @@ class Daemon:
                               hint="bridged connect without a URL makes one")
         return bridge
 
+    @_reaching_the_api
     async def env(self, bridge_name: str | None, ref: str, container: str | None,
                   fmt: str) -> dict[str, Any]:
         """The container's environment as the kubelet builds it, with the addresses of
@@ -514,6 +541,7 @@ class Daemon:
                 "secret": result.has_secrets, "secret_names": sorted(result.secret_names),
                 "rewritten": sorted(result.rewritten), "notes": notes}
 
+    @_reaching_the_api
     async def files(self, bridge_name: str | None, ref: str, container: str | None,
                     out_dir: str) -> dict[str, Any]:
         """The workload's ConfigMap, Secret and downward-API volumes, written under out_dir."""
@@ -530,6 +558,7 @@ class Daemon:
                           for f in written],
                 "skipped": list(written.skipped)}
 
+    @_reaching_the_api
     async def services(self, bridge_name: str | None) -> list[dict[str, Any]]:
         bridge = self.bridge(bridge_name)
         if bridge.kube is None:
@@ -554,6 +583,7 @@ class Daemon:
             await self._find(name, "forward").remove_forward(name)
         self.save()
 
+    @_reaching_the_api
     async def intercept(self, bridge_name: str | None, spec: InterceptSpec, *,
                         overwrite: bool = False) -> Intercept:
         async with self._lock:
@@ -607,6 +637,7 @@ class Daemon:
         self.save()
         return notes
 
+    @_reaching_the_api
     async def cluster_services(self, context: str | None, namespace: str | None,
                                kubeconfig: str | None) -> dict[str, Any]:
         """A namespace's Services and their ports, without a relay (for ``bridged init``)."""
