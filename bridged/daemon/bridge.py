@@ -402,14 +402,17 @@ class Bridge:
 
         lease = float(self.relay_info.get("lease_seconds") or LeaseSettings().ttl_seconds)
         await asyncio.sleep(lease)
+        said = False  # offline, this is tried every few seconds: say it once
         while self.conn is None:
             try:
                 ready = await self.relay_pods(frozenset(), 0.0) \
                     if self.relay_pods is not None else None
             except Exception as exc:
-                log.warning("bridge %s: cannot tell whether a relay pod is Ready (%s): "
-                            "Services left as they are for now", self.name, _one_line(exc))
-                ready = "unknown"
+                if not said:
+                    log.warning("bridge %s: cannot tell whether a relay pod is Ready (%s): "
+                                "Services left as they are for now", self.name,
+                                _one_line(exc))
+                said, ready = True, "unknown"
             if ready is None:
                 for intercept in self._takeovers():
                     service = intercept.spec.service
