@@ -21,12 +21,14 @@ from .client import Kube, KubeTarget, rest
 #: (what it is for, verb, group, resource, subresource) — what the daemon's calls need
 RIGHTS = (
     ("find the relay's pods", "list", "", "pods", ""),
+    ("reconnect the moment a replaced relay is Ready", "watch", "", "pods", ""),
     ("reach the relay", "create", "", "pods", "portforward"),
     ("join the relay", "get", "apps", "deployments", ""),
     ("add your key", "update", "", "secrets", ""),
     # RBAC lets a user grant only rights they hold: the relay's Role lets it watch the keys
     ("deploy the relay's Role (it watches the keys Secret)", "watch", "", "secrets", ""),
     ("list and expose Services", "list", "", "services", ""),
+    ("give back a Service a dead relay took over", "update", "", "services", ""),
     ("read a workload's env and files", "get", "", "configmaps", ""),
 )
 #: seconds of clock difference with the API server before it is worth a warning (tokens and

@@ -105,7 +105,12 @@ def published_configmap(namespace: str) -> dict[str, Any]:
 
 
 def deployment(namespace: str, image: str = DEFAULT_IMAGE, replicas: int = 1) -> dict[str, Any]:
-    probe = {"httpGet": {"path": "/healthz", "port": HTTP_PORT}, "periodSeconds": 5}
+    probe = {"httpGet": {"path": "/healthz", "port": HTTP_PORT}}
+    # Ready is what a replaced relay's daemons wait for (they watch the pod): probed every
+    # second, a relay up 0.8 s after start is Ready within ~2 s, not up to 5 s later; liveness
+    # stays patient (a relay restoring Services on its way down is busy, not dead)
+    readiness = {**probe, "periodSeconds": 1, "initialDelaySeconds": 0, "timeoutSeconds": 1,
+                 "failureThreshold": 2}
     return {
         "apiVersion": "apps/v1", "kind": "Deployment", "metadata": _meta(RELAY, namespace),
         "spec": {
@@ -151,9 +156,9 @@ def deployment(namespace: str, image: str = DEFAULT_IMAGE, replicas: int = 1) ->
                         "securityContext": {"readOnlyRootFilesystem": True,
                                             "allowPrivilegeEscalation": False,
                                             "capabilities": {"drop": ["ALL"]}},
-                        "readinessProbe": probe,
-                        "livenessProbe": {**probe, "initialDelaySeconds": 5,
-                                          "failureThreshold": 6},
+                        "readinessProbe": readiness,
+                        "livenessProbe": {**probe, "periodSeconds": 5,
+                                          "initialDelaySeconds": 5, "failureThreshold": 6},
                         "volumeMounts": [
                             {"name": "authorized-keys", "mountPath": "/etc/bridged/authorized-keys",
                              "readOnly": True},

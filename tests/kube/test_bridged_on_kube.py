@@ -483,9 +483,10 @@ async def test_doctor_gives_a_verdict_per_check(cluster: KubeApiServer, laptop: 
     import subprocess
     import sys
 
+    # (told which context: without it doctor checks the connected bridge's, the admin's)
     limited = await asyncio.to_thread(subprocess.run, [
-        sys.executable, "-m", "bridged", "doctor"], env=env, capture_output=True, text=True,
-        timeout=60)
+        sys.executable, "-m", "bridged", "doctor", "--context", "v"], env=env,
+        capture_output=True, text=True, timeout=60)
     assert limited.returncode == 1, limited.stdout + limited.stderr
     assert "✗" in limited.stdout and "create pods/portforward" in limited.stdout
     assert "problem(s)" in limited.stdout
