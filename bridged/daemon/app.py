@@ -357,9 +357,12 @@ class Daemon:
         self.save()
         return bridge
 
-    #: seconds to wait for the relay to see a newly added key: the kubelet refreshes Secret
-    #: volumes about once a minute (its sync period plus its cache TTL)
+    #: seconds to wait for the relay to see a newly added key: a relay of this version sees it
+    #: through its watch of the Secret within a second; an older one only once the kubelet
+    #: refreshes the mounted volume (about once a minute: its sync period plus its cache TTL)
     key_propagation_seconds = 150.0
+    #: seconds between tries meanwhile: short, since the watch makes the key valid at once
+    key_retry_seconds = 0.2
 
     async def _start_when_key_is_seen(self, bridge: Bridge, progress: Any) -> None:
         deadline = asyncio.get_running_loop().time() + self.key_propagation_seconds
@@ -370,9 +373,8 @@ class Daemon:
             except KeyRefused:
                 if asyncio.get_running_loop().time() > deadline:
                     raise
-                progress("waiting for the relay to see your key (Kubernetes refreshes "
-                         "mounted Secrets about once a minute)")
-                await asyncio.sleep(1.0)
+                progress("waiting for the relay to see your key")
+                await asyncio.sleep(self.key_retry_seconds)
 
     @property
     def key_entry(self) -> str:
