@@ -3,22 +3,29 @@ problem matcher waits for), `bridged down` leaves nothing behind."""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
+import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+import pytest
+
 from bridged.cli.project import tasks
 from bridged.redirect.takeover import ANNOTATION
 
-from ..helpers import Daemon
+from ..helpers import Daemon, eventually, free_port
 from .apiserver import KubeApiServer
 from .test_intercept_on_kube import (  # noqa: F401  (fixtures)
     ALICE,
     NS,
     _comparable,
+    _ready_pods,
     _requests,
     alice,
     cluster,
@@ -42,8 +49,6 @@ env:
 
 
 async def _bridged(daemon: Daemon, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    import asyncio
-
     return await asyncio.to_thread(
         subprocess.run, [sys.executable, "-m", "bridged", *args], cwd=cwd,
         env=daemon.process.env, capture_output=True, text=True, timeout=120)
@@ -137,3 +142,117 @@ async def test_init_from_the_cluster_then_up_and_down(
     assert (tmp_path / "bridged.yaml").read_text() == text  # the project file stays
     assert not (tmp_path / ".env.bridged").exists()
     assert (await a.status())["intercepts"] == []
+
+
+def _billing(api: KubeApiServer) -> None:
+    """A second application with its own Service: what the developer intercepts by hand."""
+    labels = {"app": "billing"}
+    api.apply({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "billing", "namespace": NS},
+        "spec": {"replicas": 1, "selector": {"matchLabels": labels},
+                 "template": {"metadata": {"labels": labels}, "spec": {"containers": [
+                     {"name": "app", "image": "billing:1",
+                      "ports": [{"name": "web", "containerPort": 8080}]}]}}}})
+    api.apply({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "billing", "namespace": NS, "labels": labels},
+        "spec": {"selector": labels,
+                 "ports": [{"name": "http", "port": 80, "targetPort": "web"}]}})
+
+
+async def _hashed_through(port: int, payload: bytes) -> dict[str, Any]:
+    """POST ``payload`` to 127.0.0.1:``port`` (a forward to the replicas, which answer with
+    who they are and the body's hash)."""
+    async with aiohttp.ClientSession() as session, session.post(
+            f"http://127.0.0.1:{port}/", data=payload,
+            timeout=aiohttp.ClientTimeout(total=30)) as response:
+        assert response.status == 200, await response.text()
+        return await response.json()  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("bridge_made_by", [
+    "hand",
+    pytest.param("up", marks=pytest.mark.xfail(strict=True, reason=(
+        "issue 10: down disconnects the bridge up connected (bridged/daemon/up.py down), "
+        "and the forward and intercept made by hand on it go with it"))),
+])
+async def test_down_after_a_daemon_restart_undoes_only_what_up_made(
+    cluster: KubeApiServer, orders: dict[str, Any], alice: tuple[Daemon, int],  # noqa: F811
+    tmp_path: Path, bridge_made_by: str,
+) -> None:
+    """up, then things made by hand beside it, a daemon killed and started again, down:
+    the Service is back whole and up's objects are gone; what was made by hand still
+    works, whether the bridge was connected by hand first or by up (the hand-made forward
+    and intercept ride on it then)."""
+    a, port = alice
+    _billing(cluster)
+    if bridge_made_by == "hand":
+        await a.call("POST", "bridges", {})
+    before = cluster.get("services", NS, "orders")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "bridged.yaml").write_text(PROJECT.format(port=port))
+    up = await _bridged(a, repo, "up", "--wait")
+    assert up.returncode == 0, up.stdout + up.stderr
+    assert cluster.get("services", NS, "bridged-origin-orders") is not None
+
+    # by hand, beside what up made: a forward, and an intercept of another Service
+    hand_port = free_port()
+    exposed = await a.acli("expose", "orders:80", "--name", "by-hand", "--local-port",
+                           str(hand_port))
+    assert exposed.returncode == 0, exposed.stderr
+    made = await a.acli("intercept", "billing", "--port", f"{port}:http", "--header",
+                        "x-dev=alice", "--via", "takeover", "--name", "billing-by-hand")
+    assert made.returncode == 0, made.stderr
+
+    def shape(status: dict[str, Any]) -> dict[str, Any]:
+        return {"forwards": sorted((f["name"], f["remote_port"], f["local_port"])
+                                   for f in status["forwards"]),
+                "intercepts": sorted((i["name"], i["service"], i["state"])
+                                     for i in status["intercepts"])}
+
+    was = shape(await a.status())
+    assert was["intercepts"] == [("billing-by-hand", "billing", "active"),
+                                 ("orders", "orders", "active")]
+    assert len(was["forwards"]) == 2 and ("by-hand", 80, hand_port) in was["forwards"]
+
+    # the daemon dies without a goodbye and is started again: it restores all of it
+    a.process.kill()
+    await asyncio.wait_for(a.process.proc.wait(), 10)  # type: ignore[union-attr]
+    await a.process.start()
+
+    async def restored() -> bool:
+        status = await a.status()
+        return not status["restore"]["restoring"] and shape(status) == was
+
+    await eventually(restored, within=30, what="the daemon's state restored")
+
+    down = await _bridged(a, repo, "down")
+    assert down.returncode == 0, down.stderr
+    assert "Service orders restored" in down.stdout
+
+    # what up made is gone: the Service exactly as it was, its shadow, up's forward
+    assert _comparable(cluster.get("services", NS, "orders")) == _comparable(before)
+    assert cluster.get("services", NS, "bridged-origin-orders") is None
+    after = await a.status()
+    assert len(after["bridges"]) == 1  # what the hand-made forward and intercept ride on
+    assert [(f["name"], f["local_port"]) for f in after["forwards"]] == [("by-hand", hand_port)]
+    assert not (repo / ".env.bridged").exists()
+    # what the developer made stays, and works
+    assert [(i["name"], i["service"], i["state"]) for i in after["intercepts"]] == [
+        ("billing-by-hand", "billing", "active")]
+    assert _taken_over(cluster, "billing")
+    assert cluster.get("services", NS, "bridged-origin-billing") is not None
+    payload = os.urandom(512 * 1024)
+    answer = await _hashed_through(hand_port, payload)
+    assert answer["sha256"] == hashlib.sha256(payload).hexdigest()
+    assert answer["who"] in _ready_pods(cluster, "orders")
+    billing = cluster.get("services", NS, "billing")
+    assert billing is not None
+    assert await _requests(f"http://{billing['spec']['clusterIP']}/", [ALICE]) == ["alice"]
+
+
+def _taken_over(api: KubeApiServer, service: str) -> bool:
+    svc = api.get("services", NS, service) or {}
+    return ANNOTATION in (svc["metadata"].get("annotations") or {})
