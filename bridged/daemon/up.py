@@ -92,8 +92,13 @@ async def down(daemon: Daemon) -> dict[str, Any]:
         if any(name in b.forwards for b in daemon.bridges.values()):
             await daemon.unexpose(name)
     _remove([Path(p) for p in reversed(record["written"])])
-    if record["created_bridge"] and record["bridge"] in daemon.bridges:
-        await daemon.disconnect(record["bridge"])
+    bridge = daemon.bridges.get(record["bridge"])
+    if record["created_bridge"] and bridge is not None:
+        if bridge.forwards or bridge.intercepts:  # made by hand meanwhile: not up's to undo
+            notes.append(f"bridge {record['bridge']} kept: it carries forwards or intercepts "
+                         "made by hand ('bridged disconnect' ends it)")
+        else:
+            await daemon.disconnect(record["bridge"])
     daemon.applied = None
     daemon.save()
     return {**record, "notes": notes}

@@ -111,11 +111,14 @@ class InterceptTable:
         return self._by_id.pop(intercept_id)
 
     def renew(self, session: str, ids: tuple[str, ...], *, now: float, ttl: float) -> list[str]:
-        """Extend the leases of ``ids``; returns the ids this session does not hold (lost)."""
+        """Extend the leases of ``ids``; returns the ids this session does not hold (lost),
+        and those whose lease had lapsed: not routed meanwhile, their redirect may be undone
+        (a Service given back), so the daemon registers them again — its reservation lets it
+        take them back, and the registration redirects again what must be."""
         lost = []
         for intercept_id in ids:
             holding = self._by_id.get(intercept_id)
-            if holding is None or holding.session != session:
+            if holding is None or holding.session != session or holding.expires_at <= now:
                 lost.append(intercept_id)
             else:
                 holding.expires_at = now + ttl

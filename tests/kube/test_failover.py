@@ -2,6 +2,7 @@
 forwards work again within seconds of the new pod becoming Ready, because the daemon watches
 the relay's pods and connects on the Ready event (not on a backoff timer)."""
 
+# ruff: noqa: F811  (``cluster``, the fixture imported below, is every test's parameter)
 from __future__ import annotations
 
 import time
@@ -21,27 +22,16 @@ from ..helpers import Daemon, assert_clean_log, eventually, free_port
 from .apiserver import Context, KubeApiServer
 from .failover import RelayPods, delete_pod, echo_on, echo_roundtrip
 from .relay_kubelet import RelayKubelet
-from .test_intercept_on_kube import Replicas, _comparable, _identity_app, _requests
+from .test_intercept_on_kube import (  # the same cluster: the relay, replicas, kube-proxy
+    _comparable,
+    _identity_app,
+    _requests,
+    cluster,  # noqa: F401  (a fixture)
+)
 
 NS = "team-a"
 #: the promise (issue 10): working again within this many seconds of the new pod being Ready
 FAILOVER_SECONDS = 5.0
-
-
-@pytest.fixture
-async def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[KubeApiServer]:
-    kubelet = RelayKubelet(tmp_path / "node")
-    async with KubeApiServer(kubelet=kubelet, namespaces=[NS], bookmark_interval=0.2,
-                             kube_proxy=True) as api:
-        kubelet.attach(api)
-        kubelet.others = Replicas(api)
-        api.kubelet_hook = kubelet  # type: ignore[attr-defined]
-        kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig", [
-            Context("admin", api.admin, NS, auth="cert")])
-        monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
-        yield api
-    for log in (tmp_path / "node").glob("*/relay.log"):
-        assert_clean_log(log)
 
 
 @pytest.fixture

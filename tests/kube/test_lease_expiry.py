@@ -49,11 +49,7 @@ async def _alice_routed(url: str) -> bool:
 
 @pytest.mark.parametrize("resume", [
     pytest.param(0.0, id="released"),  # no reconnect window: the lapsed intercept is freed
-    pytest.param(3600.0, id="reserved", marks=pytest.mark.xfail(strict=True, reason=(
-        "issue 10: a renewal after the lease lapsed revives the relay's holding "
-        "(routing/table.py renew) but not the takeover its lapse restored "
-        "(relay/redirect.py out_of_sync only looks at Services still redirected): the "
-        "daemon says active, the cluster's matching requests reach the replicas"))),
+    pytest.param(3600.0, id="reserved"),  # reserved for it: taken back when it wakes
 ])
 async def test_a_lapsed_lease_gives_the_service_back_while_the_daemon_is_stopped(
     cluster: KubeApiServer, orders: dict[str, Any], alice: tuple[Daemon, int],  # noqa: F811

@@ -173,9 +173,7 @@ async def _hashed_through(port: int, payload: bytes) -> dict[str, Any]:
 
 @pytest.mark.parametrize("bridge_made_by", [
     "hand",
-    pytest.param("up", marks=pytest.mark.xfail(strict=True, reason=(
-        "issue 10: down disconnects the bridge up connected (bridged/daemon/up.py down), "
-        "and the forward and intercept made by hand on it go with it"))),
+    "up",  # up connected the bridge: down keeps it all the same, for what was made by hand
 ])
 async def test_down_after_a_daemon_restart_undoes_only_what_up_made(
     cluster: KubeApiServer, orders: dict[str, Any], alice: tuple[Daemon, int],  # noqa: F811
