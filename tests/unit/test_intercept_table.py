@@ -316,3 +316,19 @@ def test_a_claim_with_a_bad_matcher_is_refused() -> None:
     with pytest.raises(TableConflict, match="bad regex"):
         table.claim("s1", bad, now=0.0, ttl=TTL)
     assert len(table) == 0
+
+
+def test_a_renewal_after_the_lease_lapsed_reports_the_intercept_lost_and_it_is_taken_back(
+) -> None:
+    """While the lease had lapsed, nothing was routed to it and its Service may have been
+    given back: the renewal says lost, so the daemon registers it again (and the relay
+    redirects again); its own reservation lets it."""
+    table = InterceptTable()
+    table.claim("s1", tcp("a", 80), now=0.0, ttl=TTL, owner="SHA256:alice", resume=3600.0)
+    assert table.renew("s1", ("a",), now=TTL / 2, ttl=TTL) == []  # in time: extended
+    lapsed = TTL / 2 + TTL + 1.0
+    assert table.route_port(80, lapsed) is None  # not routed, but reserved
+    assert table.renew("s1", ("a",), now=lapsed, ttl=TTL) == ["a"]
+    holding, _ = table.claim("s1", tcp("a", 80), now=lapsed, ttl=TTL, owner="SHA256:alice",
+                             resume=3600.0)
+    assert table.route_port(80, lapsed) is holding
