@@ -1,4 +1,5 @@
-"""Two narrow speed-ups for asyncssh's packet layer, applied at start-up by daemon and relay.
+"""Two narrow speed-ups for asyncssh's packet layer and one fix of its channels, applied at
+start-up by daemon and relay.
 
 Measured with ``bench/tunnel.py`` (py-spy on both processes): the cost of SSH in Python is per
 packet, and asyncssh spends it twice where it need not:
@@ -10,6 +11,13 @@ packet, and asyncssh spends it twice where it need not:
    empty ignore packet when the sending cipher is AEAD; CBC/CTR connections keep it.
 2. ``GCMCipher`` builds a new ``AESGCM`` object (a key schedule) for every packet. We keep one
    per key. The bytes on the wire are identical.
+3. (a fix) asyncssh drops a channel's EOF that meets a CLOSE, on both sides: ``close()`` right
+   after ``write_eof()``, while data is still buffered for sending, replaces the pending EOF
+   (the peer gets the data, then CLOSE without EOF); and an EOF received while reading is
+   paused (back-pressure) is dropped when the CLOSE arrives before reading resumes. bridged
+   reads a close without EOF as a lost stream (the far socket was reset), so a complete 64 MiB
+   echo ended with a reset about 1 time in 10. We keep the EOF in both cases: sent before the
+   CLOSE once the data is out; delivered after the buffered data.
 
 Both are applied only to the asyncssh versions they were checked against (see ``_CHECKED``),
 and only if the patched attributes look as expected; otherwise asyncssh runs as shipped and a
@@ -89,5 +97,47 @@ def apply() -> bool:
 
     gcm.encrypt_and_sign = encrypt_and_sign  # type: ignore[method-assign]
     gcm.verify_and_decrypt = verify_and_decrypt  # type: ignore[method-assign]
+    _keep_eof_before_close()
     _applied = True
     return True
+
+
+def _keep_eof_before_close() -> None:
+    from asyncssh import channel
+    from asyncssh.constants import MSG_CHANNEL_EOF
+
+    chan = channel.SSHChannel
+    process_close, flush_recv_buf = chan._process_close, chan._flush_recv_buf
+    close, close_send = chan.close, chan._close_send
+
+    def _close(self: Any) -> None:
+        if self._send_state == "eof_pending":  # the EOF asked for goes before the CLOSE
+            self._bridged_eof_unsent = True
+        close(self)
+
+    def _close_send(self: Any) -> None:
+        if self.__dict__.pop("_bridged_eof_unsent", False) and not self._send_buf \
+                and self._send_state != "closed":
+            self.send_packet(MSG_CHANNEL_EOF)  # (not when data is discarded: that is a loss)
+        close_send(self)
+
+    def _process_close(self: Any, pkttype: int, pktid: int, packet: Any) -> None:
+        if self._recv_state == "eof_pending":  # an EOF still behind paused data
+            self._bridged_eof_owed = True
+        process_close(self, pkttype, pktid, packet)
+
+    def _flush_recv_buf(self: Any, exc: Exception | None = None) -> None:
+        if self.__dict__.get("_bridged_eof_owed"):
+            while self._recv_buf and not self._recv_paused:
+                self._deliver_data(*self._recv_buf.pop(0))
+            if self._recv_buf:
+                return  # still paused: the close waits, as it does as shipped
+            self._bridged_eof_owed = False
+            if self._session is not None:
+                self._session.eof_received()
+        flush_recv_buf(self, exc)
+
+    chan._process_close = _process_close  # type: ignore[method-assign, assignment]
+    chan.close = _close  # type: ignore[method-assign]
+    chan._close_send = _close_send  # type: ignore[method-assign]
+    chan._flush_recv_buf = _flush_recv_buf  # type: ignore[method-assign]

@@ -83,6 +83,8 @@ async def port_closed(port: int) -> bool:
         _, writer = await asyncio.open_connection("127.0.0.1", port)
     except ConnectionRefusedError:
         return True
+    except ConnectionResetError:  # something listens, and reset this one at once
+        return False
     writer.close()
     return False
 
