@@ -104,7 +104,7 @@ def apply() -> bool:
 
 def _keep_eof_before_close() -> None:
     from asyncssh import channel
-    from asyncssh.constants import MSG_CHANNEL_EOF
+    from asyncssh.constants import MSG_CHANNEL_CLOSE, MSG_CHANNEL_EOF
 
     chan = channel.SSHChannel
     process_close, flush_recv_buf = chan._process_close, chan._flush_recv_buf
@@ -138,6 +138,9 @@ def _keep_eof_before_close() -> None:
         flush_recv_buf(self, exc)
 
     chan._process_close = _process_close  # type: ignore[method-assign, assignment]
+    # (packets are dispatched through a table of the functions as defined: it needs the new one)
+    chan._packet_handlers = {**chan._packet_handlers,  # type: ignore[misc]
+                             MSG_CHANNEL_CLOSE: _process_close}
     chan.close = _close  # type: ignore[method-assign]
     chan._close_send = _close_send  # type: ignore[method-assign]
     chan._flush_recv_buf = _flush_recv_buf  # type: ignore[method-assign]
