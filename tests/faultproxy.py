@@ -16,21 +16,15 @@ New connections always pass (the daemon's reconnection goes through the proxy to
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
-import struct
 from dataclasses import dataclass, field
 
+from bridged.sockets import reset
+
 CHUNK = 64 * 1024
-_RST = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends a reset
 
 
 def _reset(writer: asyncio.StreamWriter) -> None:
-    sock = writer.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(OSError, ValueError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RST)
-    writer.transport.abort()
+    reset(writer.transport)
 
 
 @dataclass(eq=False)

@@ -15,8 +15,6 @@ import hashlib
 import os
 import random
 import signal
-import socket
-import struct
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -26,6 +24,7 @@ from typing import Any
 import pytest
 
 from bridged.localrun import RelayProcess
+from bridged.sockets import reset
 
 from ..faultproxy import FaultProxy
 from ..helpers import Daemon, DaemonProcess, assert_clean_log, eventually, free_port
@@ -458,9 +457,7 @@ async def _send_then_reset(reader: asyncio.StreamReader, writer: asyncio.StreamW
     except OSError:
         pass
     finally:
-        sock = writer.get_extra_info("socket")
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        writer.transport.abort()
+        reset(writer.transport)
 
 
 @pytest.mark.parametrize("path", ["forward", "intercept"])
@@ -545,9 +542,7 @@ async def _answer_then_reset(reader: asyncio.StreamReader, writer: asyncio.Strea
     except OSError:
         pass
     finally:
-        sock = writer.get_extra_info("socket")
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        writer.transport.abort()
+        reset(writer.transport)
 
 
 async def test_a_laptop_service_reset_mid_body_resets_the_http_client(

@@ -7,6 +7,7 @@ up to a minute), so only the relay's watch can explain a key that works, or stop
 once; each test also checks the relay's own account of where the change came from.
 """
 
+# ruff: noqa: F811  (``cluster``, the fixture imported below, is the tests' parameter)
 from __future__ import annotations
 
 import asyncio
@@ -18,40 +19,27 @@ from pathlib import Path
 
 import pytest
 
-from bridged.control.client import ControlClient
 from bridged.kube import manifests as m
-from bridged.localrun import DaemonProcess
 
 from ..helpers import Daemon, assert_clean_log, eventually
-from .apiserver import Context, KubeApiServer
+from .apiserver import KubeApiServer
 from .relay_kubelet import RelayKubelet
+from .test_bridged_on_kube import _daemon, cluster  # noqa: F401  (the same cluster fixture)
 
 NS = "team-a"
 WATCHED = f"authorized keys from Secret {m.AUTHORIZED_KEYS_SECRET} (watch"
 
 
-async def _volume_never_refreshes(self: RelayKubelet, ns: str, name: str, folder: Path) -> None:
-    """The kubelet's refresh of the mounted Secret, not due within a test (real: ~1 min)."""
-    with contextlib.suppress(asyncio.CancelledError):
-        await asyncio.Event().wait()
+@pytest.fixture(autouse=True)
+def _volume_never_refreshes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kubelet's refresh of the mounted Secret, not due within a test (real: ~1 min): only
+    the relay's watch can bring it a key. (Autouse: in place before the cluster starts.)"""
 
+    async def never(self: RelayKubelet, ns: str, name: str, folder: Path) -> None:
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.Event().wait()
 
-@pytest.fixture
-async def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[KubeApiServer]:
-    monkeypatch.setattr(RelayKubelet, "_sync_secret", _volume_never_refreshes)
-    kubelet = RelayKubelet(tmp_path / "node")
-    async with KubeApiServer(kubelet=kubelet, namespaces=[NS], bookmark_interval=0.2) as api:
-        kubelet.attach(api)
-        api.kubelet_hook = kubelet  # type: ignore[attr-defined]
-        kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig", [
-            Context("admin", api.admin, NS, auth="cert")])
-        monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
-        yield api
-
-
-async def _daemon(home: Path) -> Daemon:
-    process = await DaemonProcess(home).start()
-    return Daemon(process, ControlClient(process.socket))
+    monkeypatch.setattr(RelayKubelet, "_sync_secret", never)
 
 
 @pytest.fixture
