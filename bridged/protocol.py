@@ -26,18 +26,29 @@ from .errors import ProtocolError
 
 SUBSYSTEM = "bridged-control"
 #: (major, minor): bump minor for additions old peers may ignore, major for breaking changes
-VERSION = (1, 2)  # 1.1: claims may name a Service and a strategy; 1.2: traffic headers
+#: 1.1: claims may name a Service and a strategy; 1.2: traffic headers; 1.3: a claim's
+#: protocol, gRPC method matchers, HTTP/2 streams in traffic
+VERSION = (1, 3)
 
 #: how the cluster's traffic for a Service reaches the relay (see :mod:`bridged.redirect`)
 STRATEGIES = ("takeover", "gateway", "cilium")
+#: what the developer's local server speaks (``InterceptClaim.protocol``): ``http`` is
+#: HTTP/1.1; ``h2c`` and ``grpc`` are HTTP/2 cleartext (prior knowledge), ``grpc`` also
+#: selecting gRPC's routes (GRPCRoute) and reports (method, grpc-status)
+PROTOCOLS = ("http", "h2c", "grpc")
 #: a line longer than this is a broken or hostile peer, not a message
 MAX_LINE_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
 class Matcher:
-    kind: str  # "header", "path", "method", "baggage"
-    op: str = "equals"  # "equals", "prefix", "regex"
+    """One test of a request. ``kind`` is "header", "path", "method", "baggage" or
+    "grpc-method"; ``op`` "equals", "prefix" (paths) or "regex". A ``grpc-method`` matcher
+    is GRPCRoute's method match: ``name`` the service (``package.Service``), ``value`` the
+    method; either may be empty (any), not both; with ``regex`` each is a regex."""
+
+    kind: str
+    op: str = "equals"
     name: str = ""
     value: str = ""
 
@@ -61,6 +72,9 @@ class InterceptClaim:
     service: str = ""
     service_port: int = 0
     via: str = ""
+    #: what the developer's local server speaks (:data:`PROTOCOLS`): the router sends the
+    #: intercept's requests as HTTP/1.1 (``http``) or as HTTP/2 streams (``h2c``, ``grpc``)
+    protocol: str = "http"
 
     @property
     def exclusive(self) -> bool:
@@ -154,6 +168,11 @@ class Traffic(Message):
     #: set for a connection the router passed through untouched instead of routing (h2c,
     #: TLS, not HTTP/1.x): why; method and path are then empty (relays before 0.1 never send it)
     note: str = ""
+    #: "h2" for an HTTP/2 stream ("" : HTTP/1.x); relays before protocol 1.3 never send it
+    http_version: str = ""
+    #: a gRPC call's status (its ``grpc-status`` trailer, or a trailers-only answer's header);
+    #: None: not gRPC, or it ended without one
+    grpc_status: int | None = None
 
 
 MESSAGES: dict[str, type[Message]] = {
@@ -258,9 +277,13 @@ def _claim(data: Any) -> InterceptClaim:
     fallback = str(data.get("fallback") or "error")
     if fallback not in ("error", "origin"):
         raise ValueError(f"unknown fallback {fallback!r}")
+    proto = str(data.get("protocol") or "http")
+    if proto not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {proto!r} ({', '.join(PROTOCOLS)})")
     return InterceptClaim(id=claim_id, port=port, mode=mode, matchers=matchers,
                           origin=str(data.get("origin") or ""), fallback=fallback,
-                          service=service, service_port=service_port, via=via)
+                          service=service, service_port=service_port, via=via,
+                          protocol=proto)
 
 
 def compatible(theirs: tuple[int, int]) -> bool:

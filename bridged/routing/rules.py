@@ -17,7 +17,12 @@ router agree on every request:
   the whole path; the query string is never part of the path;
 - ``method``: exact and case-sensitive (RFC 9110 §9.1);
 - ``baggage``: a member of the W3C ``baggage`` header (all of them, if sent several times),
-  key and value percent-decoded, properties ignored: ``equals`` or ``regex`` on the value.
+  key and value percent-decoded, properties ignored: ``equals`` or ``regex`` on the value;
+- ``grpc-method``: GRPCRoute's method match: a gRPC call's path is ``/package.Service/Method``;
+  ``name`` is the service, ``value`` the method, either empty meaning any (not both). With
+  ``equals`` both compare exactly (case-sensitive); with ``regex`` each must match its whole
+  part. As Envoy translates it: service and method is the exact path, service alone the path
+  prefix ``/service/``, method alone ``/<anything without a slash>/method``.
 A rule matches when all its matchers do (AND); a rule without matchers matches everything.
 """
 
@@ -127,7 +132,37 @@ def compile_matcher(matcher: Matcher) -> Test:
         test = _value_test(matcher)
         key = matcher.name
         return lambda head: (value := baggage_members(head).get(key)) is not None and test(value)
-    raise BadMatcher(f"unknown matcher kind {kind!r}: header, path, method or baggage")
+    if kind == "grpc-method":
+        return _grpc_method_test(matcher)
+    raise BadMatcher(f"unknown matcher kind {kind!r}: header, path, method, baggage or "
+                     "grpc-method")
+
+
+def _grpc_method_test(matcher: Matcher) -> Test:
+    service, method = matcher.name, matcher.value
+    if not service and not method:
+        raise BadMatcher("a grpc-method matcher needs a service, a method or both")
+    if matcher.op == "equals":
+        for part in (service, method):
+            if "/" in part:
+                raise BadMatcher(f"gRPC service or method {part!r} cannot contain '/'")
+        if service and method:
+            exact = f"/{service}/{method}"
+            return lambda head: head.path == exact
+        if service:
+            prefix = f"/{service}/"
+            return lambda head: head.path.startswith(prefix) and "/" not in \
+                head.path[len(prefix):]
+        suffix = f"/{method}"
+        return lambda head: head.path.endswith(suffix) and head.path.count("/") == 2 and \
+            len(head.path) > len(suffix) + 1
+    if matcher.op != "regex":
+        raise BadMatcher(f"grpc-method matchers take op equals or regex, not {matcher.op!r}")
+    try:
+        pattern = re.compile(f"/(?:{service or '[^/]+'})/(?:{method or '[^/]+'})")
+    except re.error as exc:
+        raise BadMatcher(f"bad regex in grpc-method {service!r}/{method!r}: {exc}") from None
+    return lambda head: pattern.fullmatch(head.path) is not None
 
 
 @dataclass(frozen=True)

@@ -71,7 +71,7 @@ def test_every_message_type_is_registered_by_its_type_name():
 @pytest.mark.parametrize(
     ("message", "wire"),
     [
-        (Hello(id=1, agent="x"), b'{"type":"hello","id":1,"version":[1,2],"agent":"x"}\n'),
+        (Hello(id=1, agent="x"), b'{"type":"hello","id":1,"version":[1,3],"agent":"x"}\n'),
         (Release(id=5, intercept_id="abc"), b'{"type":"release","id":5,"intercept_id":"abc"}\n'),
         (Renew(id=2, intercept_ids=("a",)), b'{"type":"renew","id":2,"intercept_ids":["a"]}\n'),
         (GetStats(id=3), b'{"type":"stats","id":3}\n'),
