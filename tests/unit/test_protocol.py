@@ -80,7 +80,7 @@ def test_every_message_type_is_registered_by_its_type_name():
          b'{"type":"error","re":5,"code":"conflict","message":"m"}\n'),
         (Register(id=1, claim=InterceptClaim("i", 80)),
          b'{"type":"register","id":1,"claim":{"id":"i","port":80,"mode":"tcp","matchers":[],"origin":"","fallback":"error",'
-         b'"service":"","service_port":0,"via":""},"overwrite":false}\n'),
+         b'"service":"","service_port":0,"via":"","protocol":"http"},"overwrite":false}\n'),
     ],
 )
 def test_encode_wire_format(message, wire):
@@ -304,7 +304,7 @@ def test_max_line_is_one_mebibyte():
     ],
 )
 def test_compatible_means_same_major_any_minor(theirs, ok):
-    assert VERSION == (1, 2)
+    assert VERSION == (1, 3)
     assert compatible(theirs) is ok
 
 
