@@ -14,8 +14,9 @@ which RBAC could not restrict by name.
   Service at the relay and back (update), keeps the original pods reachable through a shadow
   Service (create/delete), and at start-up finds takeovers a dead relay left (list). The
   Services to intercept are the developers' choice, so the right cannot name them.
-- ``httproutes`` (Gateway API) and ``ciliumenvoyconfigs`` get/list/create/update/delete: the
-  gateway and cilium redirects; rights on kinds a cluster does not serve are harmless.
+- ``httproutes`` and ``grpcroutes`` (Gateway API) and ``ciliumenvoyconfigs``
+  get/list/create/update/delete: the gateway and cilium redirects (a gRPC port gets a
+  GRPCRoute); rights on kinds a cluster does not serve are harmless.
 - ``endpointslices`` get/list: a whole-port (``--tcp``) takeover is live once the Service's
   slices — what kube-proxy programs from — list only the relay (its bytes cannot carry a probe).
 - ``secrets`` get/list/watch on ``bridged-authorized-keys`` only: the relay follows the
@@ -76,6 +77,8 @@ def role(namespace: str) -> dict[str, Any]:
             {"apiGroups": [""], "resources": ["services"],
              "verbs": ["get", "list", "update", "create", "delete"]},
             {"apiGroups": ["gateway.networking.k8s.io"], "resources": ["httproutes"],
+             "verbs": ["get", "list", "update", "create", "delete"]},
+            {"apiGroups": ["gateway.networking.k8s.io"], "resources": ["grpcroutes"],
              "verbs": ["get", "list", "update", "create", "delete"]},
             {"apiGroups": ["cilium.io"], "resources": ["ciliumenvoyconfigs"],
              "verbs": ["get", "list", "update", "create", "delete"]},

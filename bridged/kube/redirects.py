@@ -46,9 +46,14 @@ def _services(kube: Kube, name: str = "") -> str:
 #: what a route strategy makes, by kind: (group, version, plural, what to call it)
 SERVICES = ("", "v1", "services", "Service")
 HTTPROUTES = (gateway.GROUP, gateway.VERSION, gateway.PLURAL, "HTTPRoute")
+GRPCROUTES = (gateway.GROUP, gateway.VERSION, gateway.GRPC_PLURAL, "GRPCRoute")
 ENVOY_CONFIGS = (cilium.GROUP, cilium.VERSION, cilium.PLURAL, "CiliumEnvoyConfig")
+#: the gateway strategy's route kinds, by the ``kind`` of the object
+ROUTE_KINDS = {kind[3]: kind for kind in (HTTPROUTES, GRPCROUTES)}
 MISSING_CRD = {
     "HTTPRoute": "the cluster does not serve HTTPRoutes (the Gateway API is not installed)",
+    "GRPCRoute": "the cluster does not serve GRPCRoutes (the Gateway API is not installed, "
+                 "or a version before 1.1)",
     "CiliumEnvoyConfig": "the cluster does not serve CiliumEnvoyConfigs (Cilium's Envoy "
                          "config CRD is not installed)",
 }
@@ -342,25 +347,27 @@ async def restore_stale(kube: Kube) -> list[Restored]:
     return done
 
 
-#: what the relay says when no mesh took an HTTPRoute up (the daemon's ``auto`` then falls
-#: back to takeover)
+#: what the relay says when no mesh took a route up (the daemon's ``auto`` then falls back
+#: to takeover)
 NOT_ACCEPTED = "no mesh accepted"
 
 
 async def wait_accepted(kube: Kube, route: dict[str, Any], within: float) -> None:
-    """Wait until some controller (a GAMMA mesh) accepted ``route`` for its parent Service;
-    :class:`RefusedError` if none did within ``within`` seconds — a cluster may serve
-    HTTPRoutes for ingress only, and then nothing would ever send the traffic."""
+    """Wait until some controller (a GAMMA mesh) accepted ``route`` (an HTTPRoute or a
+    GRPCRoute) for its parent Service; :class:`RefusedError` if none did within ``within``
+    seconds — a cluster may serve routes for ingress only, and then nothing would ever send
+    the traffic."""
     import asyncio
 
-    name = route["metadata"]["name"]
-    path = _path(kube, gateway.GROUP, gateway.VERSION, gateway.PLURAL, name)
+    name, what = route["metadata"]["name"], route["kind"]
+    group, version, plural, _ = ROUTE_KINDS[what]
+    path = _path(kube, group, version, plural, name)
     deadline = asyncio.get_running_loop().time() + within
     while True:
         try:
             current = await rest(kube, "GET", path)
         except ApiException as exc:
-            raise translate(exc, f"cannot read HTTPRoute {name}") from exc
+            raise translate(exc, f"cannot read {what} {name}") from exc
         for parent in (current.get("status") or {}).get("parents") or []:
             ref = parent.get("parentRef") or {}
             accepted = any(c.get("type") == "Accepted" and c.get("status") == "True"
@@ -369,7 +376,7 @@ async def wait_accepted(kube: Kube, route: dict[str, Any], within: float) -> Non
                 return
         if asyncio.get_running_loop().time() > deadline:
             raise RefusedError(
-                f"{NOT_ACCEPTED} HTTPRoute {name} within {within:.0f} s: the cluster serves "
+                f"{NOT_ACCEPTED} {what} {name} within {within:.0f} s: the cluster serves "
                 "the Gateway API but no mesh implementing it for Services (GAMMA) acts on it; "
                 "use --via takeover")
         await asyncio.sleep(0.5)
@@ -379,7 +386,7 @@ async def remove_routes(kube: Kube, service: str | None = None) -> list[str]:
     """Undo the gateway and cilium strategies for ``service`` (every Service if None): their
     routes first (traffic goes back to the Service's pods), then the backend Services."""
     removed = []
-    for kind in (HTTPROUTES, ENVOY_CONFIGS):
+    for kind in (HTTPROUTES, GRPCROUTES, ENVOY_CONFIGS):
         removed += await delete_owned(kube, kind, service)
     for svc in await _owned_backends(kube, service):
         if await _delete(kube, _services(kube, svc), f"Service {svc}"):

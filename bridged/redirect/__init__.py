@@ -8,8 +8,9 @@ relay (:mod:`bridged.relay.redirect`) decides when, from the leases of its inter
   of its ports at a relay port; the original selector and ports are kept in an annotation and
   in a *shadow* Service (original selector, ClusterIP) through which the relay reaches the
   original pods. Undone exactly, unless someone else changed the Service meanwhile.
-- :mod:`.gateway` (meshes implementing GAMMA): an HTTPRoute whose parent is the Service sends
-  only the matching requests to a per-intercept Service that selects the relay pod.
+- :mod:`.gateway` (meshes implementing GAMMA): an HTTPRoute (a GRPCRoute for a gRPC port)
+  whose parent is the Service sends only the matching requests to a per-intercept Service
+  that selects the relay pod.
 - :mod:`.cilium`: a CiliumEnvoyConfig doing the same with Cilium's Envoy.
 """
 
@@ -21,6 +22,11 @@ from ..kube.manifests import MANAGED_BY
 
 #: label on everything a redirect creates, naming the intercepted Service
 REDIRECT_OF = "bridged.dev/redirect-of"
+
+
+class RouteRefused(Exception):
+    """The intercept's matchers cannot be said in the route the strategy writes: the message
+    says which and what to do (a broader route would send others' requests astray)."""
 
 
 def derived_name(prefix: str, service: str, suffix: str = "") -> str:

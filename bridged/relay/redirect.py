@@ -15,7 +15,7 @@ An intercept is answered once its redirect is *live*, not merely written:
   consumes: the Service's EndpointSlices list only the relay's port
   (:func:`bridged.kube.redirects.wait_endpoints`);
 - gateway and cilium: the relay pod is outside the mesh, its own connections do not take the
-  mesh's routes; the HTTPRoute's Accepted status (gateway) is the signal, a CiliumEnvoyConfig
+  mesh's routes; the route's Accepted status (gateway) is the signal, a CiliumEnvoyConfig
   has none (Cilium's agents apply it within a second, unobservable from the API).
 """
 
@@ -34,13 +34,14 @@ from ..errors import RefusedError
 from ..kube import manifests as m
 from ..kube import redirects as ops
 from ..protocol import InterceptClaim
-from ..redirect import cilium, gateway
+from ..redirect import RouteRefused, cilium, gateway
 from ..redirect.takeover import Record, shadow_service
 from .probe import NotLive, Probes, ProbeSettings, connects, connects_within, until_live
 
 log = logging.getLogger(__name__)
 
-#: HTTPRoute's schema allows 16 rules: the intercepts of a port, and the catch-all
+#: HTTPRoute's and GRPCRoute's schemas allow 16 rules: the intercepts of a port, and the
+#: catch-all
 MAX_ROUTE_RULES = 15
 
 #: the labels every relay pod carries: what a taken-over Service (or a backend) selects
@@ -279,7 +280,9 @@ class Redirector:
     async def _route(self, service: str, via: str, claims: list[InterceptClaim]) -> Redirected:
         """gateway / cilium: a backend Service per intercept, the route objects, and a shadow
         Service through which the relay itself reaches the original pods (the Service's own
-        ClusterIP may be redirected for the relay too: Cilium's BPF, ambient meshes)."""
+        ClusterIP may be redirected for the relay too: Cilium's BPF, ambient meshes). Routes
+        the matchers cannot be said in are refused before anything is written; a first
+        redirect that fails midway is removed whole."""
         found = await ops.read_service(self.kube, service)
         ns, ip = self.kube.namespace, found["spec"].get("clusterIP")
         if not ip or ip == "None":
@@ -291,44 +294,60 @@ class Redirector:
         if via == "gateway" and service not in self.redirected and self.no_mesh:
             log.info("Service %s: --via gateway refused at once, remembered: %s", service,
                      self.no_mesh)
-            raise RefusedError(f"{ops.NOT_ACCEPTED} an HTTPRoute in namespace {ns} earlier in "
+            raise RefusedError(f"{ops.NOT_ACCEPTED} a route in namespace {ns} earlier in "
                                f"this relay's life ({self.no_mesh}); not waiting "
                                f"{self.accept_seconds:g} s again: use --via takeover")
         if via == "gateway" and any(len(i) > MAX_ROUTE_RULES for i in by_port.values()):
-            raise RefusedError(f"Service {service}: an HTTPRoute holds {MAX_ROUTE_RULES} "
+            raise RefusedError(f"Service {service}: a route holds {MAX_ROUTE_RULES} "
                                "intercepts per port at most")
+        app_protocols = {p["port"]: p.get("appProtocol") or ""
+                         for p in found["spec"].get("ports") or []}
+        protocols = {port: gateway.port_protocol(app_protocols.get(port), (
+            c.protocol for c in claims if c.service_port == port)) for port in by_port}
+        objects = _route_objects(service, via, ns, by_port, protocols, app_protocols)
         backends = [gateway.backend_service(
             ns, service, c.id, c.service_port, self.port_for(service, c.service_port),
-            RELAY_SELECTOR) for c in claims]
-        shadow = await ops.ensure_shadow(self.kube, shadow_service(found))
-        for backend in backends:  # first the backends, then what routes to them
-            await ops.apply_object(self.kube, ops.SERVICES, backend)
-        kind = ops.HTTPROUTES if via == "gateway" else ops.ENVOY_CONFIGS
-        objects = [gateway.http_route(ns, service, port, intercepts)
-                   for port, intercepts in by_port.items()] if via == "gateway" \
-            else [cilium.envoy_config(ns, service, by_port)]
-        for obj in objects:
-            await ops.apply_object(self.kube, kind, obj)
-        if via == "gateway" and service not in self.redirected:
-            try:  # the first route of this Service: is there a mesh to act on it?
-                for obj in objects:
-                    await ops.wait_accepted(self.kube, obj, self.accept_seconds)
-            except RefusedError as exc:
-                if ops.NOT_ACCEPTED in str(exc):
-                    self.no_mesh = (f"the HTTPRoute of Service {service} not accepted within "
-                                    f"{self.accept_seconds:g} s at "
-                                    f"{time.strftime('%H:%M:%S')}")
+            RELAY_SELECTOR, protocol=protocols[c.service_port],
+            app_protocol=app_protocols.get(c.service_port, "")) for c in claims]
+        first = service not in self.redirected
+        try:
+            shadow = await self._write_routes(service, via, found, backends, objects)
+        except RefusedError as exc:
+            if ops.NOT_ACCEPTED in str(exc):
+                self.no_mesh = (f"the {objects[0]['kind']} of Service {service} not "
+                                f"accepted within {self.accept_seconds:g} s at "
+                                f"{time.strftime('%H:%M:%S')}")
+            if first:
                 await ops.remove_routes(self.kube, service)
-                raise
-            except BaseException:
+            raise
+        except BaseException:
+            if first:
                 await ops.remove_routes(self.kube, service)
-                raise
-        await ops.delete_owned(self.kube, kind, service,
-                               keep=frozenset(o["metadata"]["name"] for o in objects))
-        await ops.sync_backends(self.kube, service, backends)  # last: stale ones go
+            raise
         shadow_ip = shadow["spec"]["clusterIP"]
         return Redirected(via, origins={port: format_host_port(shadow_ip, port)
                                         for port in by_port})
+
+    async def _write_routes(self, service: str, via: str, found: dict[str, Any],
+                            backends: list[dict[str, Any]],
+                            objects: list[dict[str, Any]]) -> dict[str, Any]:
+        """Write what :meth:`_route` made; the shadow Service as written."""
+        shadow = await ops.ensure_shadow(self.kube, shadow_service(found))
+        for backend in backends:  # first the backends, then what routes to them
+            await ops.apply_object(self.kube, ops.SERVICES, backend)
+        kinds = (ops.HTTPROUTES, ops.GRPCROUTES) if via == "gateway" else (ops.ENVOY_CONFIGS,)
+        for kind in kinds:  # stale ones first: a port whose route changed kind (HTTP → gRPC)
+            await ops.delete_owned(self.kube, kind, service, keep=frozenset(
+                o["metadata"]["name"] for o in objects if o["kind"] == kind[3]))
+        for obj in objects:
+            kind = ops.ROUTE_KINDS.get(obj["kind"], ops.ENVOY_CONFIGS)
+            await ops.apply_object(self.kube, kind, obj)
+        if via == "gateway" and service not in self.redirected:
+            # the first route of this Service: is there a mesh to act on it?
+            for obj in objects:
+                await ops.wait_accepted(self.kube, obj, self.accept_seconds)
+        await ops.sync_backends(self.kube, service, backends)  # last: stale ones go
+        return shadow
 
     async def _undo(self, service: str) -> str:
         state = self.redirected[service]
@@ -344,6 +363,34 @@ class Redirector:
             self._set_origin(port, "")
         self._closed(ports)
         return note
+
+
+def _route_objects(service: str, via: str, namespace: str,
+                   by_port: dict[int, list[tuple[str, Any]]], protocols: dict[int, str],
+                   app_protocols: dict[int, str]) -> list[dict[str, Any]]:
+    """The routes (gateway: one per port, a GRPCRoute where the port is gRPC) or the
+    CiliumEnvoyConfig; :class:`RefusedError` naming the port if its intercepts' matchers
+    cannot be said in them."""
+    if via != "gateway":
+        h2 = {port for port, protocol in protocols.items() if protocol != "http"}
+        try:
+            return [cilium.envoy_config(namespace, service, by_port, h2)]
+        except RouteRefused as exc:
+            raise RefusedError(f"Service {service}: {exc}; or use --via takeover") from None
+    objects = []
+    for port, intercepts in by_port.items():
+        try:
+            objects.append(gateway.route(protocols[port], namespace, service, port,
+                                         intercepts))
+        except RouteRefused as exc:
+            why = ""
+            if protocols[port] == "grpc":
+                why = (f" (its appProtocol is {app_protocols[port]})"
+                       if app_protocols.get(port, "").lower() in gateway.H2_APP_PROTOCOLS
+                       else " (an intercept of it says --protocol grpc)")
+            raise RefusedError(f"Service {service} port {port}{why}: {exc}; or use --via "
+                               "takeover, whose relay applies every matcher itself") from None
+    return objects
 
 
 def _ids(claims: list[InterceptClaim]) -> frozenset[str]:
