@@ -256,7 +256,8 @@ class HttpPortListener(PortListener):
         self.router = HttpRouter(
             self._decide, self._open_upstream, self._count, self._fallback,
             settings=relay.settings.router, budget=relay.budget,
-            on_pass_through=self._passed_through, probe=relay.probes.arrived)
+            on_pass_through=self._passed_through, probe=relay.probes.arrived,
+            speaks_h2=self._speaks_h2, h2c_upgrade=self._declared_h2)
 
     async def start(self, host: str) -> None:
         self.server = await asyncio.get_running_loop().create_server(
@@ -272,6 +273,19 @@ class HttpPortListener(PortListener):
         if holding is None or holding.port != self.port:
             return None, None
         return holding, self.relay.sessions.get(holding.session)
+
+    def _speaks_h2(self, route: Route) -> bool:
+        """The original pods take HTTP/2 from a client that speaks it to them; a developer's
+        server, when its intercept says so (checked when it was made)."""
+        if route.to_origin:
+            return True
+        holding = self.relay.table.get(route.target)
+        return holding is not None and holding.claim.protocol != "http"
+
+    def _declared_h2(self) -> bool:
+        """The port is HTTP/2 (an intercept on it says h2c or grpc): ``Upgrade: h2c`` is then
+        taken by the router, so that each of the connection's streams is routed."""
+        return any(h.claim.protocol != "http" for h in self.relay.table.on_port(self.port))
 
     def _fallback(self, route: Route) -> Route | None:
         holding, _ = self._holding(route)
@@ -294,7 +308,8 @@ class HttpPortListener(PortListener):
                     note=reason)))
 
     def _count(self, head: RequestHead, route: Route, status: int, seconds: float,
-               peer: tuple[str, int]) -> None:
+               peer: tuple[str, int], http_version: str = "",
+               grpc_status: int | None = None, note: str = "") -> None:
         self.counters.connections += 1
         if status in (0, 502):
             self.counters.fail(f"{head.method} {head.path} → {route.target}: failed")
@@ -308,7 +323,8 @@ class HttpPortListener(PortListener):
                 status=status, duration_ms=round(seconds * 1000, 2),
                 client=format_host_port(*peer) if peer[0] else "",
                 headers=tuple(redact(head.headers,
-                                     self.relay.settings.router.redact_headers)))))
+                                     self.relay.settings.router.redact_headers)),
+                http_version=http_version, grpc_status=grpc_status, note=note)))
 
     async def _open_upstream(self, route: Route, peer: tuple[str, int],
                              factory: Callable[[], Any]) -> Any:

@@ -30,7 +30,6 @@ HOSTILE = "hostile"
 OPAQUE = "opaque"
 
 DEVELOPERS = ("alice", "bob")
-H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 TLS_HELLO = bytes.fromhex("16030100a5010000a10303") + bytes(32)
 
 
@@ -248,13 +247,14 @@ def lenient_item(draw: st.DrawFn, tag: str) -> Item:
 
 @st.composite
 def opaque_item(draw: st.DrawFn, tag: str) -> Item:
-    kind = draw(st.sampled_from(["h2-preface", "tls-hello", "garbage"]))
+    # (HTTP/2's preface is not opaque since issue 11: its streams are routed, and fuzzed by
+    # test_h2_fuzz)
+    kind = draw(st.sampled_from(["tls-hello", "garbage"]))
     if kind == "garbage":  # a first byte no request line starts with
         data = draw(st.sampled_from([b"\x00", b"\x16", b"\xff", b" "])) + draw(st.binary(
             max_size=64))
     else:
-        data = H2_PREFACE + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00" if kind == "h2-preface" \
-            else TLS_HELLO
+        data = TLS_HELLO
     return Item(kind, "", "", data, OPAQUE)
 
 

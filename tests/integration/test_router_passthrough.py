@@ -1,8 +1,9 @@
 """Issue 9, point 5: what the router cannot route passes through, never broken.
 
-While a developer intercepts a Service by header, its gRPC (h2c), TLS and non-HTTP clients
-keep working: their connections are spliced untouched to the original pods, and reported with
-the reason. The HTTP/1.1 clients are still routed per request beside them.
+While a developer intercepts a Service by header, its TLS and non-HTTP clients keep working:
+their connections are spliced untouched to the original pods, and reported with the reason.
+The HTTP/1.1 clients are still routed per request beside them, and (issue 11) HTTP/2 clients
+per stream.
 """
 
 from __future__ import annotations
@@ -46,28 +47,37 @@ async def grpc_origin() -> AsyncIterator[int]:
     await server.stop(None)
 
 
-async def test_grpc_clients_keep_working_while_someone_intercepts_by_header(
+async def test_grpc_calls_are_routed_per_call_and_an_http1_developer_gets_a_clear_error(
     grpc_origin: int,
 ) -> None:
+    """HTTP/2 is no longer passed through: each call is decided. Alice's server speaks only
+    HTTP/1.1 (her intercept says so), so her gRPC calls are answered 502 with the reason —
+    never sent to her as HTTP/2 — while the other calls on the same channel reach the pods."""
     alice = RecordingUpstream("alice")
     async with recording_upstreams(alice), \
-            router_on({"origin": grpc_origin, "alice": alice.port}) as relay:
+            router_on({"origin": grpc_origin, "alice": alice.port},
+                      speaks_h2=lambda route: route.to_origin) as relay:
         options = [("grpc.enable_http_proxy", 0)]
         async with grpc.aio.insecure_channel(f"127.0.0.1:{relay.port}", options=options) as ch:
             call = ch.unary_unary("/test.Echo/Call")
             answers = await _within(asyncio.gather(*(
-                call(b"req-%d" % i, metadata=(("x-dev", "alice" if i % 2 else "bob"),),
-                     timeout=10) for i in range(20))))
-        assert answers == [b"origin:req-%d:%b" % (i, b"alice" if i % 2 else b"bob")
-                           for i in range(20)]
+                call(b"req-%d" % i, metadata=(("x-dev", "alice"),) if i % 2 else (),
+                     timeout=10) for i in range(20)), return_exceptions=True))
+        for i, answer in enumerate(answers):
+            if i % 2:
+                assert isinstance(answer, grpc.aio.AioRpcError), answer
+                assert answer.code() == grpc.StatusCode.UNAVAILABLE
+                assert "502" in (answer.details() or "")
+            else:
+                assert answer == b"origin:req-%d:" % i
         # HTTP/1.1 beside it is still routed by header
         async with client(relay.port) as (reader, writer):
             writer.write(b"GET /h1 HTTP/1.1\r\nHost: svc\r\nx-dev: alice\r\n"
                          b"Connection: close\r\n\r\n")
             status, _, body = await _within(read_response(reader))
             assert (status, json.loads(body)["who"]) == (200, "alice")
-    assert relay.passed and set(relay.passed) == {sniff.H2C}
-    assert [s.path for s in alice.requests] == ["/h1"]  # gRPC never went to the developer
+    assert relay.passed == []  # nothing passed through: every call was decided
+    assert [s.path for s in alice.requests] == ["/h1"]  # no HTTP/2 reached her HTTP/1.1 server
 
 
 async def test_tls_connections_are_passed_through_end_to_end(tmp_path: Path) -> None:
@@ -125,9 +135,9 @@ async def test_a_pass_through_with_no_origin_known_closes_and_says_why(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     async with router_on({}) as relay, client(relay.port) as (reader, writer):
-        writer.write(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        writer.write(b"\x00\x01\x02 not HTTP")
         assert await _within(read_until_closed(reader)) == b""
-    assert relay.passed == [sniff.H2C]
+    assert relay.passed == [sniff.OTHER]
     assert "nowhere to pass it" in caplog.text
 
 

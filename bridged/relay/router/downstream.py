@@ -4,10 +4,11 @@ where each goes.
 A connection is in one state at a time::
 
     SNIFFING ─┬─ HTTP/1.x ──► HTTP ◄──────────── a refused upgrade: its held bytes parsed next
-              │                │ Upgrade request
-              │                ▼
-              │               HELD ── 101 ──► SPLICED ── both halves ended, or one lost ──┐
-              └─ h2c, TLS, other ─► PASSING ──► SPLICED                                   │
+              │                │ Upgrade request     │ Upgrade: h2c on an HTTP/2 port
+              │                ▼                     ▼
+              │               HELD ── 101 ──► SPLICED    H2 (every stream routed: .h2downstream)
+              ├─ HTTP/2 preface ─────────────────────────► H2
+              └─ TLS, other ─► PASSING ──► SPLICED ── both halves ended, or one lost ──┐
     any ──────────────────────────────────────────────────────────────────────► CLOSING ◄─┘
 
 Reading is paused for reasons (:meth:`Downstream.pause`), and resumed only when none is left:
@@ -23,6 +24,7 @@ import logging
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+import h2.exceptions
 import httptools
 
 from ...routing.decide import ORIGIN, Route
@@ -44,6 +46,7 @@ from .framing import (
     origin_form,
     serialize_head,
 )
+from .h2downstream import H2Downstream
 from .upstream import Upstream
 
 if TYPE_CHECKING:
@@ -51,8 +54,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("bridged.relay.router")
 
-SNIFFING, HTTP, HELD, PASSING, SPLICED, CLOSING = (
-    "sniffing", "http", "held", "passing", "spliced", "closing")
+SNIFFING, HTTP, HELD, PASSING, SPLICED, H2, CLOSING = (
+    "sniffing", "http", "held", "passing", "spliced", "h2", "closing")
+#: hop-by-hop fields of an HTTP/1.1 request that HTTP/2 does not carry (RFC 9113 §8.2.2)
+_HOP_BY_HOP = frozenset((b"connection", b"upgrade", b"http2-settings", b"host", b"keep-alive",
+                         b"proxy-connection", b"transfer-encoding"))
 
 
 class Downstream(asyncio.Protocol):
@@ -91,6 +97,9 @@ class Downstream(asyncio.Protocol):
         self.waiting_for = "head"
         #: when the connection is dropped unless the client reads what it was sent (0: never)
         self.send_deadline = 0.0
+        #: H2: the connection's HTTP/2 side; an h2c upgrade accepted: (request, settings)
+        self.h2: H2Downstream | None = None
+        self.h2c: tuple[Request, bytes] | None = None
 
     @property
     def spliced(self) -> bool:
@@ -122,6 +131,9 @@ class Downstream(asyncio.Protocol):
         elif state is SPLICED:
             assert self.tunnel is not None
             self.tunnel.transport.write(data)
+        elif state is H2:
+            assert self.h2 is not None
+            self.h2.data_received(data)
         elif state is HELD:
             self._hold(data)
         elif state is SNIFFING:
@@ -134,6 +146,12 @@ class Downstream(asyncio.Protocol):
         sniffed += data
         verdict = sniff.classify(sniffed, MAX_SNIFF_BYTES)
         if verdict is None:
+            return
+        if verdict == sniff.H2C:
+            self.state = H2
+            self.sniffed = bytearray()
+            self.h2 = H2Downstream(self)
+            self.h2.start(bytes(sniffed))
             return
         if verdict != sniff.HTTP1:
             self._pass_through(verdict)
@@ -149,7 +167,9 @@ class Downstream(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
-            if self.refusal is None and self.state is HTTP:
+            if self.h2c is not None and self.state is HTTP:
+                self._upgrade_h2c(data[int(exc.args[0]):])
+            elif self.refusal is None and self.state is HTTP:
                 # the new protocol's bytes (or garbage, or a smuggled request): they reach
                 # nobody until the upstream agreed to switch
                 self.state = HELD
@@ -198,6 +218,9 @@ class Downstream(asyncio.Protocol):
         state = self.state
         if state is CLOSING:
             return False
+        if state is H2:
+            assert self.h2 is not None
+            return self.h2.eof_received()
         if state is SPLICED:
             assert self.tunnel is not None
             self.eof = True
@@ -250,6 +273,8 @@ class Downstream(asyncio.Protocol):
                 active.upstream.close()
         if self.tunnel is not None:
             self.tunnel.close()
+        if self.h2 is not None:
+            self.h2.connection_lost()
         for up in list(self.idle.values()):
             up.close()
         self.idle.clear()
@@ -264,12 +289,18 @@ class Downstream(asyncio.Protocol):
         # the client reads slower than we write: the upstream waits, and so does a deadline
         self.send_deadline = asyncio.get_running_loop().time() + \
             self.router.settings.send_timeout_seconds
+        if self.h2 is not None:
+            self.h2.pause_writing()
+            return
         up = self._upstream()
         if up is not None:
             up.pause_reading(True)
 
     def resume_writing(self) -> None:
         self.send_deadline = 0.0
+        if self.h2 is not None:
+            self.h2.resume_writing()
+            return
         up = self._upstream()
         if up is not None:
             up.pause_reading(False)
@@ -303,6 +334,9 @@ class Downstream(asyncio.Protocol):
         if not 0 < self.deadline <= now:
             return
         self.deadline = 0.0
+        if self.h2 is not None:
+            self.h2.expired(self.waiting_for)
+            return
         if self.active is not None or self.queue:
             if self.current is not None:  # a head begun behind busy ones: its time runs on
                 self._wait("head", self.router.settings.header_timeout_seconds)
@@ -381,14 +415,16 @@ class Downstream(asyncio.Protocol):
             return
         r.keep_alive = self.parser.should_keep_alive()
         r.upgrade = self.parser.should_upgrade()
+        r.head = RequestHead(method.decode("latin-1"), origin_form(r.url).decode("latin-1"),
+                             [(n.decode("latin-1"), v.decode("latin-1")) for n, v in r.headers])
         if r.upgrade:
             if r.chunked:
                 self._refuse_after(501, "bridged: an upgrade request with a chunked body")
                 return
+            if self._accepts_h2c(r, bool(lengths) and length.strip() != b"0"):
+                return
             r.body_left = int(length) if lengths else 0  # (llhttp checked its digits)
             self.upgrading = r
-        r.head = RequestHead(method.decode("latin-1"), origin_form(r.url).decode("latin-1"),
-                             [(n.decode("latin-1"), v.decode("latin-1")) for n, v in r.headers])
         r.head_bytes = serialize_head(method, r.url, self.parser.get_http_version(), r.headers)
         r.out.append(r.head_bytes)
         self.queue.append(r)
@@ -579,6 +615,47 @@ class Downstream(asyncio.Protocol):
         held, self.held, self.upgrading = self.held, [], None
         self._splice(up, b"".join(held))
 
+    def _accepts_h2c(self, r: Request, has_body: bool) -> bool:
+        """``Upgrade: h2c`` on a port declared HTTP/2, with nothing before it and no body:
+        accepted here (every stream is then routed), not by one destination for all."""
+        upgrade = settings = b""
+        for name, value in r.headers:
+            lname = name.lower()
+            if lname == b"upgrade":
+                upgrade += b"," + value.lower()
+            elif lname == b"http2-settings":
+                settings = value.strip()
+        h2c = self.router.h2c_upgrade
+        if b"h2c" not in [t.strip() for t in upgrade.split(b",")] or not settings or \
+                has_body or self.active is not None or self.queue or h2c is None or not h2c():
+            return False
+        self.h2c = (r, settings)
+        return True
+
+    def _upgrade_h2c(self, rest: bytes) -> None:
+        """101, then HTTP/2: the upgrade request is stream 1."""
+        r, settings = self.h2c or (None, b"")
+        assert r is not None
+        method = self.parser.get_method()
+        authority = next((v for n, v in r.headers if n.lower() == b"host"), b"")
+        headers = [(b":method", method), (b":scheme", b"http"), (b":authority", authority),
+                   (b":path", r.url)]
+        for name, value in r.headers:
+            lname = name.lower()
+            if lname not in _HOP_BY_HOP and (lname != b"te" or value.strip() == b"trailers"):
+                headers.append((lname, value))
+        self.transport.write(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
+                             b"Upgrade: h2c\r\n\r\n")
+        self.state = H2
+        self.current = None
+        self.h2 = H2Downstream(self)
+        assert r.head is not None
+        try:
+            self.h2.start_upgraded(settings, headers, r.head, rest)
+        except (h2.exceptions.ProtocolError, ValueError) as exc:  # bad HTTP2-Settings
+            log.warning("client %s: h2c upgrade failed: %s", self.peer[0], exc)
+            self._end(lost=False)
+
     def _splice(self, up: Upstream, pending: bytes) -> None:
         """Both ways raw bytes from now on, ``pending`` (read already) first."""
         self.state = SPLICED
@@ -692,12 +769,7 @@ class Downstream(asyncio.Protocol):
         asyncio.get_running_loop().call_later(REFUSAL_LINGER_SECONDS, self.transport.close)
 
     def _report(self, r: Request, status: int) -> None:
-        on_request = self.router.on_request
-        if on_request is None or r.head is None or r.route is None or r.reported:
+        if r.head is None or r.route is None or r.reported:
             return
         r.reported = True
-        elapsed = asyncio.get_running_loop().time() - r.started if r.started else 0.0
-        try:
-            on_request(r.head, r.route, status, elapsed, self.peer)
-        except Exception:  # runs in transport callbacks: must never break the proxying
-            log.exception("traffic report for %s failed", r.route.target)
+        self.router.report(r.head, r.route, status, r.started, self.peer)

@@ -18,7 +18,9 @@ Peer = tuple[str, int]
 #: asyncio transport, or anything with write/write_eof/close/pause_reading/resume_reading)
 OpenUpstream = Callable[[Route, Peer, Callable[[], Any]], Awaitable[Any]]
 Decide = Callable[[RequestHead], Route]
-OnRequest = Callable[[RequestHead, Route, int, float, Peer], None]
+#: a request (or HTTP/2 stream) ended: (head, route, status, seconds, client); HTTP/2 streams
+#: add the keywords ``http_version`` and ``grpc_status``
+OnRequest = Callable[..., None]
 #: a connection passed through untouched: (reason, client)
 OnPassThrough = Callable[[str, Peer], None]
 #: the relay's readiness probe: True when the nonce is one it sent (the router answers 204)

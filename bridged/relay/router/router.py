@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from ...config import RouterSettings
 from ...routing.decide import Route
+from ...routing.rules import RequestHead
 from .downstream import Downstream
 from .framing import Decide, OnPassThrough, OnRequest, OpenUpstream, Peer, Probe
 
@@ -34,7 +36,9 @@ class HttpRouter:
                  settings: RouterSettings | None = None,
                  budget: ConnectionBudget | None = None,
                  on_pass_through: OnPassThrough | None = None,
-                 probe: Probe | None = None) -> None:
+                 probe: Probe | None = None,
+                 speaks_h2: Callable[[Route], bool] | None = None,
+                 h2c_upgrade: Callable[[], bool] | None = None) -> None:
         self.decide = decide
         self.open_upstream = open_upstream
         self.on_request = on_request
@@ -46,6 +50,12 @@ class HttpRouter:
             ConnectionBudget(self.settings.max_connections)
         self.on_pass_through = on_pass_through
         self.probe = probe
+        #: whether a destination takes HTTP/2 streams (None: all do). The original pods do
+        #: whenever a client speaks HTTP/2 to them; a developer's server, if it said so
+        self.speaks_h2 = speaks_h2 if speaks_h2 is not None else (lambda route: True)
+        #: whether ``Upgrade: h2c`` is accepted by the router itself (the port is declared
+        #: HTTP/2); None or False: the upgrade goes to the request's destination, as any other
+        self.h2c_upgrade = h2c_upgrade
         self.downstreams: set[Downstream] = set()
         self._sweeping: asyncio.TimerHandle | None = None
 
@@ -69,6 +79,18 @@ class HttpRouter:
             down.admitted = False
             self.budget.used -= 1
             self.downstreams.discard(down)
+
+    def report(self, head: RequestHead, route: Route, status: int, started: float, peer: Peer,
+               **extra: Any) -> None:
+        """One request (or HTTP/2 stream) ended: tell ``on_request``. ``extra``: what only
+        some carry (``http_version``, ``grpc_status``)."""
+        if self.on_request is None:
+            return
+        elapsed = asyncio.get_running_loop().time() - started if started else 0.0
+        try:
+            self.on_request(head, route, status, elapsed, peer, **extra)
+        except Exception:  # runs in transport callbacks: must never break the proxying
+            log.exception("traffic report for %s failed", route.target)
 
     def passed_through(self, reason: str, peer: Peer) -> None:
         if self.on_pass_through is not None:

@@ -1,10 +1,11 @@
-"""What a client connection speaks, from its first bytes: HTTP/1.x, or something to pass through.
+"""What a client connection speaks, from its first bytes: HTTP/1.x, HTTP/2, or something to pass
+through.
 
-The router routes HTTP/1.x requests one by one. Anything else reaching an intercepted port — an
-HTTP/2 client with prior knowledge (gRPC, h2c), TLS, or a protocol that is not HTTP at all — is
-no request the router can decide, but it is somebody's traffic: it is spliced, untouched, to the
-Service's original pods (:mod:`.downstream`). Answering it ``400`` would break every such client
-of the Service for as long as anyone intercepts it.
+The router routes HTTP/1.x requests one by one, and HTTP/2 (prior knowledge: gRPC, h2c) stream
+by stream. Anything else reaching an intercepted port — TLS, or a protocol that is not HTTP at
+all — is no request the router can decide, but it is somebody's traffic: it is spliced,
+untouched, to the Service's original pods (:mod:`.downstream`). Answering it ``400`` would break
+every such client of the Service for as long as anyone intercepts it.
 
 Pure: :func:`classify` looks at a prefix and says what it is, or that it needs more bytes. It
 decides on as few bytes as it can (a TLS record type, the first byte that no request line can
@@ -14,8 +15,9 @@ have), so a pass-through is not delayed waiting for a line end that will never c
 from __future__ import annotations
 
 HTTP1 = "http/1"
+#: HTTP/2 with prior knowledge (gRPC, h2c): routed per stream (:mod:`.h2downstream`)
+H2C = "h2c"
 #: reasons for a pass-through, as the traffic log and ``bridged status`` show them
-H2C = "h2c connection (HTTP/2 prior knowledge) passed through"
 TLS = "TLS connection passed through"
 OTHER = "non-HTTP/1.x connection passed through"
 

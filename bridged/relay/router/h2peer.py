@@ -1,0 +1,137 @@
+"""What both ends of the router's HTTP/2 share: an ``h2`` state machine and the transport it
+writes to, one stream's exchange, and the pump that moves a stream's body from one end to the
+other within HTTP/2's flow-control windows. Pure over the h2 objects: no reads, no tasks."""
+
+from __future__ import annotations
+
+import contextlib
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import h2.config
+import h2.connection
+import h2.exceptions
+import h2.settings
+from h2.connection import ConnectionState
+
+from ...routing.decide import Route
+from ...routing.rules import RequestHead
+
+if TYPE_CHECKING:
+    from .h2upstream import H2Upstream
+
+#: bytes a stream may send us before we pass them on: what one stream costs the relay at most
+#: per direction. 256 KiB keeps a stream near link speed through the SSH session's window
+#: (curl and Go use 1 MiB / 4 MiB per stream; nginx 64 KiB)
+STREAM_WINDOW = 256 * 1024
+#: bytes all streams of one connection together may send us before we pass them on: the
+#: relay's memory per connection and direction (Go: 1 GiB; Envoy: 1 MiB)
+CONNECTION_WINDOW = 1024 * 1024
+#: streams a client may have open at once: nginx's http2_max_concurrent_streams is 128, Go's
+#: 250; 100 is the lowest the RFC recommends and what most gRPC servers advertise
+MAX_CONCURRENT_STREAMS = 100
+#: the decoded size of one header list (a request's head, or its trailers): as HTTP/1.1
+MAX_HEADER_LIST_BYTES = 64 * 1024
+#: client resets of streams still being answered (CVE-2023-44487, "rapid reset"): past this
+#: many, and when they are half or more of the connection's streams, the connection is ended
+#: with ENHANCE_YOUR_CALM (Envoy's premature-reset rule has the same shape)
+PREMATURE_RESETS = 100
+
+
+class H2Peer:
+    """One HTTP/2 connection the router speaks: ``client_side`` towards an upstream."""
+
+    def __init__(self, client_side: bool, settings: dict[int, int]) -> None:
+        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(
+            client_side=client_side, header_encoding=None))
+        self.conn.local_settings = h2.settings.Settings(client=client_side,
+                                                        initial_values=settings)
+        self.transport: Any = None
+        self.write_paused = False  # its transport's buffer is full: no body goes to it
+
+    def begin(self) -> None:
+        self.conn.initiate_connection()
+        self.conn.increment_flow_control_window(CONNECTION_WINDOW - 65535)
+
+    def flush(self) -> None:
+        data = self.conn.data_to_send()
+        if data and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def keep_sending(self) -> None:
+        """The peer sent GOAWAY: it takes no new stream, but the streams it already took go on
+        (RFC 9113 §6.8). h2 stops all sending once a GOAWAY arrived; this lets the streams
+        that are open finish, with their bodies, trailers and window updates."""
+        if self.conn.state_machine.state is ConnectionState.CLOSED:
+            self.conn.state_machine.state = ConnectionState.OPEN
+
+
+class Half:
+    """One direction of one stream: the body read from one end, not yet written to the other."""
+
+    __slots__ = ("chunks", "done", "ended", "trailers")
+
+    def __init__(self) -> None:
+        #: (bytes, how much of the sender's window they took, padding included)
+        self.chunks: deque[tuple[bytes, int]] = deque()
+        self.ended = False  # the sender ended it
+        self.trailers: list[tuple[bytes, bytes]] | None = None
+        self.done = False  # its end was written on
+
+
+class Exchange:
+    """One client stream and the upstream stream it was given to."""
+
+    __slots__ = ("grpc_status", "head", "headers", "reported", "request", "response", "route",
+                 "sid", "started", "status", "up", "up_sid")
+
+    def __init__(self, sid: int, headers: list[tuple[bytes, bytes]], head: RequestHead,
+                 route: Route, started: float) -> None:
+        self.sid = sid
+        self.headers = headers  # as the client sent them, for the upstream
+        self.head = head
+        self.route = route
+        self.started = started
+        self.up: H2Upstream | None = None
+        self.up_sid = 0  # 0: not opened upstream yet
+        self.request = Half()
+        self.response = Half()
+        self.status = 0  # :status of the final response, once it came
+        self.grpc_status: int | None = None
+        self.reported = False
+
+
+def flow(half: Half, src: H2Peer, src_sid: int, dst: H2Peer, dst_sid: int) -> None:
+    """Write what ``half`` holds to ``dst``'s stream as far as its windows allow, and give the
+    sender its window back for what went on: so a stream never has more than its window in
+    the relay, and a slow reader slows only its own stream."""
+    chunks = half.chunks
+    conn = dst.conn
+    while chunks and not dst.write_paused:
+        room = min(conn.local_flow_control_window(dst_sid), conn.max_outbound_frame_size)
+        if room <= 0:
+            return
+        data, taken = chunks[0]
+        if len(data) > room:
+            conn.send_data(dst_sid, data[:room])
+            chunks[0] = (data[room:], taken)
+            continue
+        chunks.popleft()
+        conn.send_data(dst_sid, data)
+        if taken:
+            with contextlib.suppress(h2.exceptions.ProtocolError):  # its stream was reset
+                src.conn.acknowledge_received_data(taken, src_sid)
+    if not chunks and half.ended and not half.done:
+        half.done = True
+        if half.trailers:
+            conn.send_headers(dst_sid, half.trailers, end_stream=True)
+        else:
+            conn.end_stream(dst_sid)
+
+
+def grpc_status(headers: list[tuple[bytes, bytes]]) -> int | None:
+    for name, value in headers:
+        if name == b"grpc-status":
+            with contextlib.suppress(ValueError):
+                return int(value)
+    return None
