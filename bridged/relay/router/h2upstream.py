@@ -65,9 +65,15 @@ class H2Upstream(H2Peer):
             ex.up_sid = sid
             self.streams[sid] = ex
             bodiless = ex.request.ended and not ex.request.chunks and not ex.request.trailers
-            conn.send_headers(sid, ex.headers, end_stream=bodiless)
-            ex.request.done = bodiless
-            flow(ex.request, self.down, ex.sid, self, sid)
+            try:
+                conn.send_headers(sid, ex.headers, end_stream=bodiless)
+                ex.request.done = bodiless
+                flow(ex.request, self.down, ex.sid, self, sid)
+            except h2.exceptions.ProtocolError as exc:  # a head HTTP/2 lets no client send
+                self.streams.pop(sid, None)
+                self.down.upstream_lost(ex, f"could not be sent this request ({exc})")
+                continue
+            ex.headers = []  # sent: a long-lived stream keeps no copy of its head
 
     def forget(self, ex: Exchange) -> None:
         if ex.up_sid:
