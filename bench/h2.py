@@ -19,7 +19,7 @@ Prints a table; with ``--json`` one JSON object on the last line (``rps_ratio_vs
 ``added_p50_ms``, ``router_mode``, ``correct``, ``shapes``, ...). A benchmark, not a test:
 targets are reported, never asserted, but a run whose checks fail exits 1.
 
-    .venv/bin/python bench/h2.py [--quick] [--json] [--shapes 1x10,10x10,50x1]
+    .venv/bin/python bench/h2.py [--quick] [--json] [--shapes 1x10,10x10,50x1] [--profile DIR]
 """
 
 from __future__ import annotations
@@ -283,6 +283,23 @@ async def wait_h2(curl: str, port: int, body: str, within: float = 10.0) -> None
     raise RuntimeError(f"127.0.0.1:{port} does not answer h2c with {body!r}: {got}")
 
 
+async def start_py_spy(pid: int, seconds: int, out: Path) -> asyncio.subprocess.Process:
+    """py-spy raw stacks of ``pid`` for about a measured run (as router.py's ``--profile``)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid),
+        "--duration", str(max(1, seconds - 1)), "--format", "raw", "--nonblocking",
+        "-o", str(out), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+
+
+async def stop_py_spy(spy: asyncio.subprocess.Process) -> None:
+    try:
+        await asyncio.wait_for(spy.wait(), 15)
+    except TimeoutError:
+        spy.kill()
+        await spy.wait()
+
+
 # --- main ---------------------------------------------------------------------------------------
 
 
@@ -297,9 +314,11 @@ class Bench:
         self.runs = 0
 
     async def measure(self, path: str, port: int, check_origin: bool,
-                      h2_upstream: bool = True) -> dict[str, dict[str, Any]]:
+                      h2_upstream: bool = True, profile_pid: int | None = None
+                      ) -> dict[str, dict[str, Any]]:
         """Every shape on ``port``; ``check_origin``: the requests must show in the origin's
-        access log (as HTTP/2 when ``h2_upstream``), none in the laptop's."""
+        access log (as HTTP/2 when ``h2_upstream``), none in the laptop's; ``profile_pid``:
+        py-spy records that process during each measured run (``--profile``)."""
         out = {}
         for conns, streams in self.args.shapes:
             name = shape_name(conns, streams)
@@ -314,9 +333,17 @@ class Bench:
             await self.origin_log.settle()  # the warm-up's last lines are flushed
             self.origin_log.mark()
             self.laptop_log.mark()
-            r = await run_h2load(self.h2load, port, conns, streams, self.load_cpus,
-                                 self.tmp / f"h2load-{self.runs}.log", requests=sent,
-                                 seconds=self.args.seconds)
+            spy = None
+            if profile_pid is not None and self.args.profile:
+                spy = await start_py_spy(profile_pid, self.args.seconds,
+                                         self.args.profile / f"{path}-{name}.txt")
+            try:
+                r = await run_h2load(self.h2load, port, conns, streams, self.load_cpus,
+                                     self.tmp / f"h2load-{self.runs}.log", requests=sent,
+                                     seconds=self.args.seconds)
+            finally:
+                if spy is not None:
+                    await stop_py_spy(spy)
             await self.origin_log.wait(sent)
             origin = await self.origin_log.settle()
             r["origin_requests"] = len(origin)
@@ -396,7 +423,7 @@ class Bench:
             log(f"a request with {': '.join(DEV_HEADER)}: {body!r} ({how}): {mode}")
             if mode == "unknown":
                 self.problems.append(f"bridged: the matched request got {body!r} ({how})")
-            out = await self.measure("bridged", port, check_origin=True)
+            out = await self.measure("bridged", port, check_origin=True, profile_pid=relay.pid)
             entries = await call("GET", f"traffic?since={started}")
             traffic = {
                 "passed_through": sum(1 for e in entries if e.get("note")),
@@ -479,7 +506,13 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="shorter runs (~25 s in all)")
     ap.add_argument("--shapes", default=DEFAULT_SHAPES,
                     help=f"CONNECTIONSxSTREAMS,... (h2load -c, -m; default {DEFAULT_SHAPES})")
+    ap.add_argument("--profile", type=Path,
+                    help="py-spy record the relay during each bridged run (raw stacks in DIR)")
     args = ap.parse_args()
+    if args.profile and not (Path(sys.executable).parent / "py-spy").exists():
+        log("--profile needs py-spy in the venv: .venv/bin/pip install py-spy")
+        return 2
+    args.profile = args.profile.resolve() if args.profile else None
     args.shapes = parse_shapes(args.shapes)
     args.seconds, args.warmup = (1, 1) if args.quick else (3, 1)
     missing = [t for t in ("h2load", "curl") if not shutil.which(t)]
