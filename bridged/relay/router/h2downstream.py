@@ -128,6 +128,7 @@ class H2Downstream(H2Peer):
                                                         event.stream_id)
                 return
             ex.request.chunks.append((event.data, event.flow_controlled_length))
+            ex.request.ended = event.stream_ended is not None  # (so the end goes with it)
             self.pump_request(ex)
         elif isinstance(event, h2.events.RequestReceived):
             self._request(event.stream_id, event.headers, event.stream_ended is not None)

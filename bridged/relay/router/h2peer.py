@@ -117,7 +117,9 @@ def flow(half: Half, src: H2Peer, src_sid: int, dst: H2Peer, dst_sid: int) -> No
             chunks[0] = (data[room:], taken)
             continue
         chunks.popleft()
-        conn.send_data(dst_sid, data)
+        last = not chunks and half.ended and not half.trailers  # its end in the same frame
+        conn.send_data(dst_sid, data, end_stream=last)
+        half.done = last
         if taken:
             with contextlib.suppress(h2.exceptions.ProtocolError):  # its stream was reset
                 src.conn.acknowledge_received_data(taken, src_sid)

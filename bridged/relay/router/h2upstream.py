@@ -121,6 +121,7 @@ class H2Upstream(H2Peer):
                                                     event.stream_id)
                 return
             ex.response.chunks.append((event.data, event.flow_controlled_length))
+            ex.response.ended = event.stream_ended is not None  # (so the end goes with it)
             down.pump_response(ex)
         elif isinstance(event, h2.events.ResponseReceived):
             ex = self.streams.get(event.stream_id)
