@@ -13,7 +13,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import ConfigError
-from .protocol import Matcher
+from .protocol import PROTOCOLS, Matcher
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -318,6 +318,9 @@ class InterceptSpec:
     matchers: tuple[Matcher, ...] = field(default=())
     origin: str = ""
     fallback: str = "error"
+    #: what the local server speaks (:data:`bridged.protocol.PROTOCOLS`); "" when the user
+    #: did not say: the daemon then takes the Service port's ``appProtocol``, else ``http``
+    protocol: str = ""
 
     @classmethod
     def parse(
@@ -325,8 +328,10 @@ class InterceptSpec:
         via: str | None = None, name: str | None = None, local_host: str = "127.0.0.1",
         headers: tuple[str, ...] = (), path: str | None = None, origin: str | None = None,
         http: bool = False, tcp: bool = False, fallback: str = "error",
+        protocol: str | None = None, grpc_method: str | None = None,
     ) -> InterceptSpec:
-        """``local_port`` is ``LOCAL[:SERVICE_PORT]`` as typed after ``--port``."""
+        """``local_port`` is ``LOCAL[:SERVICE_PORT]`` as typed after ``--port``;
+        ``grpc_method`` as typed after ``--grpc-method`` (it implies ``protocol`` grpc)."""
         local, _, service_port = str(local_port).partition(":")
         if service and remote_port is not None:
             raise ConfigError("give a Service or --relay-port, not both")
@@ -363,8 +368,20 @@ class InterceptSpec:
             raise ConfigError(f"bad fallback {fallback!r}: expected error or origin")
         if fallback == "origin" and not (origin or service):
             raise ConfigError("--fallback origin needs --origin HOST:PORT")
+        protocol = protocol or ""
+        if protocol and protocol not in PROTOCOLS:
+            raise ConfigError(f"bad --protocol {protocol!r}: expected {', '.join(PROTOCOLS)}")
+        if grpc_method is not None:
+            if protocol == "http":
+                raise ConfigError("--grpc-method matches gRPC calls: it goes without "
+                                  "--protocol http")
+            protocol = protocol or "grpc"
+            matchers.append(parse_grpc_method(grpc_method))
         if tcp and matchers:
-            raise ConfigError("--tcp takes the whole port: it goes without --header/--path")
+            raise ConfigError("--tcp takes the whole port: it goes without --header/--path/"
+                              "--grpc-method")
+        if tcp and protocol:
+            raise ConfigError("--tcp takes the whole port as bytes: it goes without --protocol")
         if tcp and via in ("gateway", "cilium"):
             raise ConfigError(f"--via {via} routes HTTP requests: use --via takeover with --tcp")
         return cls(
@@ -372,10 +389,12 @@ class InterceptSpec:
             local_port=parse_port(local, "local port"),
             service=service or "", service_port=service_port, via=via, remote_port=rport,
             local_host=parse_host(local_host),
-            mode="tcp" if tcp else "http" if (http or matchers or origin or service) else "tcp",
+            mode="tcp" if tcp else "http" if (http or matchers or origin or service
+                                              or protocol) else "tcp",
             matchers=tuple(matchers),
             origin=origin or "",
             fallback=fallback,
+            protocol=protocol,
         )
 
 
@@ -416,3 +435,33 @@ def parse_header_matcher(text: str) -> Matcher:
         except re.error as exc:
             raise ConfigError(f"bad header regex {m[3]!r}: {exc}") from None
     return Matcher("header", "equals" if m[2] == "=" else "regex", m[1].lower(), m[3])
+
+
+#: GRPCRoute's method match (Gateway API): a protobuf full name for the service, an
+#: identifier for the method; ``*`` (or nothing) stands for any
+_GRPC_SERVICE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+_GRPC_METHOD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+GRPC_METHOD_FORMS = "package.Service/Method, package.Service (all its methods) or */Method"
+
+
+def parse_grpc_method(text: str) -> Matcher:
+    """``package.Service/Method``, ``package.Service`` or ``package.Service/*`` (all its
+    methods), ``*/Method`` (that method of any service), as typed after ``--grpc-method``."""
+    service, slash, method = text.partition("/")
+    method = method if slash else "*"  # "pkg.Svc/" (nothing after the slash) is a typo
+    service_ok = service == "*" or _GRPC_SERVICE.fullmatch(service)
+    method_ok = method == "*" or _GRPC_METHOD.fullmatch(method)
+    if not (service_ok and method_ok) or service == method == "*":
+        raise ConfigError(f"bad --grpc-method {text[:80]!r}: expected {GRPC_METHOD_FORMS}")
+    service, method = ("" if part == "*" else part for part in (service, method))
+    return Matcher("grpc-method", "equals", service, method)
+
+
+#: a Service port's ``appProtocol`` → what an intercept of it speaks when not told
+#: (``kubernetes.io/h2c`` is Kubernetes' own name; ``grpc`` the common one, GRPCRoute's)
+APP_PROTOCOLS = {"grpc": "grpc", "kubernetes.io/h2c": "h2c"}
+
+
+def protocol_of_app_protocol(app_protocol: str) -> str:
+    """The intercept protocol a Service port's ``appProtocol`` implies ("" : none)."""
+    return APP_PROTOCOLS.get(app_protocol, "")

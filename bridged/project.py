@@ -386,6 +386,10 @@ def _pattern_words(pattern: str) -> str:
         return "deploy/NAME, statefulset/NAME or pod/NAME"
     if pattern == "^/":
         return "a path starting with /"
+    if "(/(" in pattern:  # intercept.grpcMethod
+        from .config import GRPC_METHOD_FORMS
+
+        return GRPC_METHOD_FORMS
     return "a DNS name: lower-case letters, digits and '-'"
 
 

@@ -22,6 +22,7 @@ from .output import (
     table,
     with_progress,
 )
+from .traffic import traffic_line
 
 BridgeOpt = Annotated[
     str | None, typer.Option("--bridge", help="Which relay connection (when several).")
@@ -40,7 +41,8 @@ def _intercepting(r: dict[str, Any]) -> None:
             if r.get("service") else f"relay port {r['remote_port']}")
     match = " and ".join(r["matchers"]) or "every request" if r["mode"] == "http" \
         else "every connection"
-    typer.echo(f"intercepting {what} → {r['local_host']}:{r['local_port']}: {match}  "
+    speaks = f" ({r['protocol']})" if r.get("protocol", "http") != "http" else ""
+    typer.echo(f"intercepting {what} → {r['local_host']}:{r['local_port']}{speaks}: {match}  "
                f"({r['name']})")
 
 
@@ -167,6 +169,14 @@ def register(app: typer.Typer) -> None:
             help="Only requests with this header: NAME=VALUE or NAME~REGEX (repeatable).")]
             = None,
         path: Annotated[str | None, typer.Option(help="Only requests under this path.")] = None,
+        protocol: Annotated[str | None, typer.Option(
+            "--protocol", help="What your local service speaks: http (HTTP/1.1), h2c "
+            "(HTTP/2 cleartext) or grpc. Default: the Service port's appProtocol (grpc, "
+            "kubernetes.io/h2c), else http.")] = None,
+        grpc_method: Annotated[str | None, typer.Option(
+            "--grpc-method", help="Only these gRPC calls: package.Service/Method, "
+            "package.Service (all its methods) or */Method. Implies --protocol grpc.")]
+            = None,
         via: Annotated[str, typer.Option(
             help="How the cluster's traffic reaches you: takeover (any cluster), gateway "
             "(Gateway API HTTPRoute), cilium (CiliumEnvoyConfig), auto.")] = "auto",
@@ -203,6 +213,7 @@ def register(app: typer.Typer) -> None:
             via if service else None, "name": name, "local_host": local_host,
             "bridge": bridge, "headers": header or [], "path": path, "origin": origin,
             "http": bool(origin), "tcp": tcp, "fallback": fallback, "overwrite": overwrite,
+            "protocol": protocol, "grpc_method": grpc_method,
         }), quiet=json_out, step=intercepting_step)
         emit(result, json_out, _intercepting)
 
@@ -301,7 +312,8 @@ def register(app: typer.Typer) -> None:
             "--headers", help="Show each request's headers (secrets redacted).")] = False,
         json_out: JsonOpt = False,
     ) -> None:
-        """The requests the cluster sent to your intercepts (the last 1000 per bridge)."""
+        """The requests the cluster sent to your intercepts (the last 1000 per bridge); gRPC
+        calls as package.Service/Method with their grpc-status."""
         import time as _time
 
         client = _client(no_start=True)
@@ -312,15 +324,8 @@ def register(app: typer.Typer) -> None:
                 if json_out:  # one JSON object per line, as a stream for scripts
                     typer.echo(json.dumps(e, sort_keys=True))
                 else:
-                    stamp = _time.strftime("%H:%M:%S", _time.localtime(e["time"]))
-                    if e.get("note"):  # a connection passed through, not a request
-                        typer.echo(f"{stamp} {e['intercept']:<16} --- {e['note']}"
-                                   f"  from {e['client']}")
-                        continue
-                    typer.echo(f"{stamp} {e['intercept']:<16} {e['status'] or 'ERR':>3} "
-                               f"{e['method']:<6} {e['path']}  {e['duration_ms']:.1f} ms"
-                               f"  from {e['client']}")
-                    if headers:
+                    typer.echo(traffic_line(e))
+                    if headers and not e.get("note"):
                         for name, value in e.get("headers") or []:
                             typer.echo(f"    {name}: {value}")
                 since = max(since, e["time"])
@@ -423,7 +428,8 @@ def _print_status(s: dict[str, Any]) -> None:
              else f"relay port {i['remote_port']}",
              " and ".join(i["matchers"]) or ("every request" if i["mode"] == "http"
                                              else "every connection"),
-             i.get("via") or "-", f"{i['local_host']}:{i['local_port']}",
+             i.get("via") or "-", f"{i['local_host']}:{i['local_port']}" + (
+                 f" ({i['protocol']})" if i.get("protocol", "http") != "http" else ""),
              f"{i['state']} ({i['lease_left_seconds']:.0f} s lease)"
              if i["state"] == "active" else i["state"],
              _requests(i), i["active"], i["connections"], i["failed"],

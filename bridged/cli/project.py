@@ -35,8 +35,9 @@ def _describe(result: dict[str, Any]) -> str:
     parts = []
     for i in status["intercepts"]:
         match = " and ".join(i["matchers"]) or "every request"
+        speaks = f"{i['protocol']}, " if i.get("protocol", "http") != "http" else ""
         parts.append(f"{i['service'] or 'relay port'}:{i['service_port'] or i['remote_port']}"
-                     f" → {i['local_host']}:{i['local_port']} ({match})")
+                     f" → {i['local_host']}:{i['local_port']} ({speaks}{match})")
     parts.append(f"{len(status['forwards'])} forwards")
     parts += [f"wrote {p}" for p in result["written"]]
     return ", ".join(parts)

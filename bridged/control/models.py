@@ -179,6 +179,8 @@ class InterceptRequest:
                 origin=field(body, "origin", str), http=field(body, "http", bool, False),
                 tcp=field(body, "tcp", bool, False),
                 fallback=field(body, "fallback", str, "error"),
+                protocol=field(body, "protocol", str),
+                grpc_method=field(body, "grpc_method", str),
             ),
             overwrite=field(body, "overwrite", bool, False),
         )

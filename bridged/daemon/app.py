@@ -27,6 +27,7 @@ from ..config import (
     TunnelSettings,
     default_name,
     parse_carrier,
+    protocol_of_app_protocol,
 )
 from ..control.api import ControlServer
 from ..control.models import ForwardRequest
@@ -34,6 +35,7 @@ from ..errors import ConfigError, Conflict, KubeError, NotFound, RefusedError
 from ..keys import PinnedHostKeys, fingerprint, load_or_create_key, public_line
 from ..tasks import TaskSet
 from .bridge import Bridge, Forward, Intercept, KeyRefused
+from .h2check import speaks_h2c
 from .notify import Notifier
 from .state import StateFile
 
@@ -237,7 +239,8 @@ class Daemon:
                 if spec.name not in bridge.intercepts:
                     await bridge.add_intercept(spec, saved["id"],
                                                service_port=int(saved.get("service_port", 0)),
-                                               via=str(saved.get("via", "")))
+                                               via=str(saved.get("via", "")),
+                                               proto=str(saved.get("protocol") or ""))
             except Exception as exc:
                 self.restore_problems.append(f"intercept {saved.get('spec', {}).get('name')}: "
                                              f"{exc}")
@@ -593,7 +596,7 @@ class Daemon:
             if any(spec.name in b.intercepts for b in self.bridges.values()):
                 raise Conflict(f"an intercept named {spec.name!r} exists already",
                                hint="leave it first")
-            service_port, via = 0, ""
+            service_port, via, proto = 0, "", spec.protocol
             if spec.service:
                 if bridge.kube is None:
                     raise ConfigError(
@@ -603,10 +606,15 @@ class Daemon:
 
                 service_port, via = await resolve_intercept(
                     bridge.kube, spec.service, spec.service_port, spec.via)
+                if not proto and spec.mode == "http":
+                    proto = await _service_protocol(bridge.kube, spec.service, service_port)
+            proto = proto or "http"
+            if proto != "http":
+                await self._check_h2c(spec, proto)
             intercept_id = secrets.token_hex(8)
             try:
                 made = await self._add_intercept(bridge, spec, intercept_id, overwrite,
-                                                 service_port, via)
+                                                 service_port, via, proto)
             except RefusedError as exc:
                 from ..kube.redirects import NOT_ACCEPTED
 
@@ -614,12 +622,25 @@ class Daemon:
                     raise
                 log.warning("intercept %s: %s; auto falls back to takeover", spec.name, exc)
                 made = await self._add_intercept(bridge, spec, intercept_id, overwrite,
-                                                 service_port, "takeover")
+                                                 service_port, "takeover", proto)
         self.save()
         return made
 
+    async def _check_h2c(self, spec: InterceptSpec, proto: str) -> None:
+        """An HTTP/2 intercept's local server must speak h2c: an HTTP/1.1 one is an error
+        now rather than a failed call each time (one not listening yet is not)."""
+        self.intercepting[spec.name] = (f"checking that {spec.local_host}:{spec.local_port} "
+                                        "speaks HTTP/2", time.time())
+        try:
+            if not await speaks_h2c(spec.local_host, spec.local_port):
+                log.info("intercept %s (%s): nothing listens on %s:%d yet", spec.name, proto,
+                         spec.local_host, spec.local_port)
+        finally:
+            self.intercepting.pop(spec.name, None)
+
     async def _add_intercept(self, bridge: Bridge, spec: InterceptSpec, intercept_id: str,
-                             overwrite: bool, service_port: int, via: str) -> Intercept:
+                             overwrite: bool, service_port: int, via: str,
+                             proto: str) -> Intercept:
         """Register it; meanwhile status shows what the relay waits for (the CLI's progress):
         the relay answers once the Service's traffic reaches it, which takes a second or two."""
         step = (f"waiting for Service {spec.service} to send its traffic to the relay"
@@ -629,7 +650,7 @@ class Daemon:
         self.intercepting[spec.name] = (step, time.time())
         try:
             return await bridge.add_intercept(spec, intercept_id, overwrite=overwrite,
-                                              service_port=service_port, via=via)
+                                              service_port=service_port, via=via, proto=proto)
         finally:
             self.intercepting.pop(spec.name, None)
 
@@ -705,6 +726,18 @@ class Daemon:
                 for name, (step, since) in self.intercepting.items()
             ],
         }
+
+
+async def _service_protocol(kube: Any, service: str, port: int) -> str:
+    """What the Service port's ``appProtocol`` says its server speaks ("" when it says
+    nothing bridged routes differently from HTTP/1.1)."""
+    from ..kube.redirects import read_service
+
+    found = await read_service(kube, service)
+    for p in (found.get("spec") or {}).get("ports") or []:
+        if p.get("port") == port:
+            return protocol_of_app_protocol(str(p.get("appProtocol") or ""))
+    return ""
 
 
 async def _restore_once(kube: Any, service: str) -> str:

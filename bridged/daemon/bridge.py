@@ -127,8 +127,8 @@ class Intercept:
     def to_dict(self) -> dict[str, Any]:
         s = self.spec
         return {"name": s.name, "bridge": self.bridge, "id": self.claim.id, "mode": s.mode,
-                "matchers": [" ".join(p for p in (m.kind, m.name, m.op, m.value) if p)
-                             for m in s.matchers], "origin": s.origin,
+                "protocol": self.claim.protocol,
+                "matchers": [_shown(m) for m in s.matchers], "origin": s.origin,
                 "service": s.service, "service_port": self.claim.service_port or None,
                 "via": self.claim.via or None, "fallback": s.fallback,
                 "remote_port": self.relay_port or s.remote_port, "local_host": s.local_host,
@@ -139,6 +139,14 @@ class Intercept:
                 "requests": self.requests, "last_request_at": self.last_request_at,
                 "passed_through": dict(self.passed_through),
                 **self.counters.snapshot()}
+
+
+def _shown(m: protocol.Matcher) -> str:
+    """A matcher as status shows it; a gRPC method as typed after --grpc-method."""
+    if m.kind == "grpc-method":
+        return f"grpc-method {m.name or '*'}/{m.value or '*'}" + \
+            (" (regex)" if m.op == "regex" else "")
+    return " ".join(p for p in (m.kind, m.name, m.op, m.value) if p)
 
 
 class Bridge:
@@ -544,13 +552,15 @@ class Bridge:
 
     async def add_intercept(self, spec: InterceptSpec, intercept_id: str, *,
                             overwrite: bool = False, service_port: int = 0,
-                            via: str = "") -> Intercept:
-        """``service_port`` and ``via``: the Service's port as a number and the strategy,
-        resolved by the caller (a kube bridge) from the spec's name/auto."""
+                            via: str = "", proto: str = "") -> Intercept:
+        """``service_port``, ``via`` and ``proto``: the Service's port as a number, the
+        strategy and what the local server speaks, resolved by the caller from the spec's
+        name, auto and unsaid protocol (the Service port's appProtocol, else http)."""
         claim = protocol.InterceptClaim(id=intercept_id, port=spec.remote_port, mode=spec.mode,
                                         matchers=spec.matchers, origin=spec.origin,
                                         fallback=spec.fallback, service=spec.service,
-                                        service_port=service_port, via=via)
+                                        service_port=service_port, via=via,
+                                        protocol=proto or spec.protocol or "http")
         intercept = Intercept(spec, self.name, claim)
         await self.wait_connected()
         await self._register(intercept, strict=True, overwrite=overwrite)
@@ -629,8 +639,8 @@ class Bridge:
                           if i.claim.id == msg.intercept_id), None)
         name = intercept.spec.name if intercept is not None else msg.intercept_id
         now = time.time()
-        if intercept is not None and msg.note:
-            counts = intercept.passed_through
+        if intercept is not None and msg.note and not msg.method:  # (a request may carry
+            counts = intercept.passed_through  # a note too: counted as a request)
             counts[msg.note] = counts.get(msg.note, 0) + 1
         elif intercept is not None:
             intercept.requests += 1
@@ -642,6 +652,8 @@ class Bridge:
             # the relay redacted with its list; this daemon's list applies too
             "headers": redact(msg.headers, self.redact_headers),
             "note": msg.note,
+            # "h2": an HTTP/2 stream; grpc_status: a gRPC call's, None if it had none
+            "http_version": msg.http_version, "grpc_status": msg.grpc_status,
         })
 
     # --- status and state ---
@@ -654,7 +666,8 @@ class Bridge:
             "forwards": [{**dataclasses.asdict(f.spec), "local_port": f.local_port}
                          for f in self.forwards.values()],
             "intercepts": [{"spec": i.spec.to_dict(), "id": i.claim.id,
-                            "service_port": i.claim.service_port, "via": i.claim.via}
+                            "service_port": i.claim.service_port, "via": i.claim.via,
+                            "protocol": i.claim.protocol}
                            for i in self.intercepts.values()],
         }
 

@@ -52,7 +52,8 @@ async def up(daemon: Daemon, req: dict[str, Any], kubeconfig: str | None) -> dic
                 service=intercept["service"], local_port=port, via=intercept.get("via"),
                 headers=tuple(f"{k}={v}" for k, v in (intercept.get("headers") or {}).items()),
                 path=intercept.get("path"), fallback=intercept.get("fallback", "error"),
-                tcp=bool(intercept.get("tcp")))
+                tcp=bool(intercept.get("tcp")), protocol=intercept.get("protocol"),
+                grpc_method=intercept.get("grpcMethod"))
             await daemon.intercept(bridge.name, spec)
             record["intercepts"].append(spec.name)
         if req.get("env"):
