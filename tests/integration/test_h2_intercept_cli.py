@@ -22,7 +22,7 @@ from aiohttp import web
 from bridged.daemon.h2check import H2cCheckSettings, NotH2c, speaks_h2c
 from bridged.localrun import RelayProcess
 
-from ..helpers import Daemon, free_port, relay_stats
+from ..helpers import Daemon, eventually, free_port, relay_stats
 
 WITHIN = 10.0  # seconds any one step may take before the test fails rather than hangs
 
@@ -266,3 +266,62 @@ async def test_bad_protocol_input_is_one_line(
                                *args)
     _one_line_error(result, needle)
     assert (await bridge.status())["intercepts"] == []
+
+
+# --- traffic: gRPC calls routed by a real relay, as `bridged traffic` shows them ---------------
+
+
+@contextlib.asynccontextmanager
+async def cart_server(who: bytes) -> AsyncIterator[int]:
+    """shop.Cart on grpcio: Add answers ``who`` and the request; Find is NOT_FOUND."""
+
+    async def add(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return who + b":" + request
+
+    async def find(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        await context.abort(grpc.StatusCode.NOT_FOUND, "no such cart")
+        return b""
+
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("shop.Cart", {
+        "Add": grpc.unary_unary_rpc_method_handler(add),
+        "Find": grpc.unary_unary_rpc_method_handler(find)}),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        yield port
+    finally:
+        await server.stop(None)
+
+
+async def test_traffic_shows_routed_grpc_calls_with_their_status(bridge: Daemon) -> None:
+    port = free_port()
+    async with cart_server(b"laptop") as laptop, cart_server(b"origin") as origin:
+        made = await bridge.acli(
+            "intercept", "--relay-port", str(port), "--port", str(laptop), "--grpc-method",
+            "shop.Cart", "--header", "x-dev=alice", "--origin", f"127.0.0.1:{origin}")
+        assert made.returncode == 0, made.stderr
+        alice = (("x-dev", "alice"),)
+        options = [("grpc.enable_http_proxy", 0)]
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options) as ch:
+            add, find = ch.unary_unary("/shop.Cart/Add"), ch.unary_unary("/shop.Cart/Find")
+            assert await asyncio.wait_for(add(b"1", metadata=alice), WITHIN) == b"laptop:1"
+            assert await asyncio.wait_for(add(b"2"), WITHIN) == b"origin:2"  # not alice's
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await asyncio.wait_for(find(b"3", metadata=alice), WITHIN)
+            assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+        async def logged() -> list[dict[str, object]]:
+            entries = await bridge.call("GET", "traffic")
+            return entries if len(entries) >= 2 else []
+
+        await eventually(logged, within=WITHIN, what="alice's two calls in her traffic log")
+    shown = await bridge.acli("traffic", "--json")
+    assert shown.returncode == 0, shown.stderr
+    entries = [json.loads(line) for line in shown.stdout.splitlines()]
+    assert [(e["path"], e["http_version"], e["grpc_status"]) for e in entries] == [
+        ("/shop.Cart/Add", "h2", 0), ("/shop.Cart/Find", "h2", 5)]
+    lines = (await bridge.acli("traffic")).stdout.splitlines()
+    assert len(lines) == 2, lines
+    assert " gRPC shop.Cart/Add  grpc-status 0 OK  " in lines[0], lines
+    assert " gRPC shop.Cart/Find  grpc-status 5 NOT_FOUND  " in lines[1], lines
