@@ -96,7 +96,8 @@ async def apply_object(kube: Kube, kind: tuple[str, str, str, str],
 async def delete_owned(kube: Kube, kind: tuple[str, str, str, str], service: str | None,
                        keep: frozenset[str] = frozenset()) -> list[str]:
     """Delete what bridged made of ``kind`` for ``service`` (every Service if None), but the
-    names in ``keep``. A kind the cluster does not serve has nothing to delete."""
+    names in ``keep``. A kind the cluster does not serve has nothing to delete, nor one we
+    may not list: a relay whose Role predates the kind (GRPCRoutes) made none."""
     group, version, plural, what = kind
     selector = f"{m.MANAGED_BY}=bridged," + (f"{REDIRECT_OF}={service}" if service
                                              else REDIRECT_OF)
@@ -104,7 +105,9 @@ async def delete_owned(kube: Kube, kind: tuple[str, str, str, str], service: str
         items = (await rest(kube, "GET", _path(kube, group, version, plural),
                             query={"labelSelector": selector}))["items"]
     except ApiException as exc:
-        if exc.status == 404:
+        if exc.status == 403:
+            log.warning("may not list %ss (HTTP 403): none removed", what)
+        if exc.status in (403, 404):
             return []
         raise translate(exc, f"cannot list {what}s") from exc
     deleted = []
