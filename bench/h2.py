@@ -288,7 +288,7 @@ async def start_py_spy(pid: int, seconds: int, out: Path) -> asyncio.subprocess.
     out.parent.mkdir(parents=True, exist_ok=True)
     return await asyncio.create_subprocess_exec(
         str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid),
-        "--duration", str(max(1, seconds - 1)), "--format", "raw", "--nonblocking",
+        "--duration", str(max(1, seconds - 1)), "--format", "raw", "--nonblocking", "--rate", "997",
         "-o", str(out), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
 
 
