@@ -159,19 +159,24 @@ async def resolve_intercept(kube: Kube, service: str, port: str, via: str) -> tu
         raise KubeError(f"port {chosen[0]['port']} of Service {service} is "
                         f"{chosen[0]['protocol']}: only TCP can be intercepted")
     if via == "auto":
-        via = "gateway" if await gateway_api_present(kube) else "takeover"
+        # the route the port needs: a gRPC port's GRPCRoute came with Gateway API 1.1
+        grpc = (chosen[0].get("appProtocol") or "").lower() in gateway.H2_APP_PROTOCOLS
+        served = await gateway_api_present(kube, gateway.GRPC_PLURAL if grpc else
+                                           gateway.PLURAL)
+        via = "gateway" if served else "takeover"
     return int(chosen[0]["port"]), via
 
 
-async def gateway_api_present(kube: Kube) -> bool:
-    """Whether the cluster serves HTTPRoutes (the Gateway API's CRDs are installed)."""
+async def gateway_api_present(kube: Kube, plural: str = gateway.PLURAL) -> bool:
+    """Whether the cluster serves that route kind (HTTPRoutes, GRPCRoutes: the Gateway API's
+    CRDs are installed)."""
     try:
         found = await rest(kube, "GET", "/apis/gateway.networking.k8s.io/v1")
     except ApiException as exc:
         if exc.status in (404, 403):
             return False
         raise translate(exc, "cannot ask whether the Gateway API is installed") from exc
-    return any(r.get("name") == "httproutes" for r in found.get("resources") or [])
+    return any(r.get("name") == plural for r in found.get("resources") or [])
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import pytest
 from bridged.control.client import ControlClient
 from bridged.localrun import DaemonProcess
 
-from ..crds import HTTPROUTE, load_crd
+from ..crds import CILIUM, HTTPROUTE, load_crd
 from ..helpers import Daemon, assert_clean_log, eventually
 from .apiserver import KubeApiServer
 from .controllers import Controller
@@ -116,8 +116,10 @@ def _backends(cluster: KubeApiServer) -> dict[str, dict[str, Any]]:  # noqa: F81
 
 
 def _made_by_bridged(cluster: KubeApiServer) -> list[str]:  # noqa: F811
-    return [f"{plural}/{o['metadata']['name']}" for plural in ("grpcroutes", "httproutes",
-                                                               "services")
+    """Every object a redirect made, of the kinds the cluster serves."""
+    served = [p for p in ("grpcroutes", "httproutes", "ciliumenvoyconfigs", "services")
+              if p in cluster.registry._by_plural]
+    return [f"{plural}/{o['metadata']['name']}" for plural in served
             for o in cluster.list(plural, NS)
             if "bridged.dev/redirect-of" in (o["metadata"].get("labels") or {})]
 
@@ -192,3 +194,95 @@ async def test_a_path_on_a_grpc_port_is_refused_and_nothing_is_written(
     made = await _intercept(a, port, "--header", "x-dev=alice")
     assert made.returncode == 0, made.stderr
     assert cluster.get("grpcroutes", NS, f"bridged-greeter-{PORT}") is not None
+
+
+async def test_auto_takes_the_gateway_for_a_grpc_port_only_where_grpc_routes_are_served(
+    cluster: KubeApiServer, greeter: dict[str, Any],  # noqa: F811
+) -> None:
+    from bridged.kube.client import Kube
+    from bridged.kube.redirects import resolve_intercept
+
+    cluster.apply({"apiVersion": "v1", "kind": "Service",
+                   "metadata": {"name": "web", "namespace": NS},
+                   "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]}})
+    async with await Kube.connect() as kube:
+        # the Gateway API before 1.1: HTTPRoutes, no GRPCRoutes
+        cluster.install_crd(load_crd(HTTPROUTE))
+        assert await resolve_intercept(kube, "web", "", "auto") == (80, "gateway")
+        assert await resolve_intercept(kube, "greeter", "", "auto") == (PORT, "takeover")
+        cluster.install_crd(load_crd(GRPCROUTE))
+        assert await resolve_intercept(kube, "greeter", "", "auto") == (PORT, "gateway")
+
+
+async def _intercept_then_relay_crash(cluster: KubeApiServer,  # noqa: F811
+                                      alice: tuple[Daemon, int]) -> str:
+    """alice intercepts, then the relay dies without a goodbye: the GRPCRoute, its backend
+    and the shadow stay behind, the bridge is gone. Returns the relay's pod."""
+    from .test_intercept_on_kube import _relay_process
+
+    a, port = alice
+    made = await _intercept(a, port, "--header", "x-dev=alice")
+    assert made.returncode == 0, made.stderr
+    pod, relay = _relay_process(cluster)
+    relay.kill()
+    await relay.wait()
+    await a.call("DELETE", "bridges/" + (await a.status())["bridges"][0]["name"])
+    left = _made_by_bridged(cluster)
+    assert f"grpcroutes/bridged-greeter-{PORT}" in left and len(left) == 3, left
+    return pod
+
+
+async def test_a_grpc_route_left_by_a_crashed_relay_goes_when_it_restarts(
+    cluster: KubeApiServer, mesh: GammaMesh, greeter: dict[str, Any],  # noqa: F811
+    alice: tuple[Daemon, int],
+) -> None:
+    pod = await _intercept_then_relay_crash(cluster, alice)
+    await cluster.restart_pod(NS, pod)
+
+    async def all_gone() -> bool:
+        return not _made_by_bridged(cluster)
+
+    await eventually(all_gone, within=30, what="the stale GRPCRoute removed")
+    assert _comparable(cluster.get("services", NS, "greeter")) == _comparable(greeter)
+
+
+async def test_clean_removes_a_grpc_route_when_the_relay_is_gone(
+    cluster: KubeApiServer, mesh: GammaMesh, greeter: dict[str, Any],  # noqa: F811
+    alice: tuple[Daemon, int],
+) -> None:
+    await _intercept_then_relay_crash(cluster, alice)
+    cleaned = await alice[0].acli("clean", "--json")
+    assert cleaned.returncode == 0, cleaned.stderr
+    assert f"GRPCRoute bridged-greeter-{PORT}" in cleaned.stdout, cleaned.stdout
+    assert not _made_by_bridged(cluster), _made_by_bridged(cluster)
+    assert _comparable(cluster.get("services", NS, "greeter")) == _comparable(greeter)
+
+
+async def test_the_cilium_strategy_on_a_grpc_port_speaks_http2_to_the_relay_and_the_pods(
+    cluster: KubeApiServer, greeter: dict[str, Any], alice: tuple[Daemon, int],  # noqa: F811
+) -> None:
+    cluster.install_crd(load_crd(CILIUM))  # every write validated against its schema
+    a, port = alice
+    await a.call("POST", "bridges", {})
+    made = await a.acli("intercept", "greeter", "--port", f"{port}:{PORT}", "--via", "cilium",
+                        "--header", "x-dev=alice")
+    assert made.returncode == 0, made.stderr
+    config = cluster.get("ciliumenvoyconfigs", NS, "bridged-greeter")
+    assert config is not None
+    (backend,) = _backends(cluster).values()
+    assert backend["spec"]["ports"][0]["appProtocol"] == "grpc"
+    clusters = {r["name"]: r for r in config["spec"]["resources"]
+                if r["@type"].endswith("cluster.v3.Cluster")}
+    assert set(clusters) == {f"{NS}/greeter:{PORT}",
+                             f"{NS}/{backend['metadata']['name']}:{PORT}"}
+    for found in clusters.values():  # the relay's backend and the Service's own pods
+        options = found["typed_extension_protocol_options"][
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+        assert options["explicit_http_config"] == {"http2_protocol_options": {}}
+    assert (await a.acli("leave", "greeter")).returncode == 0
+
+    async def all_gone() -> bool:
+        return not _made_by_bridged(cluster)
+
+    await eventually(all_gone, within=10, what="the config and its backend removed")
+    assert _comparable(cluster.get("services", NS, "greeter")) == _comparable(greeter)
