@@ -150,7 +150,7 @@ class H2Downstream(H2Peer):
                 self._idle()  # the preface and SETTINGS came: the client is HTTP/2
             self.pump_responses(0)
         elif isinstance(event, h2.events.ConnectionTerminated):
-            self._client_goaway(event.error_code)
+            self._client_goaway(int(event.error_code or 0))
 
     def _request(self, sid: int, headers: list[tuple[bytes, bytes]], ended: bool) -> None:
         method = path = authority = b""

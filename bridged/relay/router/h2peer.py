@@ -41,7 +41,8 @@ PREMATURE_RESETS = 100
 class H2Peer:
     """One HTTP/2 connection the router speaks: ``client_side`` towards an upstream."""
 
-    def __init__(self, client_side: bool, settings: dict[int, int]) -> None:
+    def __init__(self, client_side: bool,
+                 settings: dict[h2.settings.SettingCodes, int]) -> None:
         # What is sent was received, and checked, on the other side (inbound validation stays
         # on at both ends): checking it again on the way out cost a fifth of the relay's time
         self.conn = h2.connection.H2Connection(h2.config.H2Configuration(
@@ -50,7 +51,8 @@ class H2Peer:
         # Huffman-coding header values in pure Python costs more CPU than the bytes it saves
         # on a hop inside the cluster or through the SSH session (HPACK allows either)
         encode = self.conn.encoder.encode
-        self.conn.encoder.encode = lambda headers, huffman=True: encode(headers, huffman=False)
+        self.conn.encoder.encode = (  # type: ignore[method-assign]
+            lambda headers, huffman=True: encode(headers, huffman=False))
         self.conn.local_settings = h2.settings.Settings(client=client_side,
                                                         initial_values=settings)
         self.transport: Any = None

@@ -151,7 +151,7 @@ class H2Upstream(H2Peer):
             self._open_waiting()
             self.pump_requests(0)
         elif isinstance(event, h2.events.ConnectionTerminated):
-            self._goaway(event.error_code, event.last_stream_id)
+            self._goaway(int(event.error_code or 0), event.last_stream_id)
 
     def pump_requests(self, stream_id: int) -> None:
         """Windows opened (one stream's, or all): move the request bodies waiting for them."""
