@@ -312,15 +312,11 @@ class Redirector:
         first = service not in self.redirected
         try:
             shadow = await self._write_routes(service, via, found, backends, objects)
-        except RefusedError as exc:
-            if ops.NOT_ACCEPTED in str(exc):
+        except BaseException as exc:
+            if isinstance(exc, RefusedError) and ops.NOT_ACCEPTED in str(exc):
                 self.no_mesh = (f"the {objects[0]['kind']} of Service {service} not "
                                 f"accepted within {self.accept_seconds:g} s at "
                                 f"{time.strftime('%H:%M:%S')}")
-            if first:
-                await ops.remove_routes(self.kube, service)
-            raise
-        except BaseException:
             if first:
                 await ops.remove_routes(self.kube, service)
             raise

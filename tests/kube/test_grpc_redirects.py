@@ -286,3 +286,17 @@ async def test_the_cilium_strategy_on_a_grpc_port_speaks_http2_to_the_relay_and_
 
     await eventually(all_gone, within=10, what="the config and its backend removed")
     assert _comparable(cluster.get("services", NS, "greeter")) == _comparable(greeter)
+
+
+async def test_a_cluster_without_grpc_routes_refuses_the_gateway_and_keeps_nothing(
+    cluster: KubeApiServer, greeter: dict[str, Any], alice: tuple[Daemon, int],  # noqa: F811
+) -> None:
+    cluster.install_crd(load_crd(HTTPROUTE))  # the Gateway API before 1.1
+    a, port = alice
+    refused = await _intercept(a, port, "--header", "x-dev=alice")
+    assert refused.returncode != 0, refused.stdout
+    assert "the cluster does not serve GRPCRoutes" in refused.stderr, refused.stderr
+    assert "Traceback" not in refused.stderr
+    # the backend and the shadow written before the route was refused are gone again
+    assert not _made_by_bridged(cluster), _made_by_bridged(cluster)
+    assert _comparable(cluster.get("services", NS, "greeter")) == _comparable(greeter)
