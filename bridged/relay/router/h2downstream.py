@@ -284,8 +284,11 @@ class H2Downstream(H2Peer):
         """The upstream reset ``ex``'s stream: so is the client's, with the same code."""
         self._reset(ex, code, upstream_too=False)
 
-    def upstream_lost(self, ex: Exchange, why: str) -> None:
-        self._fail(ex, 502, f"bridged: {ex.route.target} {why}", upstream_too=False)
+    def upstream_lost(self, ex: Exchange, why: str, code: int = 0) -> None:
+        """``ex``'s upstream connection ended under it (``code``: the error its GOAWAY gave,
+        passed on if the answer had begun)."""
+        self._fail(ex, 502, f"bridged: {ex.route.target} {why}", upstream_too=False,
+                   code=code or _E.INTERNAL_ERROR)
 
     # --- ending streams ---
 
@@ -299,11 +302,11 @@ class H2Downstream(H2Peer):
             self.conn.send_data(sid, body, end_stream=True)  # (far below any window)
 
     def _fail(self, ex: Exchange, status: int, why: str, upstream_too: bool = True,
-              note: str = "") -> None:
+              note: str = "", code: int = _E.INTERNAL_ERROR) -> None:
         """``ex`` cannot be answered: a 502 of ours if its answer has not begun, else a reset
-        (an answer cut short must not look complete)."""
+        with ``code`` (an answer cut short must not look complete)."""
         if ex.status:
-            self._reset(ex, _E.INTERNAL_ERROR, upstream_too)
+            self._reset(ex, code, upstream_too)
             return
         self._drop(ex, upstream_too, _E.CANCEL)
         self._answer(ex.sid, status, why)

@@ -45,6 +45,8 @@ class H2Upstream(H2Peer):
         self.waiting: deque[Exchange] = deque()  # not opened yet (connecting, or at its limit)
         self.closed = False
         self.draining = False  # it sent GOAWAY: no new stream goes to it
+        #: its GOAWAY's error code: what the streams it leaves unfinished are reset with
+        self.goaway_code = 0
 
     @property
     def usable(self) -> bool:
@@ -169,6 +171,7 @@ class H2Upstream(H2Peer):
         to the client — REFUSED_STREAM tells it they were not processed, so it may retry;
         those waiting here are sent on a fresh connection; the others finish."""
         self.draining = True
+        self.goaway_code = code
         self.down.replace(self)
         waiting, self.waiting = list(self.waiting), deque()
         if code == h2.errors.ErrorCodes.NO_ERROR:
@@ -207,7 +210,7 @@ class H2Upstream(H2Peer):
         self.waiting.clear()
         self.streams.clear()
         for ex in exchanges:
-            self.down.upstream_lost(ex, why)
+            self.down.upstream_lost(ex, why, self.goaway_code)
         self.down.flush()
 
     def down_gone(self) -> None:
