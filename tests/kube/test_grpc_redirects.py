@@ -300,3 +300,51 @@ async def test_a_cluster_without_grpc_routes_refuses_the_gateway_and_keeps_nothi
     # the backend and the shadow written before the route was refused are gone again
     assert not _made_by_bridged(cluster), _made_by_bridged(cluster)
     assert _comparable(cluster.get("services", NS, "greeter")) == _comparable(greeter)
+
+
+async def test_the_relay_picks_the_route_by_the_claim_where_the_port_does_not_say(
+    cluster: KubeApiServer, mesh: GammaMesh,  # noqa: F811
+) -> None:
+    """A port without appProtocol: an intercept claiming grpc gets a GRPCRoute, one claiming
+    h2c an HTTPRoute (its grpc-method matcher a path match); both with HTTP/2 backends."""
+    from bridged.kube.client import Kube
+    from bridged.protocol import InterceptClaim, Matcher
+    from bridged.relay.redirect import Redirector
+
+    before = {name: cluster.apply({
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": NS},
+        "spec": {"selector": {"app": name}, "ports": [{"port": 80}]}}) for name in ("a", "b")}
+    method = Matcher("grpc-method", "equals", "shop.v1.Orders", "Get")
+    claims = [InterceptClaim("a1a1a1a1a1a1a1a1", 0, "http", (method,), service="a",
+                             service_port=80, via="gateway", protocol="grpc"),
+              InterceptClaim("b2b2b2b2b2b2b2b2", 0, "http", (method,), service="b",
+                             service_port=80, via="gateway", protocol="h2c")]
+
+    async def nothing(*_: Any) -> None:
+        return None
+
+    async with await Kube.connect() as kube:
+        redirector = Redirector(
+            kube, host="127.0.0.1", listen=nothing, set_origin=lambda *_: None,
+            closed=lambda _: None,
+            live=lambda: {c.service: [c] for c in claims})
+        for claim in claims:
+            await redirector.ensure(claim)
+        grpc_route = cluster.get("grpcroutes", NS, "bridged-a-80")
+        assert grpc_route is not None and not cluster.get("httproutes", NS, "bridged-a-80")
+        assert grpc_route["spec"]["rules"][0]["matches"] == [
+            {"method": {"type": "Exact", "service": "shop.v1.Orders", "method": "Get"}}]
+        http_route = cluster.get("httproutes", NS, "bridged-b-80")
+        assert http_route is not None and not cluster.get("grpcroutes", NS, "bridged-b-80")
+        assert http_route["spec"]["rules"][0]["matches"] == [
+            {"path": {"type": "Exact", "value": "/shop.v1.Orders/Get"}}]
+        ports = {s["metadata"]["name"]: s["spec"]["ports"][0] for s in
+                 cluster.list("services", NS) if "bridged.dev/intercept" in
+                 (s["metadata"].get("labels") or {})}
+        assert {p["name"]: p["appProtocol"] for p in ports.values()} == {
+            "grpc": "kubernetes.io/h2c", "http2": "kubernetes.io/h2c"}
+        claims.clear()  # the leases end
+        await redirector.sync()
+        assert not _made_by_bridged(cluster), _made_by_bridged(cluster)
+        for name, service in before.items():
+            assert _comparable(cluster.get("services", NS, name)) == _comparable(service)
