@@ -139,9 +139,11 @@ async def _delete(kube: Kube, path: str, what: str) -> bool:
         raise translate(exc, f"cannot delete {what}") from exc
 
 
-async def resolve_intercept(kube: Kube, service: str, port: str, via: str) -> tuple[int, str]:
+async def resolve_intercept(kube: Kube, service: str, port: str, via: str,
+                            protocol: str = "") -> tuple[int, str]:
     """The Service port (a number) an intercept names by number, by name or, for a Service
-    with one port, not at all; and the strategy ``auto`` stands for. Errors list the choices."""
+    with one port, not at all; and the strategy ``auto`` stands for (``protocol``: what the
+    intercept says its server speaks, if it does). Errors list the choices."""
     found = await read_service(kube, service)
     ports = (found.get("spec") or {}).get("ports") or []
     listed = ", ".join(f"{p['port']}" + (f" ({p['name']})" if p.get("name") else "")
@@ -160,7 +162,7 @@ async def resolve_intercept(kube: Kube, service: str, port: str, via: str) -> tu
                         f"{chosen[0]['protocol']}: only TCP can be intercepted")
     if via == "auto":
         # the route the port needs: a gRPC port's GRPCRoute came with Gateway API 1.1
-        grpc = (chosen[0].get("appProtocol") or "").lower() in gateway.H2_APP_PROTOCOLS
+        grpc = gateway.port_protocol(chosen[0].get("appProtocol"), [protocol]) == "grpc"
         served = await gateway_api_present(kube, gateway.GRPC_PLURAL if grpc else
                                            gateway.PLURAL)
         via = "gateway" if served else "takeover"

@@ -210,6 +210,8 @@ async def test_auto_takes_the_gateway_for_a_grpc_port_only_where_grpc_routes_are
         cluster.install_crd(load_crd(HTTPROUTE))
         assert await resolve_intercept(kube, "web", "", "auto") == (80, "gateway")
         assert await resolve_intercept(kube, "greeter", "", "auto") == (PORT, "takeover")
+        assert await resolve_intercept(kube, "web", "", "auto", "grpc") == (80, "takeover")
+        assert await resolve_intercept(kube, "web", "", "auto", "h2c") == (80, "gateway")
         cluster.install_crd(load_crd(GRPCROUTE))
         assert await resolve_intercept(kube, "greeter", "", "auto") == (PORT, "gateway")
 
