@@ -449,7 +449,8 @@ class Downstream(asyncio.Protocol):
     def on_message_complete(self) -> None:
         self.unparsed = 0
         r = self.current
-        if r is None or self.state is CLOSING or self.refusal is not None:
+        if r is None or self.state is CLOSING or self.refusal is not None or \
+                (self.h2c is not None and self.h2c[0] is r):  # HTTP/2 from here on
             return
         self.current = None
         r.complete = True

@@ -34,22 +34,11 @@ from typing import TYPE_CHECKING, Any
 import h2.errors
 import h2.events
 import h2.exceptions
-import h2.settings
 
 from ...routing.decide import Route
 from ...routing.rules import RequestHead
 from .framing import UpstreamUnavailable
-from .h2peer import (
-    CONNECTION_WINDOW,
-    MAX_CONCURRENT_STREAMS,
-    MAX_HEADER_LIST_BYTES,
-    PREMATURE_RESETS,
-    STREAM_WINDOW,
-    Exchange,
-    H2Peer,
-    flow,
-    grpc_status,
-)
+from .h2peer import CONNECTION_WINDOW, PREMATURE_RESETS, Exchange, H2Peer, flow, grpc_status
 from .h2upstream import H2Upstream
 
 if TYPE_CHECKING:
@@ -57,10 +46,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("bridged.relay.router")
 
-_S = h2.settings.SettingCodes
-_SETTINGS = {_S.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,
-             _S.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
-             _S.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST_BYTES}
 _E = h2.errors.ErrorCodes
 #: why an HTTP/2 stream matching an HTTP/1.1 intercept is answered 502 (and told its developer)
 HTTP1_ONLY = ("takes HTTP/1.1, and this call is HTTP/2: intercept with --protocol h2c (or grpc) "
@@ -72,7 +57,7 @@ class H2Downstream(H2Peer):
     connection's :class:`~.downstream.Downstream`, which stays the asyncio protocol."""
 
     def __init__(self, owner: Downstream) -> None:
-        super().__init__(client_side=False, settings=_SETTINGS)
+        super().__init__(client_side=False)
         self.owner = owner
         self.router = owner.router
         self.transport = owner.transport
@@ -117,6 +102,11 @@ class H2Downstream(H2Peer):
             return
         for event in events:
             self._event(event)
+        if self.oversized():
+            log.warning("client %s sent an HTTP/2 frame larger than its limit",
+                        self.owner.peer[0])
+            self.goaway(_E.FRAME_SIZE_ERROR)
+            return
         self.flush_all()
 
     def _event(self, event: Any) -> None:

@@ -37,12 +37,20 @@ MAX_HEADER_LIST_BYTES = 64 * 1024
 #: with ENHANCE_YOUR_CALM (Envoy's premature-reset rule has the same shape)
 PREMATURE_RESETS = 100
 
+_S = h2.settings.SettingCodes
+#: what the router announces to a client, and to an upstream (which may not push: a pushed
+#: stream would have nobody to go to)
+SERVER_SETTINGS = {_S.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,
+                   _S.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+                   _S.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST_BYTES}
+CLIENT_SETTINGS = {_S.ENABLE_PUSH: 0, _S.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+                   _S.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST_BYTES}
+
 
 class H2Peer:
     """One HTTP/2 connection the router speaks: ``client_side`` towards an upstream."""
 
-    def __init__(self, client_side: bool,
-                 settings: dict[h2.settings.SettingCodes, int]) -> None:
+    def __init__(self, client_side: bool) -> None:
         # What is sent was received, and checked, on the other side (inbound validation stays
         # on at both ends): checking it again on the way out cost a fifth of the relay's time
         self.conn = h2.connection.H2Connection(h2.config.H2Configuration(
@@ -53,14 +61,22 @@ class H2Peer:
         encode = self.conn.encoder.encode
         self.conn.encoder.encode = (  # type: ignore[method-assign]
             lambda headers, huffman=True: encode(headers, huffman=False))
-        self.conn.local_settings = h2.settings.Settings(client=client_side,
-                                                        initial_values=settings)
+        self.conn.local_settings = h2.settings.Settings(
+            client=client_side,
+            initial_values=CLIENT_SETTINGS if client_side else SERVER_SETTINGS)
         self.transport: Any = None
         self.write_paused = False  # its transport's buffer is full: no body goes to it
 
     def begin(self) -> None:
         self.conn.initiate_connection()
         self.conn.increment_flow_control_window(CONNECTION_WINDOW - 65535)
+
+    def oversized(self) -> bool:
+        """Whether the frame being received is larger than the peer may send: h2 checks a
+        frame's length only once all of it came, so a header announcing 16 MiB would have the
+        relay buffer 16 MiB per connection first (the preface, 24 bytes, may precede it)."""
+        pending = getattr(self.conn.incoming_buffer, "_data", b"")  # (h2 4.x's buffer)
+        return len(pending) > self.conn.max_inbound_frame_size + 9 + 24
 
     def flush(self) -> None:
         data = self.conn.data_to_send()
@@ -118,10 +134,10 @@ def flow(half: Half, src: H2Peer, src_sid: int, dst: H2Peer, dst_sid: int) -> No
     chunks = half.chunks
     conn = dst.conn
     while chunks and not dst.write_paused:
-        room = min(conn.local_flow_control_window(dst_sid), conn.max_outbound_frame_size)
-        if room <= 0:
-            return
         data, taken = chunks[0]
+        room = min(conn.local_flow_control_window(dst_sid), conn.max_outbound_frame_size)
+        if room <= 0 and data:  # (an empty frame, which may carry the end, takes no window)
+            return
         if len(data) > room:
             conn.send_data(dst_sid, data[:room])
             chunks[0] = (data[room:], taken)

@@ -12,33 +12,21 @@ from typing import TYPE_CHECKING, Any
 import h2.errors
 import h2.events
 import h2.exceptions
-import h2.settings
 
 from ...routing.decide import Route
-from .h2peer import (
-    MAX_HEADER_LIST_BYTES,
-    STREAM_WINDOW,
-    Exchange,
-    H2Peer,
-    flow,
-    grpc_status,
-)
+from .h2peer import Exchange, H2Peer, flow, grpc_status
 
 if TYPE_CHECKING:
     from .h2downstream import H2Downstream
 
 log = logging.getLogger("bridged.relay.router")
 
-_S = h2.settings.SettingCodes
-_SETTINGS = {_S.ENABLE_PUSH: 0, _S.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
-             _S.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST_BYTES}
-
 
 class H2Upstream(H2Peer):
     """An asyncio protocol (give ``lambda: upstream`` as the connection's factory)."""
 
     def __init__(self, down: H2Downstream, route: Route) -> None:
-        super().__init__(client_side=True, settings=_SETTINGS)
+        super().__init__(client_side=True)
         self.down = down
         self.route = route
         self.streams: dict[int, Exchange] = {}  # by upstream stream id
@@ -111,6 +99,12 @@ class H2Upstream(H2Peer):
             return
         for event in events:
             self._event(event)
+        if self.oversized():
+            self.conn.close_connection(h2.errors.ErrorCodes.FRAME_SIZE_ERROR)
+            self.flush()
+            self._lost("sent an HTTP/2 frame larger than its limit")
+            self.close()
+            return
         self.flush()
         down.flush()
 
