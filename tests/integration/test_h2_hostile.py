@@ -400,10 +400,9 @@ async def test_the_clients_window_and_frame_size_are_respected() -> None:
         assert all(len(f.data) <= 16384 for f in small.frames if isinstance(f, DataFrame))
 
 
-@pytest.mark.xfail(strict=True, reason="router bug: flow() (h2peer.py) returns on a closed "
-                   "window before passing on an empty DATA frame, which needs none: the "
-                   "END_STREAM it carries waits for window the client owes nobody")
 async def test_an_answer_that_fills_the_clients_window_exactly_still_ends() -> None:
+    """The end may come as an empty DATA frame, which takes no window: it must not wait for
+    window the client owes nobody (found by this suite: flow() returned first)."""
     async with world() as w, raw_client(w.pulse, w.port, settings={
             S.INITIAL_WINDOW_SIZE: 100000}) as small:
         small.auto_window = False
@@ -414,10 +413,9 @@ async def test_an_answer_that_fills_the_clients_window_exactly_still_ends() -> N
         assert small.data(1) == pattern(100000, "w")
 
 
-@pytest.mark.xfail(strict=True, reason="h2 bug the router inherits: FrameBuffer checks a "
-                   "frame's length against SETTINGS_MAX_FRAME_SIZE only once the whole frame "
-                   "came, so each client connection can make the relay buffer 16 MiB")
 async def test_a_frame_header_announcing_too_much_is_refused_at_once() -> None:
+    """h2 checks a frame's length only once the whole frame came: up to 16 MiB buffered per
+    connection before FRAME_SIZE_ERROR, unless the router looks at the header itself."""
     async with world() as w, raw_client(w.pulse, w.port) as bad:
         header = raw_frame(0x0, 0, 1, b"")
         bad.send((0xFFFFFF).to_bytes(3, "big") + header[3:] + b"z" * 20000)  # 16 MiB said
@@ -592,10 +590,9 @@ async def test_h2c_upgrade_accepted_by_the_router() -> None:
             await c.close()
 
 
-@pytest.mark.xfail(strict=True, reason="router bug: on_message_complete (downstream.py) "
-                   "pauses reading ('pipelined') for the accepted h2c upgrade request, and "
-                   "_upgrade_h2c never resumes it: nothing after the first read is read")
 async def test_after_an_h2c_upgrade_the_connection_goes_on_as_http2() -> None:
+    """The upgrade request paused reading (as a request behind an unanswered one): after the
+    101 it must go on, or nothing past the first read is ever read."""
     async with world(h2c_upgrade=lambda: True) as w:
         c = H2Client(w.pulse, "up")
         try:
