@@ -604,10 +604,10 @@ class Daemon:
                         f"{spec.service}", hint="intercept a relay port with --relay-port")
                 from ..kube.redirects import resolve_intercept
 
-                service_port, via = await resolve_intercept(
-                    bridge.kube, spec.service, spec.service_port, spec.via)
+                service_port, via, app_protocol = await resolve_intercept(
+                    bridge.kube, spec.service, spec.service_port, spec.via, spec.protocol)
                 if not proto and spec.mode == "http":
-                    proto = await _service_protocol(bridge.kube, spec.service, service_port)
+                    proto = protocol_of_app_protocol(app_protocol)
             proto = proto or "http"
             if proto != "http":
                 await self._check_h2c(spec, proto)
@@ -726,18 +726,6 @@ class Daemon:
                 for name, (step, since) in self.intercepting.items()
             ],
         }
-
-
-async def _service_protocol(kube: Any, service: str, port: int) -> str:
-    """What the Service port's ``appProtocol`` says its server speaks ("" when it says
-    nothing bridged routes differently from HTTP/1.1)."""
-    from ..kube.redirects import read_service
-
-    found = await read_service(kube, service)
-    for p in (found.get("spec") or {}).get("ports") or []:
-        if p.get("port") == port:
-            return protocol_of_app_protocol(str(p.get("appProtocol") or ""))
-    return ""
 
 
 async def _restore_once(kube: Any, service: str) -> str:

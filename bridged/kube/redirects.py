@@ -11,7 +11,7 @@ import logging
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from kubernetes_asyncio.client.exceptions import ApiException
 
@@ -139,11 +139,18 @@ async def _delete(kube: Kube, path: str, what: str) -> bool:
         raise translate(exc, f"cannot delete {what}") from exc
 
 
+class InterceptTarget(NamedTuple):
+    port: int  # the Service port, a number
+    via: str  # the redirect strategy (what ``auto`` stands for, resolved)
+    app_protocol: str  # the port's appProtocol ("" if none)
+
+
 async def resolve_intercept(kube: Kube, service: str, port: str, via: str,
-                            protocol: str = "") -> tuple[int, str]:
-    """The Service port (a number) an intercept names by number, by name or, for a Service
-    with one port, not at all; and the strategy ``auto`` stands for (``protocol``: what the
-    intercept says its server speaks, if it does). Errors list the choices."""
+                            protocol: str = "") -> InterceptTarget:
+    """The Service port an intercept names by number, by name or, for a Service with one
+    port, not at all; the strategy ``auto`` stands for (``protocol``: what the intercept says
+    its server speaks, if it does); and what the port says it speaks. Errors list the
+    choices."""
     found = await read_service(kube, service)
     ports = (found.get("spec") or {}).get("ports") or []
     listed = ", ".join(f"{p['port']}" + (f" ({p['name']})" if p.get("name") else "")
@@ -166,7 +173,7 @@ async def resolve_intercept(kube: Kube, service: str, port: str, via: str,
         served = await gateway_api_present(kube, gateway.GRPC_PLURAL if grpc else
                                            gateway.PLURAL)
         via = "gateway" if served else "takeover"
-    return int(chosen[0]["port"]), via
+    return InterceptTarget(int(chosen[0]["port"]), via, str(chosen[0].get("appProtocol") or ""))
 
 
 async def gateway_api_present(kube: Kube, plural: str = gateway.PLURAL) -> bool:

@@ -61,8 +61,8 @@ def route_match(matchers: Sequence[Matcher]) -> dict[str, Any]:
             elif m.op == "regex":
                 out = {"safe_regex": {"regex": m.value}}
         elif m.kind == "grpc-method":
-            kind, value = grpc_method_path(m)
-            out = {"path": value} if kind == "Exact" else {"safe_regex": {"regex": value}}
+            kind, path = grpc_method_path(m)
+            out = {"path": path} if kind == "Exact" else {"safe_regex": {"regex": path}}
         elif m.kind == "header":
             key = "exact" if m.op == "equals" else "safe_regex"
             value: Any = m.value if m.op == "equals" else {"regex": m.value}

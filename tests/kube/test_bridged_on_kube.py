@@ -101,6 +101,7 @@ async def test_connect_from_scratch_deploys_a_locked_down_relay(
             if not r.get("resourceNames")] == [
         (group, [kind], ["get", "list", "update", "create", "delete"])
         for group, kind in ((([""]), "services"), (["gateway.networking.k8s.io"], "httproutes"),
+                            (["gateway.networking.k8s.io"], "grpcroutes"),
                             (["cilium.io"], "ciliumenvoyconfigs"))] + [
         (["discovery.k8s.io"], ["endpointslices"], ["get", "list"])]  # read only: --tcp lives
     pod_spec = cluster.get("deployments", NS, m.RELAY)["spec"]["template"]["spec"]  # type: ignore[index]

@@ -208,12 +208,12 @@ async def test_auto_takes_the_gateway_for_a_grpc_port_only_where_grpc_routes_are
     async with await Kube.connect() as kube:
         # the Gateway API before 1.1: HTTPRoutes, no GRPCRoutes
         cluster.install_crd(load_crd(HTTPROUTE))
-        assert await resolve_intercept(kube, "web", "", "auto") == (80, "gateway")
-        assert await resolve_intercept(kube, "greeter", "", "auto") == (PORT, "takeover")
-        assert await resolve_intercept(kube, "web", "", "auto", "grpc") == (80, "takeover")
-        assert await resolve_intercept(kube, "web", "", "auto", "h2c") == (80, "gateway")
+        assert await resolve_intercept(kube, "web", "", "auto") == (80, "gateway", "")
+        assert await resolve_intercept(kube, "greeter", "", "auto") == (PORT, "takeover", "grpc")
+        assert await resolve_intercept(kube, "web", "", "auto", "grpc") == (80, "takeover", "")
+        assert await resolve_intercept(kube, "web", "", "auto", "h2c") == (80, "gateway", "")
         cluster.install_crd(load_crd(GRPCROUTE))
-        assert await resolve_intercept(kube, "greeter", "", "auto") == (PORT, "gateway")
+        assert await resolve_intercept(kube, "greeter", "", "auto") == (PORT, "gateway", "grpc")
 
 
 async def _intercept_then_relay_crash(cluster: KubeApiServer,  # noqa: F811
