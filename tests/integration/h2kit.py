@@ -165,6 +165,16 @@ class _UpConn(asyncio.Protocol):
         self.stalled = False
         self.goaway: int | None = None  # code of the router's GOAWAY, if one came
         self.lost = False
+        self.pings = 0  # PINGs sent to the router
+        self.acks = 0  # its PING ACKs: all it sent before them has come
+
+    async def round_trip(self) -> None:
+        """A PING answered: the router has said all it had to say before it."""
+        self.pings += 1
+        self.conn.ping(b"%08d" % self.pings)
+        self.flush()
+        await self.rec.pulse.until(lambda: self.acks >= self.pings or self.lost,
+                                   f"{self.rec.name}#{self.n}: PING ACK")
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
@@ -220,6 +230,8 @@ class _UpConn(asyncio.Protocol):
             self.out.pop(ev.stream_id, None)
         elif isinstance(ev, h2.events.ConnectionTerminated):
             self.goaway = ev.error_code
+        elif isinstance(ev, h2.events.PingAckReceived):
+            self.acks += 1
 
     def _ended(self, st: UpStream) -> None:
         st.ended = True
