@@ -21,8 +21,8 @@ How the package is laid out, from the inside out:
 - :mod:`bridged.splice`: one TCP connection spliced to one SSH channel, with back-pressure;
 - :mod:`bridged.carriers`: byte streams the SSH connection runs over (tcp, websocket, kube);
 - :mod:`bridged.relay`: the SSH server in the cluster, its HTTP router
-  (:mod:`bridged.relay.router`: routes HTTP/1.x per request, passes anything else through
-  untouched, bounds each client) and the redirector that keeps Services pointed at it while
+  (:mod:`bridged.relay.router`: routes HTTP/1.x per request and HTTP/2 — gRPC — per stream,
+  passes anything else through untouched, bounds each client) and the redirector that keeps Services pointed at it while
   intercepts hold live leases, and answers only once they are live;
 - :mod:`bridged.kube`: the only code talking to the Kubernetes API (relay deployment, port-
   forward, Services and their redirects, a workload's env and files, doctor's checks);
