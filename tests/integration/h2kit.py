@@ -178,7 +178,14 @@ class _UpConn(asyncio.Protocol):
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
+        window = self.rec.window
+        if window > 65535:
+            self.conn.local_settings = h2.settings.Settings(
+                client=False, initial_values={S.INITIAL_WINDOW_SIZE: window,
+                                              S.MAX_CONCURRENT_STREAMS: 100})
         self.conn.initiate_connection()
+        if window > 65535:
+            self.conn.increment_flow_control_window(window - 65535)
         self.flush()
 
     def flush(self) -> None:
@@ -304,6 +311,8 @@ class H2Recorder:
         self.conns: list[_UpConn] = []
         self.streams: list[UpStream] = []
         self.errors: list[str] = []
+        #: the windows it gives the router, stream and connection (set before it connects)
+        self.window = 65535
 
     def protocol(self) -> _UpConn:
         c = _UpConn(self, len(self.conns))
@@ -322,6 +331,12 @@ class H2Recorder:
             if not c.lost:
                 c.pump()
 
+    def stop_reading(self) -> None:
+        """Every connection of this upstream stops reading: the router's writes back up."""
+        for c in self.conns:
+            if not c.lost:
+                c.transport.pause_reading()
+
     def goaway(self, conn: int, last_stream_id: int) -> None:
         """A graceful GOAWAY (NO_ERROR): streams up to ``last_stream_id`` still answered."""
         c = self.conns[conn]
@@ -339,13 +354,20 @@ class H2Recorder:
 
 
 @contextlib.asynccontextmanager
-async def h2_upstreams(pulse: Pulse, *names: str) -> AsyncIterator[dict[str, H2Recorder]]:
+async def h2_upstreams(pulse: Pulse, *names: str,
+                       rcvbuf: int | None = None) -> AsyncIterator[dict[str, H2Recorder]]:
+    """``rcvbuf``: the upstreams' socket receive buffer (small: the router's writes back up
+    soon once one stops reading)."""
     loop = asyncio.get_running_loop()
     recs = {name: H2Recorder(name, pulse) for name in names}
     servers = []
     try:
         for rec in recs.values():
-            server = await loop.create_server(rec.protocol, "127.0.0.1", 0)
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            if rcvbuf is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            sock.bind(("127.0.0.1", 0))
+            server = await loop.create_server(rec.protocol, sock=sock)
             rec.port = server.sockets[0].getsockname()[1]
             servers.append(server)
         yield recs
@@ -531,6 +553,7 @@ class H2Client:
             self.conn.send_data(sid, bytes(view[:n]))
             view = view[n:]
             self.flush()
+            self.pulse.notify()  # its windows shrank: someone may wait for that
             await self.writer.drain()
         if end:
             if trailers:

@@ -58,10 +58,11 @@ def upstream_name(dev: str | None) -> str:
 
 
 @contextlib.asynccontextmanager
-async def world(**router_kwargs: object) -> AsyncIterator[SimpleNamespace]:
+async def world(rcvbuf: int | None = None,
+                **router_kwargs: object) -> AsyncIterator[SimpleNamespace]:
     """Three recording HTTP/2 upstreams and a router in front of them."""
     pulse = Pulse()
-    async with h2_upstreams(pulse, "origin", "alice", "bob") as ups, \
+    async with h2_upstreams(pulse, "origin", "alice", "bob", rcvbuf=rcvbuf) as ups, \
             router_on({n: u.port for n, u in ups.items()}, **router_kwargs) as r:
         yield SimpleNamespace(pulse=pulse, ups=ups, port=r.port, router=r,
                               all=lambda: [s for u in ups.values() for s in u.streams])
@@ -648,3 +649,55 @@ async def test_h2c_upgrade_goes_to_the_destination_by_default() -> None:
         assert head.startswith(b"HTTP/1.1 200")
         (seen,) = alice.requests
         assert seen.headers["upgrade"] == "h2c" and seen.path == "/up"
+
+
+async def spent_for_good(w: SimpleNamespace, c: H2Client, sid: int) -> None:
+    """Wait until ``c``'s window on ``sid`` is 0 and stays so over two PING round trips."""
+    for _ in range(1000):
+        await w.pulse.until(lambda: c.conn.local_flow_control_window(sid) == 0,
+                            "the window to close")
+        for _ in range(2):
+            n = len(c.pings)
+            c.ping(b"%08d" % n)
+            await w.pulse.until(lambda: len(c.pings) > n, "PING ACK")  # noqa: B023
+        if c.conn.local_flow_control_window(sid) == 0:
+            return
+    raise AssertionError("the window never closed for good")
+
+
+@pytest.mark.xfail(strict=True, reason="router bug: H2Upstream.pause_writing (h2upstream.py) "
+                   "only stops flow(); the client is still read, and each empty DATA frame "
+                   "(no window) is queued in Half.chunks for good")
+async def test_an_empty_data_flood_towards_an_upstream_that_does_not_read_is_bounded() -> None:
+    """Empty DATA frames take no flow-control window (CVE-2019-9518): the windows that bound
+    what the relay holds for a stream do not bound them. Once the stream's upstream stops
+    reading, a client sending them must not grow the relay without end."""
+    tracemalloc.start()
+    try:
+        async with world(rcvbuf=4096) as w, h2_client(w.pulse, w.port, "bad") as bad:
+            w.ups["bob"].window = 2**30  # so the relay's writes to bob, not windows, fill up
+            sid = bad.start("/flood", "bob", "flood")
+            await w.pulse.until(lambda: w.ups["bob"].of("bad"), "the stream at bob")
+            w.ups["bob"].stop_reading()
+            upload = asyncio.ensure_future(bad.send(sid, b"u" * 64 * MiB, end=False))
+            try:
+                # the relay's writes to bob are full, and bad's window is spent for good
+                await spent_for_good(w, bad, sid)
+                before = tracemalloc.get_traced_memory()[0]
+                batch = DataFrame(sid, b"").serialize() * 10000
+                for i in range(15):  # 150,000 frames, 1.4 MB: some 10 MiB if each is kept
+                    n = len(bad.pings)
+                    bad.writer.write(batch + PingFrame(0, opaque_data=b"%08d" % i).serialize())
+                    with contextlib.suppress(AssertionError):  # no answer: it stopped reading
+                        await w.pulse.until(lambda: len(bad.pings) > n or bad.closed,  # noqa: B023
+                                            "PING ACK", seconds=3)
+                    if len(bad.pings) == n or bad.closed:
+                        break
+                grown = tracemalloc.get_traced_memory()[0] - before
+                assert grown < 2 * MiB, f"the relay took {grown / MiB:.0f} MiB for empty frames"
+            finally:
+                upload.cancel()
+                with contextlib.suppress(asyncio.CancelledError, AssertionError):
+                    await upload  # (its window never came back: that was the point)
+    finally:
+        tracemalloc.stop()
