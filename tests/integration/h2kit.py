@@ -344,13 +344,12 @@ class H2Recorder:
         c.conn.state_machine.state = ConnectionState.SERVER_OPEN  # h2 sends nothing after GOAWAY
         c.flush()
 
-    def garble(self) -> None:
-        """Every connection of this upstream breaks HTTP/2: a DATA frame on stream 0, then
-        bytes that are no frame. (Bytes whose first three read as a length are buffered by
-        ``h2`` until that many came, up to 16 MiB: so the first are a frame header.)"""
+    def garble(self, data: bytes = b"") -> None:
+        """Every connection of this upstream breaks HTTP/2: writes ``data``, by default a DATA
+        frame on stream 0 and bytes that are no frame."""
         for c in self.conns:
             if not c.lost:
-                c.transport.write(raw_frame(0x0, 0, 0, b"garbage") + b"garbage, no frame")
+                c.transport.write(data or raw_frame(0x0, 0, 0, b"garbage") + b"no frame")
 
 
 @contextlib.asynccontextmanager

@@ -475,7 +475,7 @@ async def test_a_ping_flood_from_a_client_that_does_not_read_is_bounded() -> Non
         batch = b"".join(PingFrame(0, opaque_data=b"%08d" % i).serialize() for i in range(1000))
         for _ in range(2000):  # 34 MB of PINGs at most, 34 MB of ACKs owed
             bad.writer.write(batch)
-            with contextlib.suppress(TimeoutError):
+            with contextlib.suppress(TimeoutError, ConnectionError):
                 await asyncio.wait_for(bad.writer.drain(), 0.5)
             if "h2-client-full" in down.paused_for:
                 break
@@ -500,7 +500,7 @@ async def test_rapid_reset_gets_enhance_your_calm() -> None:
                 frames += [headers_frame(bad, sid, BASE), RstStreamFrame(sid, error_code=E.CANCEL)]
                 sid += 2
             bad.send(*frames)
-            with contextlib.suppress(TimeoutError):
+            with contextlib.suppress(TimeoutError, ConnectionError):
                 await asyncio.wait_for(bad.writer.drain(), 2)
             if bad.goaway() or bad.closed:
                 break
@@ -587,7 +587,17 @@ async def test_trailers_pass_both_ways() -> None:
         assert a.trailers == [(b"x-who-trailer", b"alice"), (b"grpc-status", b"0")]
 
 
-async def test_an_upstream_that_breaks_http2_fails_only_its_streams() -> None:
+@pytest.mark.parametrize("garbage", [
+    pytest.param(b"", id="invalid-frame"),
+    pytest.param(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n", id="http1-answer",
+                 marks=pytest.mark.xfail(strict=True, reason=(
+                     "router bug: H2Peer.oversized (h2peer.py) looks at how many bytes are "
+                     "pending, not at the length the pending frame header announces: a short "
+                     "answer that reads as a 4.7 MB frame leaves the streams waiting"))),
+])
+async def test_an_upstream_that_breaks_http2_fails_only_its_streams(garbage: bytes) -> None:
+    """(An HTTP/1.1 answer reads as a frame header announcing some 4.7 MB: it must not leave
+    the streams waiting for those bytes.)"""
     async with world() as w, h2_client(w.pulse, w.port, "c") as c:
         waiting = c.start("/w", "bob", "w", [(b"x-hold", b"1")], end=True)
         begun = c.start("/b", "bob", "b", [(b"x-partial", b"1")], end=True)
@@ -596,7 +606,7 @@ async def test_an_upstream_that_breaks_http2_fails_only_its_streams() -> None:
         await w.pulse.until(lambda: c.answers[begun].headers is not None and
                             len(w.ups["bob"].of("c")) == 2 and w.ups["alice"].of("c"),
                             "every stream upstream, one answer begun")
-        w.ups["bob"].garble()
+        w.ups["bob"].garble(garbage)
         a = await c.answer(waiting)
         assert a.status == 502 and a.ended
         assert (await c.answer(begun)).reset == E.INTERNAL_ERROR
