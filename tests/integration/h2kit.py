@@ -12,7 +12,8 @@ request's ``x-req`` tag, so streams mixed up show), ``x-trailers: 1`` response t
 It sends within its flow-control windows only, and says when it is ``stalled`` (bytes owed, no
 window): what back-pressure looks like from an upstream.
 
-All waits go through a :class:`Pulse` every party notifies on each event: ``until(pred)`` is an
+:func:`world` puts a router (:func:`~.routerkit.router_on`) in front of three of them. All
+waits go through a :class:`Pulse` every party notifies on each event: ``until(pred)`` is an
 event-driven, bounded wait.
 """
 
@@ -24,6 +25,7 @@ import hashlib
 import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import h2.config
@@ -45,6 +47,8 @@ from hyperframe.frame import (
     SettingsFrame,
     WindowUpdateFrame,
 )
+
+from .routerkit import router_on
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 E = h2.errors.ErrorCodes
@@ -379,6 +383,32 @@ async def h2_upstreams(pulse: Pulse, *names: str,
                     c.transport.close()
         for server in servers:
             await server.wait_closed()
+
+
+# --- the router between them ---
+
+
+def upstream_name(dev: str | None) -> str:
+    """The upstream a stream with ``x-dev: dev`` (None: without one) must reach."""
+    return dev or "origin"
+
+
+@contextlib.asynccontextmanager
+async def world(rcvbuf: int | None = None,
+                **router_kwargs: object) -> AsyncIterator[SimpleNamespace]:
+    """Three recording HTTP/2 upstreams (origin, alice, bob) and a router on 127.0.0.1 in
+    front of them, routing by ``x-dev``; ``all()`` lists every stream they received."""
+    pulse = Pulse()
+    async with h2_upstreams(pulse, "origin", "alice", "bob", rcvbuf=rcvbuf) as ups, \
+            router_on({n: u.port for n, u in ups.items()}, **router_kwargs) as r:
+        yield SimpleNamespace(pulse=pulse, ups=ups, port=r.port, router=r,
+                              all=lambda: [s for u in ups.values() for s in u.streams])
+
+
+def body_for(tag: str, size: int) -> bytes:
+    """The request body a client sends on the stream tagged ``tag``: its own bytes."""
+    seed = hashlib.sha256(tag.encode()).digest()
+    return (seed * (size // len(seed) + 1))[:size]
 
 
 # --- clients ---

@@ -38,8 +38,7 @@ from hypothesis import strategies as st
 
 from bridged.relay.router.h2peer import STREAM_WINDOW
 
-from .h2kit import E, H2Client, pattern_sha, sha
-from .test_h2_hostile import body_for, upstream_name, world
+from .h2kit import E, H2Client, body_for, pattern_sha, sha, upstream_name, world
 
 EXAMPLES = int(os.environ.get("BRIDGED_H2_FUZZ_EXAMPLES", "500"))
 #: bytes a client writes per DATA step: two frames and a bit, so steps cross frame bounds

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import hashlib
 import tracemalloc
 from collections.abc import AsyncIterator, Callable
 from types import SimpleNamespace
@@ -34,43 +33,24 @@ from .h2kit import (
     H2Client,
     HeadersFrame,
     PingFrame,
-    Pulse,
     RawH2,
     RstStreamFrame,
     S,
     WindowUpdateFrame,
+    body_for,
     h2_client,
-    h2_upstreams,
     pattern,
     pattern_sha,
     raw_client,
     raw_frame,
     sha,
+    upstream_name,
+    world,
 )
 from .routerkit import RecordingUpstream, client, recording_upstreams, router_on
 
 MiB = 1024 * 1024
 DESTINATIONS = (None, "alice", "bob")  # None: no x-dev header, so the origin
-
-
-def upstream_name(dev: str | None) -> str:
-    return dev or "origin"
-
-
-@contextlib.asynccontextmanager
-async def world(rcvbuf: int | None = None,
-                **router_kwargs: object) -> AsyncIterator[SimpleNamespace]:
-    """Three recording HTTP/2 upstreams and a router in front of them."""
-    pulse = Pulse()
-    async with h2_upstreams(pulse, "origin", "alice", "bob", rcvbuf=rcvbuf) as ups, \
-            router_on({n: u.port for n, u in ups.items()}, **router_kwargs) as r:
-        yield SimpleNamespace(pulse=pulse, ups=ups, port=r.port, router=r,
-                              all=lambda: [s for u in ups.values() for s in u.streams])
-
-
-def body_for(tag: str, size: int) -> bytes:
-    seed = hashlib.sha256(tag.encode()).digest()
-    return (seed * (size // len(seed) + 1))[:size]
 
 
 class Victim:
