@@ -235,9 +235,9 @@ class _UpConn(asyncio.Protocol):
         elif isinstance(ev, h2.events.StreamEnded):
             self._ended(self.streams[ev.stream_id])
         elif isinstance(ev, h2.events.StreamReset):
-            st = self.streams.get(ev.stream_id)
-            if st is not None:
-                st.reset = ev.error_code
+            reset = self.streams.get(ev.stream_id)
+            if reset is not None:
+                reset.reset = ev.error_code
             self.out.pop(ev.stream_id, None)
         elif isinstance(ev, h2.events.ConnectionTerminated):
             self.goaway = ev.error_code
@@ -395,7 +395,7 @@ def upstream_name(dev: str | None) -> str:
 
 @contextlib.asynccontextmanager
 async def world(rcvbuf: int | None = None,
-                **router_kwargs: object) -> AsyncIterator[SimpleNamespace]:
+                **router_kwargs: Any) -> AsyncIterator[SimpleNamespace]:
     """Three recording HTTP/2 upstreams (origin, alice, bob) and a router on 127.0.0.1 in
     front of them, routing by ``x-dev``; ``all()`` lists every stream they received."""
     pulse = Pulse()
@@ -468,7 +468,7 @@ class H2Client:
         self.conn = h2.connection.H2Connection(h2.config.H2Configuration(
             client_side=True, header_encoding=None))
         self.answers: dict[int, Answer] = {}
-        self.goaway: tuple[int, int] | None = None  # (code, last stream id)
+        self.goaway: tuple[int, int | None] | None = None  # (code, last stream id)
         self.closed = False
         self.reading = asyncio.Event()
         self.reading.set()
@@ -477,7 +477,7 @@ class H2Client:
         self.task: asyncio.Task[None] | None = None
         self.pings: list[bytes] = []
 
-    async def open(self, port: int, settings: dict[int, int] | None = None,
+    async def open(self, port: int, settings: dict[Any, int] | None = None,
                    rcvbuf: int | None = None, window: int = 0) -> H2Client:
         self.reader, self.writer = await _connect(port, rcvbuf)
         if settings:
@@ -494,7 +494,7 @@ class H2Client:
         """HTTP/1.1 ``head`` (its request line and fields, without the end) with ``Upgrade:
         h2c``: stream 1 is that request. Returns the answer's head; after a 101, HTTP/2."""
         self.reader, self.writer = await _connect(port, None)
-        settings = self.conn.initiate_upgrade_connection()
+        settings = self.conn.initiate_upgrade_connection() or b""
         self.answers[1] = Answer()
         self.writer.write(head + b"\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
                           b"HTTP2-Settings: " + settings + b"\r\n\r\n")
@@ -547,7 +547,7 @@ class H2Client:
         elif isinstance(ev, h2.events.StreamReset) and a is not None:
             a.reset = ev.error_code
         elif isinstance(ev, h2.events.ConnectionTerminated):
-            self.goaway = (ev.error_code, ev.last_stream_id)
+            self.goaway = (int(ev.error_code or 0), ev.last_stream_id)
         elif isinstance(ev, h2.events.PingAckReceived):
             self.pings.append(ev.ping_data)
 
@@ -646,7 +646,7 @@ class RawH2:
         self.reading = asyncio.Event()
         self.reading.set()
 
-    async def open(self, port: int, settings: dict[int, int] | None = None,
+    async def open(self, port: int, settings: dict[Any, int] | None = None,
                    rcvbuf: int | None = None) -> RawH2:
         self.reader, self.writer = await _connect(port, rcvbuf)
         sf = SettingsFrame(0)

@@ -16,6 +16,7 @@ import contextlib
 import tracemalloc
 from collections.abc import AsyncIterator, Callable
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -207,7 +208,7 @@ async def test_naked_continuation_as_first_frame() -> None:
 # --- flow control abuse ---
 
 
-def downstream_of(w: SimpleNamespace, c: RawH2 | H2Client) -> object:
+def downstream_of(w: SimpleNamespace, c: RawH2 | H2Client) -> Any:
     port = c.writer.get_extra_info("sockname")[1]
     return next(d for d in w.router.downstreams if d.peer[1] == port)
 
@@ -341,7 +342,8 @@ async def test_a_client_that_never_reads_holds_the_relay_and_the_upstreams_back(
                 for sid, dev in sids.items():
                     a = await slow.answer(sid)
                     assert a.ended and a.reset is None and a.h("x-who") == upstream_name(dev)
-                    assert a.body_len == size and a.body_sha == pattern_sha(size, a.h("x-req"))
+                    assert a.body_len == size
+                    assert a.body_sha == pattern_sha(size, a.h("x-req") or "")
             finally:
                 await slow.close()
     finally:
