@@ -571,11 +571,7 @@ async def test_trailers_pass_both_ways() -> None:
 
 @pytest.mark.parametrize("garbage", [
     pytest.param(b"", id="invalid-frame"),
-    pytest.param(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n", id="http1-answer",
-                 marks=pytest.mark.xfail(strict=True, reason=(
-                     "router bug: H2Peer.oversized (h2peer.py) looks at how many bytes are "
-                     "pending, not at the length the pending frame header announces: a short "
-                     "answer that reads as a 4.7 MB frame leaves the streams waiting"))),
+    pytest.param(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n", id="http1-answer"),
 ])
 async def test_an_upstream_that_breaks_http2_fails_only_its_streams(garbage: bytes) -> None:
     """(An HTTP/1.1 answer reads as a frame header announcing some 4.7 MB: it must not leave
@@ -657,9 +653,6 @@ async def spent_for_good(w: SimpleNamespace, c: H2Client, sid: int) -> None:
     raise AssertionError("the window never closed for good")
 
 
-@pytest.mark.xfail(strict=True, reason="router bug: H2Upstream.pause_writing (h2upstream.py) "
-                   "only stops flow(); the client is still read, and each empty DATA frame "
-                   "(no window) is queued in Half.chunks for good")
 async def test_an_empty_data_flood_towards_an_upstream_that_does_not_read_is_bounded() -> None:
     """Empty DATA frames take no flow-control window (CVE-2019-9518): the windows that bound
     what the relay holds for a stream do not bound them. Once the stream's upstream stops

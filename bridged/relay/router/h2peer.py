@@ -36,6 +36,9 @@ MAX_HEADER_LIST_BYTES = 64 * 1024
 #: many, and when they are half or more of the connection's streams, the connection is ended
 #: with ENHANCE_YOUR_CALM (Envoy's premature-reset rule has the same shape)
 PREMATURE_RESETS = 100
+#: bytes of body kept as one piece: tiny DATA frames (one byte each is allowed) are joined, so
+#: what a window lets in costs the relay its bytes, not a Python object per frame
+COALESCE_BYTES = 16 * 1024
 
 _S = h2.settings.SettingCodes
 #: what the router announces to a client, and to an upstream (which may not push: a pushed
@@ -72,11 +75,13 @@ class H2Peer:
         self.conn.increment_flow_control_window(CONNECTION_WINDOW - 65535)
 
     def oversized(self) -> bool:
-        """Whether the frame being received is larger than the peer may send: h2 checks a
-        frame's length only once all of it came, so a header announcing 16 MiB would have the
-        relay buffer 16 MiB per connection first (the preface, 24 bytes, may precede it)."""
+        """Whether the frame being received announces more than the peer may send: h2 checks
+        a frame's length only once all of it came, so a header announcing 16 MiB would have
+        the relay buffer 16 MiB per connection first (h2's buffer starts at a frame's start:
+        the preface is taken off before)."""
         pending = getattr(self.conn.incoming_buffer, "_data", b"")  # (h2 4.x's buffer)
-        return len(pending) > self.conn.max_inbound_frame_size + 9 + 24
+        return len(pending) >= 9 and \
+            int.from_bytes(pending[:3], "big") > self.conn.max_inbound_frame_size
 
     def flush(self) -> None:
         data = self.conn.data_to_send()
@@ -99,10 +104,22 @@ class Half:
 
     def __init__(self) -> None:
         #: (bytes, how much of the sender's window they took, padding included)
-        self.chunks: deque[tuple[bytes, int]] = deque()
+        self.chunks: deque[tuple[bytes | bytearray, int]] = deque()
         self.ended = False  # the sender ended it
         self.trailers: list[tuple[bytes, bytes]] | None = None
         self.done = False  # its end was written on
+
+    def add(self, data: bytes, taken: int) -> None:
+        """Body bytes read (``taken``: the window they took, padding included)."""
+        chunks = self.chunks
+        if chunks and len(chunks[-1][0]) + len(data) <= COALESCE_BYTES:
+            last, before = chunks[-1]
+            if not isinstance(last, bytearray):  # joined in place from here on
+                last = bytearray(last)
+            last += data
+            chunks[-1] = (last, before + taken)
+        else:
+            chunks.append((data, taken))
 
 
 class Exchange:
@@ -139,12 +156,13 @@ def flow(half: Half, src: H2Peer, src_sid: int, dst: H2Peer, dst_sid: int) -> No
         if room <= 0 and data:  # (an empty frame, which may carry the end, takes no window)
             return
         if len(data) > room:
-            conn.send_data(dst_sid, data[:room])
+            conn.send_data(dst_sid, bytes(data[:room]))
             chunks[0] = (data[room:], taken)
             continue
         chunks.popleft()
         last = not chunks and half.ended and not half.trailers  # its end in the same frame
-        conn.send_data(dst_sid, data, end_stream=last)
+        conn.send_data(dst_sid, data if isinstance(data, bytes) else bytes(data),
+                       end_stream=last)
         half.done = last
         if taken:
             with contextlib.suppress(h2.exceptions.ProtocolError):  # its stream was reset
