@@ -112,19 +112,9 @@ class H2Downstream(H2Peer):
     def _event(self, event: Any) -> None:
         if isinstance(event, h2.events.DataReceived):
             ex = self.streams.get(event.stream_id)
-            if ex is None or not event.data:
-                # a stream we ended, or padding alone: its window comes back at once (empty
-                # frames take no window: kept, a flood of them would grow without bound)
-                if event.flow_controlled_length:
-                    with contextlib.suppress(h2.exceptions.ProtocolError):
-                        self.conn.acknowledge_received_data(event.flow_controlled_length,
-                                                            event.stream_id)
-                if ex is None:
-                    return
-            else:
-                ex.request.add(event.data, event.flow_controlled_length)
-            ex.request.ended = event.stream_ended is not None  # (so the end goes with it)
-            self.pump_request(ex)
+            if self.take_data(event, ex.request if ex is not None else None):
+                assert ex is not None
+                self.pump_request(ex)
         elif isinstance(event, h2.events.RequestReceived):
             self._request(event.stream_id, event.headers, event.stream_ended is not None)
         elif isinstance(event, h2.events.StreamEnded):

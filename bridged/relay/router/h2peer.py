@@ -74,6 +74,23 @@ class H2Peer:
         self.conn.initiate_connection()
         self.conn.increment_flow_control_window(CONNECTION_WINDOW - 65535)
 
+    def take_data(self, event: Any, half: Half | None) -> bool:
+        """A DATA frame read: its bytes into ``half`` (None: a stream no longer followed,
+        whose window comes back at once), its end noted; True if there is something to move.
+        Padding and empty frames take no room here: their window is given back at once (kept,
+        a flood of empty frames, which take no window, would grow without bound)."""
+        if half is None or not event.data:
+            if event.flow_controlled_length:
+                with contextlib.suppress(h2.exceptions.ProtocolError):
+                    self.conn.acknowledge_received_data(event.flow_controlled_length,
+                                                        event.stream_id)
+            if half is None:
+                return False
+        else:
+            half.add(event.data, event.flow_controlled_length)
+        half.ended = event.stream_ended is not None  # (so the end goes with the last bytes)
+        return True
+
     def oversized(self) -> bool:
         """Whether the frame being received announces more than the peer may send: h2 checks
         a frame's length only once all of it came, so a header announcing 16 MiB would have

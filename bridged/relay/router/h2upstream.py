@@ -112,16 +112,9 @@ class H2Upstream(H2Peer):
         down = self.down
         if isinstance(event, h2.events.DataReceived):
             ex = self.streams.get(event.stream_id)
-            if ex is None or not event.data:  # (as the client side: see there)
-                if event.flow_controlled_length:
-                    self.conn.acknowledge_received_data(event.flow_controlled_length,
-                                                        event.stream_id)
-                if ex is None:
-                    return
-            else:
-                ex.response.add(event.data, event.flow_controlled_length)
-            ex.response.ended = event.stream_ended is not None  # (so the end goes with it)
-            down.pump_response(ex)
+            if self.take_data(event, ex.response if ex is not None else None):
+                assert ex is not None
+                down.pump_response(ex)
         elif isinstance(event, h2.events.ResponseReceived):
             ex = self.streams.get(event.stream_id)
             if ex is not None:
