@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from bridged.routing.decide import ORIGIN, Route
 
 from ..grpckit import payload
 from ..grpckit.balancer import RoundRobinFront, round_robin
+from ..grpckit.calls import a_cancelled_stream_reaches, one_of_each_kind
 from ..grpckit.clients import EchoClient, channel, metadata
 from ..grpckit.servers import EchoServer, Seen, echo_servers
 from ..grpckit.stubs import compile_echo
@@ -85,31 +85,6 @@ async def clients(port: int, stubs: SimpleNamespace, n: int) -> AsyncIterator[li
 
 def lands_at(dev: str | None) -> set[str]:
     return {dev} if dev is not None else set(REPLICAS)
-
-
-async def one_of_each_kind(client: EchoClient, dev: str | None, tag: str) -> list[tuple[str, str]]:
-    """A unary, a server-streaming, a client-streaming and a bidirectional call with ``dev``'s
-    metadata, each checked for its bytes; (method, who answered) of each."""
-    meta = metadata(dev, x_call=tag)
-    data = os.urandom(64 * 1024)
-    unary = await client.call(meta, data)
-    assert (unary.size, unary.sha256) == (len(data), payload.sha256([data]))
-
-    seed, size, chunk = f"download-{tag}", 256 * 1024, 16 * 1024
-    down = await client.download(meta, seed, size, chunk)
-    assert (down.size, down.sha256) == (size, payload.sha256(payload.chunks(seed, size, chunk)))
-    assert len(down.whos) == 1
-
-    pieces = list(payload.chunks(f"upload-{tag}", 256 * 1024, 32 * 1024))
-    up = await client.upload(meta, pieces)
-    assert (up.count, up.size, up.sha256) == (8, 256 * 1024, payload.sha256(pieces))
-
-    said = [os.urandom(8 * 1024) for _ in range(4)]
-    answers = await client.chat(meta, said)
-    assert [(a.seq, a.data) for a in answers] == list(enumerate(said))
-    assert len({a.who for a in answers}) == 1
-    return [("Call", unary.who), ("Download", next(iter(down.whos))), ("Upload", up.who),
-            ("Chat", answers[0].who)]
 
 
 async def test_every_call_lands_where_its_metadata_says(stubs: SimpleNamespace,
@@ -193,29 +168,7 @@ async def test_a_cancelled_stream_is_cancelled_at_the_developers_server(
 ) -> None:
     async with router_on(cluster.ports) as relay, \
             clients(relay.port, stubs, 1) as (client,):
-        # a conversation with alice stays open on the same connection all along
-        chat = client.stub.Chat(metadata=metadata("alice"), timeout=20)
-        await chat.write(client.pb2.ChatMessage(seq=0, data=b"before"))
-        assert (await within(chat.read())).data == b"before"
-
-        download = client.stub.Download(
-            client.pb2.DownloadRequest(seed="s", size=64 * 1024, chunk=16 * 1024, hold_seconds=15),
-            metadata=metadata("alice"), timeout=20)
-        for _ in range(4):  # all of it: alice now holds the stream open, waiting
-            assert (await within(download.read())).who == "alice"
-        [_, held] = cluster.alice.seen
-        assert held.method == "Download" and not held.ended.is_set()
-        download.cancel()
-        # only the stream's reset can tell alice's server: its deadline is 20 s away
-        await within(held.ended.wait(), 5)
-        assert held.cancelled
-
-        await chat.write(client.pb2.ChatMessage(seq=1, data=b"after"))
-        answer = await within(chat.read())
-        assert (answer.who, answer.data) == ("alice", b"after")
-        await chat.done_writing()
-        assert await within(chat.read()) == grpc.aio.EOF
-        assert await within(chat.code()) == grpc.StatusCode.OK
+        await a_cancelled_stream_reaches(client, cluster.alice, "alice")
     assert not cluster.alice.seen[0].cancelled
 
 

@@ -29,11 +29,11 @@ from bridged.control.client import ControlClient
 from bridged.localrun import DaemonProcess
 
 from ..grpckit import payload
+from ..grpckit.calls import a_cancelled_stream_reaches, one_of_each_kind
 from ..grpckit.clients import CHANNEL_OPTIONS, EchoClient, metadata
 from ..grpckit.servers import SERVER_OPTIONS, EchoServer, EchoServicer
 from ..grpckit.stubs import compile_echo
 from ..helpers import Daemon, assert_clean_log, eventually
-from ..integration.test_grpc_routing import one_of_each_kind
 from .apiserver import KubeApiServer, PodHandle, PodSandbox
 from .relay_kubelet import RelayKubelet
 from .test_intercept_on_kube import NS, _comparable, _ready_pods, cluster  # noqa: F401
@@ -310,30 +310,8 @@ async def test_deadlines_and_cancellation_reach_the_laptops_server(
         await within(held.ended.wait(), 5)
         assert held.cancelled
 
-        # a stream the client cancels is cancelled at alice's server: only the stream's reset
-        # can tell it, its deadline is 20 s away; a conversation on the same connection
-        # carries on
-        chat = client.stub.Chat(metadata=metadata("alice"), timeout=20)
-        await chat.write(client.pb2.ChatMessage(seq=0, data=b"before"))
-        assert (await within(chat.read())).data == b"before"
-        download = client.stub.Download(
-            client.pb2.DownloadRequest(seed="s", size=64 * 1024, chunk=16 * 1024,
-                                       hold_seconds=15),
-            metadata=metadata("alice"), timeout=20)
-        for _ in range(4):  # all of it: alice's server now holds the stream open
-            assert (await within(download.read())).who == "alice"
-        [_, talking, streaming] = alice.server.seen
-        assert streaming.method == "Download" and not streaming.ended.is_set()
-        download.cancel()
-        await within(streaming.ended.wait(), 5)
-        assert streaming.cancelled
-
-        await chat.write(client.pb2.ChatMessage(seq=1, data=b"after"))
-        answer = await within(chat.read())
-        assert (answer.who, answer.data) == ("alice", b"after")
-        await chat.done_writing()
-        assert await within(chat.read()) == grpc.aio.EOF
-        assert await within(chat.code()) == grpc.StatusCode.OK
+        await a_cancelled_stream_reaches(client, alice.server, "alice")
+        [_, talking, _] = alice.server.seen
         assert not talking.cancelled
     assert not echo.replicas.calls()  # nothing of alice's went anywhere else
 
