@@ -458,7 +458,32 @@ async def _connect(port: int, rcvbuf: int | None) -> tuple[Any, Any]:
     return await asyncio.open_connection(sock=sock)
 
 
-class H2Client:
+class _Client:
+    """What both clients share: a connection read by a task, closed and waited for."""
+
+    writer: Any = None
+    task: asyncio.Task[None] | None = None
+
+    async def close(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+        if self.writer is not None:
+            self.writer.close()
+            with contextlib.suppress(Exception):
+                await self.writer.wait_closed()
+
+
+@contextlib.asynccontextmanager
+async def _opened(c: Any, port: int, **kwargs: Any) -> AsyncIterator[Any]:
+    try:
+        yield await c.open(port, **kwargs)
+    finally:
+        await c.close()
+
+
+class H2Client(_Client):
     """A well-behaved HTTP/2 client (``h2``) over asyncio streams; ``reading = False`` stops
     it reading its socket (and so giving windows back)."""
 
@@ -605,28 +630,14 @@ class H2Client:
                                what or f"{self.name}: the answer on stream {sid}")
         return a
 
-    async def close(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
-        if self.writer is not None:
-            self.writer.close()
-            with contextlib.suppress(Exception):
-                await self.writer.wait_closed()
 
 
-@contextlib.asynccontextmanager
-async def h2_client(pulse: Pulse, port: int, name: str = "client",
-                    **kwargs: Any) -> AsyncIterator[H2Client]:
-    c = H2Client(pulse, name)
-    try:
-        yield await c.open(port, **kwargs)
-    finally:
-        await c.close()
+def h2_client(pulse: Pulse, port: int, name: str = "client",
+              **kwargs: Any) -> contextlib.AbstractAsyncContextManager[H2Client]:
+    return _opened(H2Client(pulse, name), port, **kwargs)
 
 
-class RawH2:
+class RawH2(_Client):
     """A client that writes frames as given (``hyperframe``: valid or not) and records every
     frame it receives, answering only SETTINGS with an ACK (and DATA with WINDOW_UPDATE when
     ``auto_window``)."""
@@ -738,25 +749,11 @@ class RawH2:
     async def until_closed(self) -> None:
         await self.pulse.until(lambda: self.closed, f"{self.name}: the connection to end")
 
-    async def close(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
-        if self.writer is not None:
-            self.writer.close()
-            with contextlib.suppress(Exception):
-                await self.writer.wait_closed()
 
 
-@contextlib.asynccontextmanager
-async def raw_client(pulse: Pulse, port: int, name: str = "bad",
-                     **kwargs: Any) -> AsyncIterator[RawH2]:
-    c = RawH2(pulse, name)
-    try:
-        yield await c.open(port, **kwargs)
-    finally:
-        await c.close()
+def raw_client(pulse: Pulse, port: int, name: str = "bad",
+               **kwargs: Any) -> contextlib.AbstractAsyncContextManager[RawH2]:
+    return _opened(RawH2(pulse, name), port, **kwargs)
 
 
 __all__ = ["PREFACE", "ContinuationFrame", "DataFrame", "GoAwayFrame", "HeadersFrame",
