@@ -3,7 +3,8 @@
 Two small "cluster" services run behind the relay (an HTTP API and a TCP key-value store); the
 daemon exposes them on local ports and the demo calls them there; a "local development" HTTP
 service is started and a relay port is intercepted to it, and requests sent to the relay port
-(as the cluster would send them) are shown arriving on the laptop. Every process is stopped at
+(as the cluster would send them) are shown arriving on the laptop — by header too, and per
+stream of one HTTP/2 connection (as gRPC clients send their calls). Every process is stopped at
 the end, and the exit code says whether every step passed.
 """
 
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .control.client import ControlClient
+from .demo_h2 import h2c_get_all, h2c_service
 from .errors import BridgedError
 from .localrun import DaemonProcess, RelayProcess
 from .runtime import run
@@ -126,6 +128,8 @@ async def _demo(demo: Demo, workdir: Path) -> None:
     orders = await http_service("orders-api (cluster)", lambda p: {"path": p, "orders": [1, 2]})
     kv = await kv_service()
     laptop = await http_service("orders-api (your laptop)", lambda p: {"path": p})
+    cluster_h2 = await h2c_service("the cluster (HTTP/2)")
+    laptop_h2 = await h2c_service("your laptop (HTTP/2)")
     async with RelayProcess(workdir / "relay") as relay, \
             DaemonProcess(workdir / "daemon") as daemon:
         os.environ.update(daemon.env)  # the control client finds this daemon
@@ -207,10 +211,27 @@ async def _demo(demo: Demo, workdir: Path) -> None:
 
         await demo.check("by header", route_by_header)
 
+        async def route_streams() -> str:
+            port = free_port()
+            await call("POST", "intercepts", {
+                "remote_port": port, "local_port": port_of(laptop_h2), "name": "grpc-alice",
+                "headers": ["x-bridged-route=alice"], "protocol": "h2c",
+                "origin": f"127.0.0.1:{port_of(cluster_h2)}"})
+            answers = await h2c_get_all(port, [("/a", {"x-bridged-route": "alice"}),
+                                               ("/b", {}), ("/c", {"x-bridged-route": "alice"})])
+            served = [a["served_by"] for a in answers]
+            assert served == ["your laptop (HTTP/2)", "the cluster (HTTP/2)",
+                              "your laptop (HTTP/2)"], served
+            await call("DELETE", "intercepts/grpc-alice")
+            return (f"relay port {port}: one HTTP/2 connection, 3 streams: the 2 with "
+                    "x-bridged-route: alice → your laptop, the other → the cluster")
+
+        await demo.check("HTTP/2", route_streams)
+
         s = await call("GET", "status")
         moved = sum(f["bytes_sent"] + f["bytes_received"] for f in s["forwards"])
         demo.say("status", f"{len(s['forwards'])} forwards, {moved} bytes through the tunnel")
-    for server in (orders, kv, laptop):
+    for server in (orders, kv, laptop, cluster_h2, laptop_h2):
         server.close()
     demo.say("cleanup", "daemon and relay stopped")
     elapsed = time.monotonic() - started

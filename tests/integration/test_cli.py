@@ -159,7 +159,8 @@ def test_demo_exits_zero() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["ok"] is True
-    assert {s["step"] for s in report["steps"]} >= {"connect", "expose", "intercept", "leave"}
+    assert {s["step"] for s in report["steps"]} >= {"connect", "expose", "intercept", "leave",
+                                                    "by header", "HTTP/2"}
 
 
 async def test_a_relay_whose_key_changes_while_connected_is_refused_on_reconnect(
