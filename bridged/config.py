@@ -93,6 +93,29 @@ class LeaseSettings:
 
 
 @dataclass(frozen=True)
+class MirrorSettings:
+    """What a mirror intercept may hold of its copies (per intercept): a copy must never slow
+    or change the request it copies, so past these it is dropped, and counted."""
+
+    #: copies held at once (being read from the client, waiting, or being sent): a burst a
+    #: developer's service may lag behind before copies are dropped
+    max_copies: int = 64
+    #: bytes those copies' bodies may take, in all: 8 MiB per intercept keeps a few mirrors
+    #: well within the relay pod's 256 MiB
+    max_bytes: int = 8 * 1024 * 1024
+    #: a body larger than this is not copied (an upload), only counted
+    max_body_bytes: int = 1024 * 1024
+    #: copies sent to the laptop at once: a slow local service (a breakpoint) holds these
+    senders: int = 4
+    #: seconds the laptop has to answer a copy (its answer is read and discarded): then the
+    #: copy's connection is closed, so a service held at a breakpoint frees its sender
+    answer_timeout_seconds: float = 30.0
+    #: bytes of the cluster's answer body sent to the daemon beside the laptop's (the
+    #: capture's default, bridged.capture.model.CaptureSettings.max_body_bytes)
+    answer_body_bytes: int = 256 * 1024
+
+
+@dataclass(frozen=True)
 class RouterSettings:
     """The relay's HTTP router."""
 
@@ -117,6 +140,8 @@ class RouterSettings:
     #: Each may buffer up to ~2 x 64 KiB plus an upstream connection: 1024 of them stay well
     #: within the relay pod's 256 MiB and its descriptor limit
     max_connections: int = 1024
+    #: mirror intercepts' copies (their bounds)
+    mirror: MirrorSettings = field(default_factory=MirrorSettings)
 
 
 # --- addresses ---------------------------------------------------------------------------------
@@ -321,6 +346,9 @@ class InterceptSpec:
     #: what the local server speaks (:data:`bridged.protocol.PROTOCOLS`); "" when the user
     #: did not say: the daemon then takes the Service port's ``appProtocol``, else ``http``
     protocol: str = ""
+    #: copy the matching requests to the local port while the cluster keeps answering them
+    #: (HTTP/1.1; never exclusive: others may intercept the same requests meanwhile)
+    mirror: bool = False
 
     @classmethod
     def parse(
@@ -328,7 +356,7 @@ class InterceptSpec:
         via: str | None = None, name: str | None = None, local_host: str = "127.0.0.1",
         headers: tuple[str, ...] = (), path: str | None = None, origin: str | None = None,
         http: bool = False, tcp: bool = False, fallback: str = "error",
-        protocol: str | None = None, grpc_method: str | None = None,
+        protocol: str | None = None, grpc_method: str | None = None, mirror: bool = False,
     ) -> InterceptSpec:
         """``local_port`` is ``LOCAL[:SERVICE_PORT]`` as typed after ``--port``;
         ``grpc_method`` as typed after ``--grpc-method`` (it implies ``protocol`` grpc)."""
@@ -384,17 +412,27 @@ class InterceptSpec:
             raise ConfigError("--tcp takes the whole port as bytes: it goes without --protocol")
         if tcp and via in ("gateway", "cilium"):
             raise ConfigError(f"--via {via} routes HTTP requests: use --via takeover with --tcp")
+        if mirror and tcp:
+            raise ConfigError("--mirror copies HTTP requests: it goes without --tcp")
+        if mirror and protocol in ("h2c", "grpc"):
+            raise ConfigError(f"--mirror copies HTTP/1.1 requests only for now: it goes without "
+                              f"--protocol {protocol}" + (" and --grpc-method"
+                                                          if grpc_method is not None else ""))
+        if mirror and fallback == "origin":
+            raise ConfigError("--mirror never takes a request from the cluster: --fallback "
+                              "has nothing to do")
         return cls(
             name=parse_name(name or service or f"port-{rport}", "intercept name"),
             local_port=parse_port(local, "local port"),
             service=service or "", service_port=service_port, via=via, remote_port=rport,
             local_host=parse_host(local_host),
             mode="tcp" if tcp else "http" if (http or matchers or origin or service
-                                              or protocol) else "tcp",
+                                              or protocol or mirror) else "tcp",
             matchers=tuple(matchers),
             origin=origin or "",
             fallback=fallback,
             protocol=protocol,
+            mirror=mirror,
         )
 
 

@@ -27,8 +27,9 @@ from .errors import ProtocolError
 SUBSYSTEM = "bridged-control"
 #: (major, minor): bump minor for additions old peers may ignore, major for breaking changes
 #: 1.1: claims may name a Service and a strategy; 1.2: traffic headers; 1.3: a claim's
-#: protocol, gRPC method matchers, HTTP/2 streams in traffic
-VERSION = (1, 3)
+#: protocol, gRPC method matchers, HTTP/2 streams in traffic; 1.4: mirror claims, their
+#: ``mirror`` and ``mirror-drops`` events
+VERSION = (1, 4)
 
 #: how the cluster's traffic for a Service reaches the relay (see :mod:`bridged.redirect`)
 STRATEGIES = ("takeover", "gateway", "cilium")
@@ -75,10 +76,13 @@ class InterceptClaim:
     #: what the developer's local server speaks (:data:`PROTOCOLS`): the router sends the
     #: intercept's requests as HTTP/1.1 (``http``) or as HTTP/2 streams (``h2c``, ``grpc``)
     protocol: str = "http"
+    #: a mirror: the matching requests are *copied* to the developer (HTTP/1.1 only), the
+    #: cluster still answers them; it takes nothing from anyone, so it is never exclusive
+    mirror: bool = False
 
     @property
     def exclusive(self) -> bool:
-        return not self.matchers
+        return not self.matchers and not self.mirror
 
     @property
     def listen_host(self) -> str:
@@ -175,8 +179,51 @@ class Traffic(Message):
     grpc_status: int | None = None
 
 
+@dataclass(frozen=True)
+class MirrorAnswer(Message):
+    """Relay → daemon, unasked: a request copied to a mirror intercept, and the *cluster's*
+    answer to it (the one its client got), to show beside the laptop's. The copy reached the
+    laptop with the header ``x-bridged-mirror: <mirror_id>`` (:data:`MIRROR_HEADER`): that is
+    how the two are paired. Headers redacted (:mod:`bridged.routing.redact`), the body cut at
+    256 KiB (``truncated``; ``size`` is the whole body's). Sent once both answers ended."""
+
+    type: ClassVar[str] = "mirror"
+    intercept_id: str
+    mirror_id: str
+    method: str = ""
+    path: str = ""
+    #: the cluster's answer: 0 when it broke before its head; with ``note`` when not seen
+    #: (gateway: the mesh answers the client and mirrors the request to the relay)
+    status: int = 0
+    headers: tuple[tuple[str, str], ...] = ()
+    body_b64: str = ""
+    size: int = 0
+    truncated: bool = False
+    duration_ms: float = 0.0
+    #: the laptop's answer, as the relay read and discarded it: its status (0: none), and
+    #: why there was none ("" if there was)
+    laptop_status: int = 0
+    laptop_error: str = ""
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class MirrorDrops(Message):
+    """Relay → daemon, unasked: copies of a mirror intercept's requests that were not sent to
+    the laptop, by reason, counted since the intercept was granted (totals, not increments:
+    a lost message costs nothing). Sent at most twice a second, when they changed."""
+
+    type: ClassVar[str] = "mirror-drops"
+    intercept_id: str
+    dropped: dict[str, int] = field(default_factory=dict)
+
+
+#: the header on a copy a mirror intercept sends to the laptop: the copy's ``mirror_id``
+MIRROR_HEADER = "x-bridged-mirror"
+
 MESSAGES: dict[str, type[Message]] = {
-    cls.type: cls for cls in (Hello, Register, Release, Renew, GetStats, Ok, Error, Traffic)
+    cls.type: cls for cls in (Hello, Register, Release, Renew, GetStats, Ok, Error, Traffic,
+                              MirrorAnswer, MirrorDrops)
 }
 
 
@@ -233,6 +280,8 @@ def _build(cls: type[Message], data: dict[str, Any]) -> Message:
         kwargs["claim"] = _claim(kwargs.get("claim"))
     if "headers" in kwargs:
         kwargs["headers"] = tuple((str(n), str(v)) for n, v in kwargs["headers"])
+    if "dropped" in kwargs:
+        kwargs["dropped"] = {str(k): int(v) for k, v in dict(kwargs["dropped"]).items()}
     if "intercept_ids" in kwargs:
         kwargs["intercept_ids"] = tuple(str(i) for i in kwargs["intercept_ids"])
     for name in ("id", "re"):
@@ -280,10 +329,15 @@ def _claim(data: Any) -> InterceptClaim:
     proto = str(data.get("protocol") or "http")
     if proto not in PROTOCOLS:
         raise ValueError(f"unknown protocol {proto!r} ({', '.join(PROTOCOLS)})")
+    mirror = data.get("mirror", False)
+    if not isinstance(mirror, bool):
+        raise ValueError("mirror must be true or false")
+    if mirror and mode != "http":
+        raise ValueError("a mirror copies HTTP requests: its mode is http")
     return InterceptClaim(id=claim_id, port=port, mode=mode, matchers=matchers,
                           origin=str(data.get("origin") or ""), fallback=fallback,
                           service=service, service_port=service_port, via=via,
-                          protocol=proto)
+                          protocol=proto, mirror=mirror)
 
 
 def compatible(theirs: tuple[int, int]) -> bool:

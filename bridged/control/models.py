@@ -181,6 +181,7 @@ class InterceptRequest:
                 fallback=field(body, "fallback", str, "error"),
                 protocol=field(body, "protocol", str),
                 grpc_method=field(body, "grpc_method", str),
+                mirror=field(body, "mirror", bool, False),
             ),
             overwrite=field(body, "overwrite", bool, False),
         )

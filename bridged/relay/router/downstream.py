@@ -278,6 +278,9 @@ class Downstream(asyncio.Protocol):
         for up in list(self.idle.values()):
             up.close()
         self.idle.clear()
+        for r in (self.current, active, *self.queue):
+            if r is not None and r.mirror is not None:
+                r.mirror.client_gone()
 
     def _upstream(self) -> Upstream | None:
         """The upstream bytes flow to and from now."""
@@ -425,8 +428,12 @@ class Downstream(asyncio.Protocol):
                 return
             r.body_left = int(length) if lengths else 0  # (llhttp checked its digits)
             self.upgrading = r
-        r.head_bytes = serialize_head(method, r.url, self.parser.get_http_version(), r.headers)
+        version = self.parser.get_http_version()
+        r.head_bytes = serialize_head(method, r.url, version, r.headers)
         r.out.append(r.head_bytes)
+        mirror = self.router.mirror
+        if mirror is not None and not r.upgrade:
+            r.mirror = mirror.begin(r.head, method, r.url, version, r.headers, self.peer)
         self.queue.append(r)
         self.queued_bytes += r.size
         self._next()
@@ -443,6 +450,8 @@ class Downstream(asyncio.Protocol):
             r.send(b"%x\r\n%b\r\n" % (len(body), body))
         else:
             r.send(body)
+        if r.mirror is not None:
+            r.mirror.body(body)
         if r.upstream is None:
             self.pause("connecting")  # held until its upstream takes it: a read at most
 
@@ -454,6 +463,8 @@ class Downstream(asyncio.Protocol):
             return
         self.current = None
         r.complete = True
+        if r.mirror is not None:
+            r.mirror.request_done()
         if r.chunked:
             trailers = b"".join(n + b": " + v + b"\r\n" for n, v in r.trailers or [])
             r.send(b"0\r\n" + trailers + b"\r\n")
@@ -773,4 +784,6 @@ class Downstream(asyncio.Protocol):
         if r.head is None or r.route is None or r.reported:
             return
         r.reported = True
+        if r.mirror is not None:
+            r.mirror.cluster_done(status)
         self.router.report(r.head, r.route, status, r.started, self.peer)

@@ -11,6 +11,7 @@ from ...routing.decide import Route
 from ...routing.rules import RequestHead
 
 if TYPE_CHECKING:
+    from .mirror import Tee
     from .upstream import Upstream
 
 Peer = tuple[str, int]
@@ -56,7 +57,7 @@ class Request:
     __slots__ = ("url", "headers", "trailers", "head", "chunked", "complete", "out",  # noqa: RUF023
                  "upstream", "route", "status", "started", "keep_alive", "upgrade", "timer",
                  "head_bytes", "body_sent", "retried", "body_left", "probe", "size",
-                 "reported")
+                 "reported", "mirror")
 
     def __init__(self) -> None:
         self.url = b""
@@ -80,6 +81,7 @@ class Request:
         self.probe = ""  # the x-bridged-probe nonce, if any
         self.size = 0  # bytes of its target, headers and trailers: bounded
         self.reported = False
+        self.mirror: Tee | None = None  # its copies for mirror intercepts, if any
 
     def send(self, data: bytes) -> None:
         if self.upstream is not None:

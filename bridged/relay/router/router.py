@@ -13,6 +13,7 @@ from ...routing.decide import Route
 from ...routing.rules import RequestHead
 from .downstream import Downstream
 from .framing import Decide, OnPassThrough, OnRequest, OpenUpstream, Peer, Probe
+from .mirror import Mirrors
 
 log = logging.getLogger("bridged.relay.router")
 
@@ -38,7 +39,8 @@ class HttpRouter:
                  on_pass_through: OnPassThrough | None = None,
                  probe: Probe | None = None,
                  speaks_h2: Callable[[Route], bool] | None = None,
-                 h2c_upgrade: Callable[[], bool] | None = None) -> None:
+                 h2c_upgrade: Callable[[], bool] | None = None,
+                 mirror: Mirrors | None = None) -> None:
         self.decide = decide
         self.open_upstream = open_upstream
         self.on_request = on_request
@@ -56,6 +58,8 @@ class HttpRouter:
         #: whether ``Upgrade: h2c`` is accepted by the router itself (the port is declared
         #: HTTP/2); None or False: the upgrade goes to the request's destination, as any other
         self.h2c_upgrade = h2c_upgrade
+        #: the port's mirror intercepts, which take copies of HTTP/1.1 requests (None: none)
+        self.mirror = mirror
         self.downstreams: set[Downstream] = set()
         self._sweeping: asyncio.TimerHandle | None = None
 
@@ -119,4 +123,7 @@ class HttpRouter:
 
     def close(self) -> None:
         """Nothing to stop: client connections carry on (a port changing hands lets them
-        finish), each closing its own upstream connections; the sweep ends with the last."""
+        finish), each closing its own upstream connections; the sweep ends with the last.
+        Copies not sent yet are dropped."""
+        if self.mirror is not None:
+            self.mirror.close()

@@ -117,6 +117,9 @@ class Upstream(asyncio.Protocol):
             return
         length, keep_alive = end
         down.transport.write(pending[:length])
+        active = down.active
+        if active is not None and active.mirror is not None:
+            active.mirror.answer(pending[:length])
         self.final_sent = True
         self.done = False
         down.response_done(self, keep_alive, reuse=length == len(pending))
@@ -128,6 +131,9 @@ class Upstream(asyncio.Protocol):
             self.held.clear()
             self.held_bytes = 0
         down.transport.write(data)
+        active = down.active
+        if active is not None and active.mirror is not None:
+            active.mirror.answer(data)  # recorded for the mirror's side-by-side view
         if self.final_at >= 0:
             self.final_sent = True
 
