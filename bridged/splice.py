@@ -31,7 +31,7 @@ import logging
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import asyncssh
 
@@ -64,12 +64,25 @@ class Counters:
         self.last_error = reason
 
 
+class SpliceObserver(Protocol):
+    """Sees a copy of what a splice forwards (the daemon's capture of intercepted traffic),
+    after it was forwarded: it can neither delay nor change it. Each ``*_ended`` comes once,
+    ``lost`` when that direction ended without EOF. An observer that raises is dropped."""
+
+    def channel_data(self, data: bytes) -> None: ...  # channel → socket
+    def socket_data(self, data: bytes) -> None: ...  # socket → channel
+    def channel_ended(self, lost: bool) -> None: ...
+    def socket_ended(self, lost: bool) -> None: ...
+
+
 class Pipe(asyncio.Protocol):
     """The socket side of a splice; :class:`ChannelSide` forwards the channel's events here."""
 
     def __init__(self, counters: Counters, live: set[Pipe] | None = None,
-                 on_made: Callable[[Pipe], None] | None = None) -> None:
+                 on_made: Callable[[Pipe], None] | None = None,
+                 observer: SpliceObserver | None = None) -> None:
         self.counters = counters
+        self.observer = observer
         self._live = live
         self._on_made = on_made
         if live is not None:
@@ -102,18 +115,24 @@ class Pipe(asyncio.Protocol):
         if chan is None:
             self._early.append(data)
             self.transport.pause_reading()  # type: ignore[union-attr]
-            return
-        self.counters.bytes_sent += len(data)
-        chan.write(data)
+        else:
+            self.counters.bytes_sent += len(data)
+            chan.write(data)
+        if self.observer is not None:
+            self._observe(self.observer.socket_data, data)
 
     def eof_received(self) -> bool:
         self._socket_eof = True
+        if self.observer is not None:
+            self._observe(self.observer.socket_ended, False)
         if self.chan is not None:
             self.chan.write_eof()
             self._close_if_done()
         return True  # keep the socket open for the other direction
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.observer is not None and not self._socket_eof:
+            self._observe(self.observer.socket_ended, True)
         self._finish()
         if self.chan is not None:
             # without our EOF sent, this close (no EOF first) tells the far side that the
@@ -147,9 +166,13 @@ class Pipe(asyncio.Protocol):
     def channel_data(self, data: bytes) -> None:
         self.counters.bytes_received += len(data)
         self.transport.write(data)  # type: ignore[union-attr]
+        if self.observer is not None:
+            self._observe(self.observer.channel_data, data)
 
     def channel_eof(self) -> bool:
         self._chan_eof = True
+        if self.observer is not None:
+            self._observe(self.observer.channel_ended, False)
         transport = self.transport
         if transport is not None and transport.can_write_eof():
             transport.write_eof()
@@ -157,6 +180,8 @@ class Pipe(asyncio.Protocol):
         return True
 
     def channel_lost(self, exc: Exception | None) -> None:
+        if self.observer is not None and not self._chan_eof:
+            self._observe(self.observer.channel_ended, True)
         if self.transport is None:
             return
         if self._chan_eof:
@@ -178,6 +203,13 @@ class Pipe(asyncio.Protocol):
         self._finish()
 
     # --- helpers ---
+
+    def _observe(self, event: Callable[[Any], None], arg: Any) -> None:
+        try:
+            event(arg)
+        except Exception:  # a bug in the observer: it goes, the bytes keep flowing
+            log.exception("splice observer failed: no longer observing this connection")
+            self.observer = None
 
     def _close_if_done(self) -> None:
         if self._socket_eof and self._chan_eof:
@@ -281,10 +313,12 @@ _tasks: set[asyncio.Task[None]] = set()
 async def channel_then_socket(
     host: str, port: int, counters: Counters, *, what: str,
     conn: asyncssh.SSHClientConnection | asyncssh.SSHServerConnection, connect_seconds: float,
+    observer: SpliceObserver | None = None,
 ) -> ChannelSide:
-    """Connect to ``host:port`` for an incoming channel on ``conn``; a failure refuses it."""
+    """Connect to ``host:port`` for an incoming channel on ``conn``; a failure refuses it.
+    ``observer`` sees a copy of the bytes both ways (the daemon's capture)."""
     loop = asyncio.get_running_loop()
-    pipe = Pipe(counters)
+    pipe = Pipe(counters, observer=observer)
     try:
         async with asyncio.timeout(connect_seconds):
             transport, _ = await loop.create_connection(lambda: pipe, host, port)

@@ -25,6 +25,8 @@ import aiohttp
 import asyncssh
 
 from .. import protocol
+from ..capture.model import CaptureSettings
+from ..capture.tap import ConnectionTap, OnCapture
 from ..carriers import Carrier
 from ..config import Backoff, ForwardSpec, InterceptSpec, TunnelSettings
 from ..errors import (
@@ -162,9 +164,16 @@ class Bridge:
         pins: PinnedHostKeys, published_host_key: str | None = None,
         tunnel: TunnelSettings | None = None, backoff: Backoff | None = None,
         target: dict[str, Any] | None = None, redact_headers: tuple[str, ...] = (),
+        on_capture: OnCapture | None = None, capture_settings: CaptureSettings | None = None,
     ) -> None:
         self.name = name
         self.redact_headers = redact_headers
+        #: given each exchange an intercept carried (redacted, bodies cut), on the event loop:
+        #: it must not block. None: nothing is captured. May be set at any time: connections
+        #: opened from then on are tapped
+        self.on_capture = on_capture
+        self.capture_settings = capture_settings or CaptureSettings(
+            redact_headers=redact_headers)
         #: how this bridge was asked for (url and token, or kube context...), to save it
         self.made_with: dict[str, Any] = {}
         #: who the relay is, for pins, status and messages: a URL, or kube://CONTEXT/NAMESPACE
@@ -590,7 +599,8 @@ class Bridge:
                     lambda orig_host, orig_port: channel_then_socket(
                         spec.local_host, spec.local_port, intercept.counters,
                         what="the local service at", conn=conn,
-                        connect_seconds=t.connect_timeout_seconds),
+                        connect_seconds=t.connect_timeout_seconds,
+                        observer=self._tap(spec.name)),
                     claim.listen_host, claim.port,
                     window=t.window_bytes, max_pktsize=t.packet_bytes,
                 )
@@ -631,6 +641,12 @@ class Bridge:
         for note in notes:
             log.info("bridge %s: %s", self.name, note)
         return notes
+
+    def _tap(self, intercept: str) -> ConnectionTap | None:
+        """What watches one connection of ``intercept`` for the capture, if anyone listens."""
+        if self.on_capture is None:
+            return None
+        return ConnectionTap(intercept, self.capture_settings, self.on_capture)
 
     # --- traffic log ---
 
