@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import itertools
 import logging
@@ -40,10 +41,13 @@ from .router import (
     UpstreamUnavailable,
     tcp_upstream,
 )
+from .router.mirror import MirrorResult, Mirrors
 
 log = logging.getLogger(__name__)
 
 INTERCEPT_SUFFIX = ".intercept.bridged"
+#: seconds between two reports of a mirror's dropped copies (totals: one per burst)
+MIRROR_DROPS_EVERY_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -240,9 +244,12 @@ class OriginListener(PortListener):
 class RouterCounters(Counters):
     #: connections passed through untouched (not HTTP/1.x), by reason
     passed_through: dict[str, int] = field(default_factory=dict)
+    #: copies for mirror intercepts not sent to the laptop, by reason
+    mirror_dropped: dict[str, int] = field(default_factory=dict)
 
     def snapshot(self) -> dict[str, Any]:
-        return {**super().snapshot(), "passed_through": dict(self.passed_through)}
+        return {**super().snapshot(), "passed_through": dict(self.passed_through),
+                "mirror_dropped": dict(self.mirror_dropped)}
 
 
 class HttpPortListener(PortListener):
@@ -253,11 +260,17 @@ class HttpPortListener(PortListener):
     def __init__(self, relay: Relay, port: int, origin: str = "") -> None:
         super().__init__(relay, port, origin)
         self.counters: RouterCounters = RouterCounters()
+        #: copies dropped per mirror intercept, by reason (totals); those not yet told
+        self.mirror_drops: dict[str, dict[str, int]] = {}
+        self._drops_untold: set[str] = set()
+        self._telling: asyncio.TimerHandle | None = None
+        self.mirrors = Mirrors(self._mirror_targets, self._open_upstream, self._mirrored,
+                               self._mirror_dropped, relay.settings.router.mirror)
         self.router = HttpRouter(
             self._decide, self._open_upstream, self._count, self._fallback,
             settings=relay.settings.router, budget=relay.budget,
             on_pass_through=self._passed_through, probe=relay.probes.arrived,
-            speaks_h2=self._speaks_h2, h2c_upgrade=self._declared_h2)
+            speaks_h2=self._speaks_h2, h2c_upgrade=self._declared_h2, mirror=self.mirrors)
 
     async def start(self, host: str) -> None:
         self.server = await asyncio.get_running_loop().create_server(
@@ -265,7 +278,67 @@ class HttpPortListener(PortListener):
             backlog=self.relay.settings.tunnel.listen_backlog)
 
     def _decide(self, head: RequestHead) -> Route:
-        return decide(head, self.relay.table.rules(self.port, asyncio.get_running_loop().time()))
+        now = asyncio.get_running_loop().time()
+        # a mirror routes nothing: it takes copies (_mirror_targets)
+        return decide(head, [h.rule for h in self.relay.table.on_port(self.port)
+                             if h.rule is not None and h.expires_at > now
+                             and not h.claim.mirror])
+
+    def _mirror_targets(self, head: RequestHead) -> list[str]:
+        """The live mirror intercepts of this port that want a copy of this request."""
+        now = asyncio.get_running_loop().time()
+        return [h.claim.id for h in self.relay.table.on_port(self.port)
+                if h.claim.mirror and h.rule is not None and h.expires_at > now
+                and h.rule.matches(head)]
+
+    def _control_of(self, intercept_id: str) -> Any:
+        """The control channel of the session holding ``intercept_id``, if it is open."""
+        holding = self.relay.table.get(intercept_id)
+        session = self.relay.sessions.get(holding.session) if holding is not None else None
+        if session is None or session.control is None or session.control.is_closing():
+            return None
+        return session.control
+
+    def _mirrored(self, result: MirrorResult) -> None:
+        """A copy's exchanges ended: the cluster's answer (redacted, cut) to the developer,
+        beside a traffic event for the copy (its laptop's status)."""
+        control = self._control_of(result.intercept_id)
+        if control is None:
+            return
+        settings = self.relay.settings.router
+        client = format_host_port(*result.client) if result.client[0] else ""
+        control.write(protocol.encode(protocol.Traffic(
+            intercept_id=result.intercept_id, method=result.method, path=result.path[:2048],
+            status=result.laptop_status, duration_ms=result.duration_ms, client=client,
+            headers=tuple(redact(result.request_headers, settings.redact_headers)),
+            note="mirror" + (f": {result.laptop_error}" if result.laptop_error else ""))))
+        control.write(protocol.encode(protocol.MirrorAnswer(
+            intercept_id=result.intercept_id, mirror_id=result.mirror_id,
+            method=result.method, path=result.path[:2048], status=result.status,
+            headers=tuple(redact(result.headers, settings.redact_headers)),
+            body_b64=base64.b64encode(result.body).decode(), size=result.size,
+            truncated=result.truncated, duration_ms=result.duration_ms,
+            laptop_status=result.laptop_status, laptop_error=result.laptop_error[:512],
+            note=result.note)))
+
+    def _mirror_dropped(self, intercept_id: str, reason: str) -> None:
+        counts = self.mirror_drops.setdefault(intercept_id, {})
+        counts[reason] = counts.get(reason, 0) + 1
+        self.counters.mirror_dropped[reason] = self.counters.mirror_dropped.get(reason, 0) + 1
+        self._drops_untold.add(intercept_id)
+        if self._telling is None:  # at most twice a second: a burst of drops is one message
+            self._telling = asyncio.get_running_loop().call_later(
+                MIRROR_DROPS_EVERY_SECONDS, self._tell_drops)
+
+    def _tell_drops(self) -> None:
+        self._telling = None
+        untold, self._drops_untold = self._drops_untold, set()
+        for intercept_id in untold:
+            control = self._control_of(intercept_id)
+            if control is not None:
+                control.write(protocol.encode(protocol.MirrorDrops(
+                    intercept_id=intercept_id,
+                    dropped=dict(self.mirror_drops.get(intercept_id, {})))))
 
     def _holding(self, route: Route) -> tuple[Holding | None, RelaySession | None]:
         """The intercept a route names on this port, and its session if connected."""
@@ -351,6 +424,8 @@ class HttpPortListener(PortListener):
 
     async def close(self) -> None:
         self.router.close()
+        if self._telling is not None:
+            self._telling.cancel()
         await super().close()
 
 
@@ -471,6 +546,10 @@ class Relay:
 
     async def register(self, session: RelaySession, claim: protocol.InterceptClaim,
                        overwrite: bool) -> dict[str, Any]:
+        if claim.mirror and claim.protocol != "http":
+            raise RefusedError(
+                f"intercept {claim.id}: a mirror copies HTTP/1.1 requests only for now; this "
+                f"port speaks {claim.protocol} (HTTP/2 streams are not mirrored yet)")
         if claim.origin:  # a developer's choice: checked as expose's destinations are
             claim = replace(claim, origin=await allowed_origin(self.settings.policy,
                                                                claim.origin))
@@ -720,7 +799,10 @@ class Relay:
             "sessions": len(self.sessions),
             "intercepts": [
                 {"id": h.claim.id, "port": h.port, "session": h.session,
-                 "lease_left_seconds": round(h.expires_at - now, 1)}
+                 "lease_left_seconds": round(h.expires_at - now, 1),
+                 **({"mirror_dropped": dict(getattr(self.ports.get(h.port), "mirror_drops",
+                                                    {}).get(h.claim.id, {}))}
+                    if h.claim.mirror else {})}
                 for h in holdings if h.session == session.id
             ],
             "other_intercepts": sum(1 for h in holdings if h.session != session.id),

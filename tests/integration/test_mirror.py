@@ -11,14 +11,21 @@ side-by-side view.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import asyncssh
+
+from bridged import protocol
 from bridged.config import MirrorSettings
+from bridged.keys import load_or_create_key
+from bridged.relay.policy import DestinationPolicy
 from bridged.relay.router import UpstreamUnavailable, tcp_upstream
 from bridged.relay.router.mirror import (
     QUEUE_FULL,
@@ -27,6 +34,7 @@ from bridged.relay.router.mirror import (
     MirrorResult,
     Mirrors,
 )
+from bridged.relay.server import Relay, RelaySettings
 from bridged.routing.decide import Route
 from bridged.routing.rules import RequestHead
 
@@ -273,3 +281,107 @@ async def test_copies_past_the_bounds_are_dropped_and_counted() -> None:
     # sender, one waits: the other 8 are dropped
     assert reports.drops == {TOO_LARGE: 1, QUEUE_FULL: 8}
     assert laptop.copies() == 1
+
+
+# --- through a real relay: the developer's SSH session and its control channel ---------------
+
+
+@contextlib.asynccontextmanager
+async def relay_session(tmp_path: Path) -> AsyncIterator[tuple[Relay, Any, ControlLines]]:
+    """A relay on loopback, and an SSH session to it as a daemon's (its control channel)."""
+    key = load_or_create_key(tmp_path / "dev_key", comment="dev")
+    (tmp_path / "authorized_keys").write_text(key.export_public_key().decode())
+    settings = RelaySettings(host_key=tmp_path / "host_key",
+                             authorized_keys=tmp_path / "authorized_keys", ssh_port=0,
+                             intercept_host="127.0.0.1",
+                             policy=DestinationPolicy.parse(allow_loopback=True))
+    async with Relay(settings) as relay:
+        conn = await asyncssh.connect("127.0.0.1", relay.ssh_port, client_keys=[key],
+                                      known_hosts=None, username="dev")
+        try:
+            writer, reader, _ = await conn.open_session(subsystem=protocol.SUBSYSTEM,
+                                                        encoding=None)
+            control = ControlLines(writer, reader)
+            await control.call(protocol.Hello(id=1))
+            yield relay, conn, control
+        finally:
+            conn.close()
+            await conn.wait_closed()
+
+
+@dataclass
+class ControlLines:
+    writer: Any
+    reader: Any
+
+    async def call(self, request: protocol.Request) -> dict[str, Any]:
+        self.writer.write(protocol.encode(request))
+        answer = await self.next(protocol.Ok, protocol.Error)
+        assert isinstance(answer, protocol.Ok), answer
+        return answer.body
+
+    async def next(self, *kinds: type[protocol.Message]) -> protocol.Message:
+        """The next message of one of ``kinds`` (the others are skipped)."""
+        while True:
+            line = await asyncio.wait_for(self.reader.readline(), 10)
+            assert line, "the control channel closed"
+            msg = protocol.decode(line)
+            if isinstance(msg, kinds):
+                return msg
+
+
+async def test_the_relay_sends_the_cluster_answer_of_a_copy_on_the_control_channel(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    async with recording_upstreams(["origin", "laptop"]) as up, \
+            relay_session(tmp_path) as (_, conn, control):
+        claim = protocol.InterceptClaim(
+            "m1", port, mode="http", mirror=True, origin=f"127.0.0.1:{up['origin'].port}",
+            matchers=(protocol.Matcher("header", "equals", "x-mirror", "yes"),))
+        await control.call(protocol.Register(id=2, claim=claim))
+        await conn.forward_remote_port(claim.listen_host, port, "127.0.0.1",
+                                       up["laptop"].port)
+        async with client(port) as (reader, writer):
+            status, _, answer = await exchange(writer, reader, post("/pay", b"card=4242"))
+            _, _, unmatched = await exchange(writer, reader, post("/x", b"", mirror=False))
+        traffic = await control.next(protocol.Traffic)
+        mirrored = await control.next(protocol.MirrorAnswer)
+        laptop = received(up["laptop"])
+        stats = await control.call(protocol.GetStats(id=3))
+    # the client: the cluster's answer; the laptop: the copy, marked with the answer's id
+    assert (status, json.loads(answer)["upstream"]) == (200, "origin")
+    assert json.loads(unmatched)["upstream"] == "origin"
+    assert [(r.target, bytes(r.body)) for r in laptop] == [("/pay", b"card=4242")]
+    assert isinstance(mirrored, protocol.MirrorAnswer)
+    assert laptop[0].values("x-bridged-mirror") == [mirrored.mirror_id]
+    assert (mirrored.intercept_id, mirrored.method, mirrored.path, mirrored.status,
+            mirrored.laptop_status) == ("m1", "POST", "/pay", 200, 200)
+    assert base64.b64decode(mirrored.body_b64) == answer and mirrored.size == len(answer)
+    # the copy in the developer's traffic, its secrets redacted
+    assert isinstance(traffic, protocol.Traffic)
+    assert (traffic.intercept_id, traffic.path, traffic.status, traffic.note) == (
+        "m1", "/pay", 200, "mirror")
+    assert ("authorization", "[redacted]") in traffic.headers
+    assert stats["intercepts"][0]["mirror_dropped"] == {}
+
+
+async def test_copies_to_a_laptop_that_is_down_are_counted_to_the_developer(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    async with recording_upstreams(["origin"]) as up, \
+            relay_session(tmp_path) as (relay, conn, control):
+        claim = protocol.InterceptClaim("m1", port, mode="http", mirror=True,
+                                        origin=f"127.0.0.1:{up['origin'].port}")
+        await control.call(protocol.Register(id=2, claim=claim))
+        await conn.forward_remote_port(claim.listen_host, port, "127.0.0.1", free_port())
+        answers, slowest = await asyncio.wait_for(_timed_answers(port, 3), 10)
+        while True:  # totals: the last report says all three
+            drops = await control.next(protocol.MirrorDrops)
+            assert isinstance(drops, protocol.MirrorDrops)
+            if sum(drops.dropped.values()) == 3:
+                break
+    assert [json.loads(a)["upstream"] for a in answers] == ["origin"] * 3
+    assert slowest < 2.0
+    assert (drops.intercept_id, drops.dropped) == ("m1", {UNREACHABLE: 3})
