@@ -15,13 +15,17 @@ import asyncio
 import base64
 import dataclasses
 import json
+import logging
 import sqlite3
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from ..routing.redact import DEFAULT_REDACTED, REDACTED
 from .model import Captured, CaptureSettings, Headers, Message
+
+log = logging.getLogger(__name__)
 
 #: records a subscriber may have waiting: past it a slow one loses records, add never waits
 SUBSCRIBER_QUEUE = 1000
@@ -292,3 +296,19 @@ def _message(m: dict[str, Any]) -> Message:
 
 def _headers(pairs: Iterable[Any]) -> Headers:
     return tuple((str(n), str(v)) for n, v in pairs)
+
+
+def open_store(path: Path, settings: CaptureSettings | None = None) -> CaptureStore:
+    """The store at ``path``; a file SQLite cannot read (a crash mid-write on a disk that lied,
+    another program's file) is set aside, not fatal: the daemon starts with an empty one."""
+    try:
+        return CaptureStore(path, settings)
+    except sqlite3.DatabaseError as exc:
+        aside = path.with_name(f"{path.name}.unreadable-{int(time.time())}")
+        log.warning("capture database %s unreadable (%s): moved to %s, starting empty",
+                    path, exc, aside)
+        for suffix in ("", "-wal", "-shm"):
+            extra = Path(f"{path}{suffix}")
+            if extra.exists():
+                extra.rename(f"{aside}{suffix}")
+        return CaptureStore(path, settings)

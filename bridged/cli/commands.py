@@ -196,6 +196,10 @@ def register(app: typer.Typer) -> None:
             help="Without a cluster: intercept this port of the relay itself.")] = None,
         origin: Annotated[str | None, typer.Option(
             help="With --relay-port: HOST:PORT where unmatched requests go.")] = None,
+        mirror: Annotated[bool, typer.Option(
+            "--mirror", help="Copy the matching requests to your local service while the "
+            "cluster keeps answering the client; both answers are shown in bridged inspect.")]
+            = False,
         bridge: BridgeOpt = None,
         no_start: NoStartOpt = False,
         json_out: JsonOpt = False,
@@ -213,7 +217,7 @@ def register(app: typer.Typer) -> None:
             via if service else None, "name": name, "local_host": local_host,
             "bridge": bridge, "headers": header or [], "path": path, "origin": origin,
             "http": bool(origin), "tcp": tcp, "fallback": fallback, "overwrite": overwrite,
-            "protocol": protocol, "grpc_method": grpc_method,
+            "protocol": protocol, "grpc_method": grpc_method, "mirror": mirror,
         }), quiet=json_out, step=intercepting_step)
         emit(result, json_out, _intercepting)
 
@@ -310,13 +314,28 @@ def register(app: typer.Typer) -> None:
             = False,
         headers: Annotated[bool, typer.Option(
             "--headers", help="Show each request's headers (secrets redacted).")] = False,
+        har: Annotated[Path | None, typer.Option(
+            "--har", help="Write the captured requests and answers to this file as HAR 1.2 "
+            "(bodies included, secrets redacted).")] = None,
+        clear: Annotated[bool, typer.Option(
+            "--clear", help="Delete every captured request (what bridged inspect shows).")]
+            = False,
         json_out: JsonOpt = False,
     ) -> None:
         """The requests the cluster sent to your intercepts (the last 1000 per bridge); gRPC
-        calls as package.Service/Method with their grpc-status."""
+        calls as package.Service/Method with their grpc-status. With --har or --clear: the
+        captured ones, with their bodies (see bridged inspect)."""
         import time as _time
 
         client = _client(no_start=True)
+        if har is not None or clear:
+            if follow or headers or (har is not None and clear):
+                raise ConfigError("--har and --clear go alone")
+            if har is not None:
+                _write_har(client, har, json_out)
+            else:
+                _clear_capture(client, json_out)
+            return
         since = 0.0
         while True:
             entries = client.get(f"traffic?since={since}")
@@ -332,6 +351,48 @@ def register(app: typer.Typer) -> None:
             if not follow:
                 return
             _time.sleep(0.5)
+
+    @app.command()
+    @handles_errors
+    def inspect(
+        no_browser: Annotated[bool, typer.Option(
+            "--no-browser", help="Print the URL only; do not open a browser.")] = False,
+        json_out: JsonOpt = False,
+    ) -> None:
+        """Open the web inspector: the captured requests live, their headers and bodies,
+        replay to your local service, HAR export. It listens on 127.0.0.1 only, and its URL
+        carries a secret token: do not share it."""
+        result = _client().post("inspector")
+        opened = False
+        if not no_browser:
+            import webbrowser
+
+            try:
+                opened = webbrowser.open(result["url"])
+            except webbrowser.Error:
+                opened = False
+        emit({**result, "opened": opened}, json_out, lambda r: typer.echo(
+            f"inspector: {r['url']}" + ("" if no_browser or opened else
+                                        "  (no browser found: open it yourself)")))
+
+    capture_app = typer.Typer(help="The captured requests (what bridged inspect shows).",
+                              no_args_is_help=True)
+    app.add_typer(capture_app, name="capture")
+
+    @capture_app.command("clear")
+    @handles_errors
+    def capture_clear(json_out: JsonOpt = False) -> None:
+        """Delete every captured request and answer."""
+        _clear_capture(_client(no_start=True), json_out)
+
+    @capture_app.command("har")
+    @handles_errors
+    def capture_har(
+        output: Annotated[Path, typer.Argument(help="The HAR file to write.")],
+        json_out: JsonOpt = False,
+    ) -> None:
+        """Write the captured requests and answers as HAR 1.2 (as traffic --har)."""
+        _write_har(_client(no_start=True), output, json_out)
 
     @app.command()
     @handles_errors
@@ -371,6 +432,20 @@ def register(app: typer.Typer) -> None:
     def status(json_out: JsonOpt = False) -> None:
         """What is connected, exposed and intercepted, with counters."""
         emit(_client(no_start=True).get("status"), json_out, _print_status)
+
+
+def _write_har(client: ControlClient, path: Path, json_out: bool) -> None:
+    har = client.get("capture/har")
+    # bodies may hold personal data: the file is its owner's only, as the database is
+    write_file(path, json.dumps(har, indent=1) + "\n", 0o600)
+    count = len(har["log"]["entries"])
+    emit({"file": str(path), "entries": count}, json_out,
+         lambda r: typer.echo(f"wrote {count} requests to {path} (HAR 1.2)"))
+
+
+def _clear_capture(client: ControlClient, json_out: bool) -> None:
+    result = client.delete("capture")
+    emit(result, json_out, lambda r: typer.echo(f"cleared {r['cleared']} captured requests"))
 
 
 def _kube_bridge_targets(client: ControlClient) -> list[tuple[str | None, str | None]]:

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from ..capture.har import to_har
+from ..capture.store import to_json
 from ..errors import BridgedError, ConfigError, ControlError
 from .models import (
     API,
@@ -60,6 +62,19 @@ async def _body(request: web.Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ConfigError("the request body must be a JSON object")
     return body
+
+
+def _capture_filters(request: web.Request) -> dict[str, Any]:
+    """The store's list filters from a query (as the inspector's): all records by default."""
+    q = request.query
+    numbers = {}
+    for name, default in (("status", None), ("limit", 100_000), ("before", 0)):
+        text = q.get(name, "")
+        if text and not text.isdigit():
+            raise ConfigError(f"{name} must be a number")
+        numbers[name] = int(text) if text else default
+    return {"intercept": q.get("intercept", ""), "method": q.get("method", ""),
+            "path": q.get("path", ""), "text": q.get("text", ""), **numbers}
 
 
 def make_app(daemon: Daemon) -> web.Application:
@@ -177,6 +192,24 @@ def make_app(daemon: Daemon) -> web.Application:
         from ..daemon.up import down as undo
 
         return web.json_response(await undo(daemon))
+
+    @routes.post(f"{API}/inspector")
+    async def inspect(request: web.Request) -> web.Response:
+        return web.json_response(await daemon.inspect())
+
+    @routes.get(f"{API}/capture")
+    async def capture(request: web.Request) -> web.Response:
+        found = daemon.store.list(**_capture_filters(request))
+        return web.json_response({"records": [to_json(c) for c in found],
+                                  "stats": daemon.store.stats()})
+
+    @routes.get(f"{API}/capture/har")
+    async def capture_har(request: web.Request) -> web.Response:
+        return web.json_response(to_har(daemon.store.list(**_capture_filters(request))))
+
+    @routes.delete(f"{API}/capture")
+    async def capture_clear(request: web.Request) -> web.Response:
+        return web.json_response({"cleared": daemon.store.clear()})
 
     @routes.post(f"{API}/shutdown")
     async def shutdown(request: web.Request) -> web.Response:

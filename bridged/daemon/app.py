@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import getpass
 import logging
@@ -14,11 +15,13 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
 
 from .. import __version__, paths
+from ..capture.model import Captured, CaptureSettings
+from ..capture.store import open_store
 from ..carriers import carrier_for
 from ..config import (
     CarrierSpec,
@@ -38,6 +41,9 @@ from .bridge import Bridge, Forward, Intercept, KeyRefused
 from .h2check import speaks_h2c
 from .notify import Notifier
 from .state import StateFile
+
+if TYPE_CHECKING:
+    from ..inspector.server import Inspector
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +74,8 @@ class DaemonSettings:
     tunnel: TunnelSettings = field(default_factory=TunnelSettings)
     #: header names the traffic log redacts besides the defaults (the relay redacts too)
     redact_headers: tuple[str, ...] = ()
+    #: what the inspector's capture keeps (its redact_headers add to the ones above)
+    capture: CaptureSettings = field(default_factory=CaptureSettings)
 
     @property
     def client_key(self) -> Path:
@@ -80,6 +88,10 @@ class DaemonSettings:
     @property
     def state_file(self) -> Path:
         return self.state_dir / "state.json"
+
+    @property
+    def capture_db(self) -> Path:
+        return self.state_dir / "capture.sqlite"
 
 
 class Daemon:
@@ -109,6 +121,12 @@ class Daemon:
         self._tasks = TaskSet("daemon")
         #: what ``bridged up`` applied, so that ``down`` undoes exactly that
         self.applied: dict[str, Any] | None = None
+        capture = self.settings.capture
+        #: what reached the developer through the intercepts (see bridged.capture)
+        self.store = open_store(self.settings.capture_db, dataclasses.replace(
+            capture, redact_headers=(*capture.redact_headers, *self.settings.redact_headers)))
+        self._inspector: Inspector | None = None
+        self._inspector_lock = asyncio.Lock()
 
     # --- life cycle ---
 
@@ -254,6 +272,9 @@ class Daemon:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(bridge.close(), 10)
         self.bridges.clear()
+        if self._inspector is not None:
+            await self._inspector.close()
+        self.store.close()
         # stage 2: the API goes last, so status answers until the end
         await self._api.close()
         self.notify.close()
@@ -289,6 +310,7 @@ class Daemon:
                             tunnel=self.settings.tunnel, target=target,
                             redact_headers=self.settings.redact_headers)
             bridge.made_with = {"url": spec.url, "token": token}
+            self._capturing(bridge)
             await bridge.start()
             self.bridges[name] = bridge
         self.save()
@@ -342,6 +364,7 @@ class Daemon:
                 target=target, redact_headers=self.settings.redact_headers,
             )
             bridge.kube = kube
+            self._capturing(bridge)
             bridge.made_with = {"context": kube.context, "namespace": kube.namespace,
                                 "kubeconfig": kubeconfig, "image": image}
             bridge.published_key_source = lambda: published_host_key(kube)
@@ -692,6 +715,35 @@ class Daemon:
                                     + (f": {bridge.last_error}" if bridge.last_error else "")})
         found += [c.to_dict() for c in await checks(KubeTarget(context, namespace, kubeconfig))]
         return found
+
+    # --- capture and the inspector ---
+
+    def _capturing(self, bridge: Bridge) -> None:
+        """The bridge's tap hands each exchange it saw to the store."""
+        bridge.on_capture = self.captured  # type: ignore[attr-defined]
+
+    def captured(self, record: Captured) -> Captured:
+        return self.store.add(record)
+
+    def local_of(self, intercept: str) -> tuple[str, int] | None:
+        """Where an intercept's local service listens (replay sends there)."""
+        for bridge in self.bridges.values():
+            found = bridge.intercepts.get(intercept)
+            if found is not None:
+                return found.spec.local_host, found.spec.local_port
+        return None
+
+    async def inspect(self) -> dict[str, Any]:
+        """The inspector's URL; it is started on the first call, found again on the next."""
+        from ..inspector.server import Inspector
+
+        async with self._inspector_lock:
+            if self._inspector is None:
+                inspector = Inspector(self.store, self.local_of)
+                await inspector.start()
+                self._inspector = inspector
+        return {"url": self._inspector.url, "port": self._inspector.port,
+                **self.store.stats()}
 
     # --- status ---
 
