@@ -371,7 +371,7 @@ async def test_copies_to_a_laptop_that_is_down_are_counted_to_the_developer(
 ) -> None:
     port = free_port()
     async with recording_upstreams(["origin"]) as up, \
-            relay_session(tmp_path) as (relay, conn, control):
+            relay_session(tmp_path) as (_, conn, control):
         claim = protocol.InterceptClaim("m1", port, mode="http", mirror=True,
                                         origin=f"127.0.0.1:{up['origin'].port}")
         await control.call(protocol.Register(id=2, claim=claim))
