@@ -15,6 +15,8 @@ from bridged.protocol import (
     Hello,
     InterceptClaim,
     Matcher,
+    MirrorAnswer,
+    MirrorDrops,
     Ok,
     Register,
     Release,
@@ -65,13 +67,14 @@ def test_every_message_type_is_registered_by_its_type_name():
     assert MESSAGES == {
         "hello": Hello, "register": Register, "release": Release, "renew": Renew,
         "stats": GetStats, "ok": Ok, "error": Error, "traffic": Traffic,
+        "mirror": MirrorAnswer, "mirror-drops": MirrorDrops,
     }
 
 
 @pytest.mark.parametrize(
     ("message", "wire"),
     [
-        (Hello(id=1, agent="x"), b'{"type":"hello","id":1,"version":[1,3],"agent":"x"}\n'),
+        (Hello(id=1, agent="x"), b'{"type":"hello","id":1,"version":[1,4],"agent":"x"}\n'),
         (Release(id=5, intercept_id="abc"), b'{"type":"release","id":5,"intercept_id":"abc"}\n'),
         (Renew(id=2, intercept_ids=("a",)), b'{"type":"renew","id":2,"intercept_ids":["a"]}\n'),
         (GetStats(id=3), b'{"type":"stats","id":3}\n'),
@@ -80,7 +83,7 @@ def test_every_message_type_is_registered_by_its_type_name():
          b'{"type":"error","re":5,"code":"conflict","message":"m"}\n'),
         (Register(id=1, claim=InterceptClaim("i", 80)),
          b'{"type":"register","id":1,"claim":{"id":"i","port":80,"mode":"tcp","matchers":[],"origin":"","fallback":"error",'
-         b'"service":"","service_port":0,"via":"","protocol":"http"},"overwrite":false}\n'),
+         b'"service":"","service_port":0,"via":"","protocol":"http","mirror":false},"overwrite":false}\n'),
     ],
 )
 def test_encode_wire_format(message, wire):
@@ -304,7 +307,7 @@ def test_max_line_is_one_mebibyte():
     ],
 )
 def test_compatible_means_same_major_any_minor(theirs, ok):
-    assert VERSION == (1, 3)
+    assert VERSION == (1, 4)
     assert compatible(theirs) is ok
 
 
