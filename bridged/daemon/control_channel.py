@@ -24,6 +24,8 @@ class ControlChannel:
         self.on_closed: Any = None
         #: called with each protocol.Traffic the relay sends
         self.on_traffic: Any = None
+        #: called with each protocol.MirrorAnswer and MirrorDrops (mirror intercepts)
+        self.on_mirror: Any = None
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._task = asyncio.create_task(self._read(), name="control-reader")
@@ -66,6 +68,10 @@ class ControlChannel:
                 if isinstance(msg, protocol.Traffic):
                     if self.on_traffic is not None:
                         self.on_traffic(msg)
+                    continue
+                if isinstance(msg, (protocol.MirrorAnswer, protocol.MirrorDrops)):
+                    if self.on_mirror is not None:
+                        self.on_mirror(msg)
                     continue
                 future = self._pending.get(getattr(msg, "re", -1))
                 if future is None or future.done():
