@@ -96,7 +96,8 @@ class Http1Tap:
             cut.append(self.reading)
         self.stopped = True
         for ex in cut:
-            self._emit(ex)
+            if ex.method:  # (a request cut inside its head is nothing to show)
+                self._emit(ex)
 
     # --- answers ---
 

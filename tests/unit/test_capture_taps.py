@@ -141,6 +141,7 @@ def test_a_lost_connection_records_what_was_asked_and_answered_so_far() -> None:
     assert (unanswered.method, unanswered.status, unanswered.response.body) == ("GET", 0, b"")
     [cut] = tap_over([(C, GET), (S, OK[:-2])], end="lost")
     assert (cut.status, cut.response.body) == (200, b"hel")
+    assert tap_over([(C, GET[:10])], end="lost") == []  # not even a whole head
 
 
 def test_an_answer_without_length_ends_with_the_connection() -> None:
