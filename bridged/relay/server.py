@@ -660,6 +660,12 @@ class Relay:
         return True
 
     def _close_idle_ports(self, holdings: list[Holding]) -> None:
+        """``holdings`` ended: a mirror's copies not sent yet go with it; then the ports
+        nothing needs any more close."""
+        for h in holdings:
+            listener = self.ports.get(h.port)
+            if h.claim.mirror and isinstance(listener, HttpPortListener):
+                listener.mirrors.forget(h.claim.id)
         self._close_idle_ports_by_number({h.port for h in holdings})
 
     def _close_idle_ports_by_number(self, ports: set[int]) -> None:
