@@ -11,6 +11,7 @@ import logging
 import os
 import secrets
 import signal
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -308,9 +309,9 @@ class Daemon:
             bridge = Bridge(name, spec.url, carrier_for(spec, token=token),
                             client_key=self.client_key, pins=self.pins,
                             tunnel=self.settings.tunnel, target=target,
-                            redact_headers=self.settings.redact_headers)
+                            redact_headers=self.settings.redact_headers,
+                            on_capture=self.captured, capture_settings=self.store.settings)
             bridge.made_with = {"url": spec.url, "token": token}
-            self._capturing(bridge)
             await bridge.start()
             self.bridges[name] = bridge
         self.save()
@@ -362,9 +363,9 @@ class Daemon:
                 client_key=self.client_key, pins=self.pins,
                 published_host_key=info.host_key, tunnel=self.settings.tunnel,
                 target=target, redact_headers=self.settings.redact_headers,
+                on_capture=self.captured, capture_settings=self.store.settings,
             )
             bridge.kube = kube
-            self._capturing(bridge)
             bridge.made_with = {"context": kube.context, "namespace": kube.namespace,
                                 "kubeconfig": kubeconfig, "image": image}
             bridge.published_key_source = lambda: published_host_key(kube)
@@ -718,12 +719,12 @@ class Daemon:
 
     # --- capture and the inspector ---
 
-    def _capturing(self, bridge: Bridge) -> None:
-        """The bridge's tap hands each exchange it saw to the store."""
-        bridge.on_capture = self.captured  # type: ignore[attr-defined]
-
-    def captured(self, record: Captured) -> Captured:
-        return self.store.add(record)
+    def captured(self, record: Captured) -> None:
+        """A bridge's tap saw an exchange (on the loop; one small insert)."""
+        try:
+            self.store.add(record)
+        except sqlite3.Error as exc:  # a full disk loses a record, never the traffic
+            log.warning("capture: record of %s not stored: %s", record.intercept, exc)
 
     def local_of(self, intercept: str) -> tuple[str, int] | None:
         """Where an intercept's local service listens (replay sends there)."""

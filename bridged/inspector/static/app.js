@@ -14,7 +14,7 @@ function el(tag, attrs, ...children) {
     else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
     else node.setAttribute(k, v);
   }
-  for (const child of children.flat()) {
+  for (const child of children.flat(Infinity)) {
     if (child === null || child === undefined || child === false) continue;
     node.append(child instanceof Node ? child : document.createTextNode(String(child)));
   }
@@ -103,6 +103,7 @@ function live() {
       if (old) old.replaceWith(row(r));
       else if (matches(r, f)) $("#rows").prepend(row(r));
       $("#empty").hidden = $("#rows").children.length > 0;
+      call("/api/stats").then(showStats).catch(() => {});
     }
     if (r.id === selected || (r.replay_of && r.replay_of === selected)) show(selected);
   });
@@ -228,7 +229,7 @@ async function show(id) {
   } else {
     answers = [answer("answer", r.status, r.response)];
   }
-  $("#detail").replaceChildren(
+  $("#detail").replaceChildren(el("div", {},
     el("h2", {}, el("span", { class: "method" }, r.method), " ", r.target),
     el("div", { class: "buttons" },
       el("button", { type: "button", id: "replay", onclick: () => replay(r.id) }, "Replay"),
@@ -240,7 +241,7 @@ async function show(id) {
     r.replays.length > 1 ? el("p", { class: "hint" }, `${r.replays.length} replays: ${r.replays.map((x) => `#${x.id} → ${x.status}`).join(", ")}`) : null,
     el("h3", {}, "request"),
     pairs(r.request.headers),
-    bodyView(r.request));
+    bodyView(r.request)));
 }
 
 async function copy(text) {
