@@ -22,12 +22,17 @@ How the package is laid out, from the inside out:
 - :mod:`bridged.carriers`: byte streams the SSH connection runs over (tcp, websocket, kube);
 - :mod:`bridged.relay`: the SSH server in the cluster, its HTTP router
   (:mod:`bridged.relay.router`: routes HTTP/1.x per request and HTTP/2 — gRPC — per stream,
-  passes anything else through untouched, bounds each client) and the redirector that keeps Services pointed at it while
-  intercepts hold live leases, and answers only once they are live;
+  passes anything else through untouched, bounds each client, copies to mirrors) and the
+  redirector that keeps Services pointed at it while intercepts hold live leases, and
+  answers only once they are live;
 - :mod:`bridged.kube`: the only code talking to the Kubernetes API (relay deployment, port-
   forward, Services and their redirects, a workload's env and files, doctor's checks);
 - :mod:`bridged.daemon`: the laptop's long-running process (bridges, forwards, intercepts; the
   saved desired state; sd_notify; bridged.yaml's up and down);
+- :mod:`bridged.capture`: what reached the developer, recorded on the laptop (passive taps on
+  the intercepts' connections, redaction, a bounded SQLite store, HAR, mirror pairing);
+  :mod:`bridged.inspector`: the web inspector the daemon serves on 127.0.0.1 (live list,
+  detail, replay, HAR);
 - :mod:`bridged.control`: the daemon's HTTP API on a unix socket, and its client;
 - :mod:`bridged.cli`: typer commands, talking only to the control client;
 - :mod:`bridged.runtime`, :mod:`bridged.sshtune`, :mod:`bridged.tasks`: process set-up

@@ -205,14 +205,13 @@ class CaptureStore:
         return _Transaction(self._db)
 
     def _scrubbed(self, c: Captured) -> Captured:
-        def message(m: Message | None) -> Message | None:
-            if m is None:
-                return None
+        def message(m: Message) -> Message:
             return dataclasses.replace(m, headers=self._scrub(m.headers),
                                        trailers=self._scrub(m.trailers))
 
-        return dataclasses.replace(c, request=message(c.request),
-                                   response=message(c.response), cluster=message(c.cluster))
+        return dataclasses.replace(
+            c, request=message(c.request), response=message(c.response),
+            cluster=message(c.cluster) if c.cluster is not None else None)
 
     def _scrub(self, headers: Headers) -> Headers:
         return tuple((n, REDACTED if n.lower() in self._secret else v) for n, v in headers)

@@ -12,6 +12,8 @@ from typing import Annotated, Any
 
 import typer
 
+from ..capture.bodies import parse_path
+from ..capture.model import CaptureSettings
 from ..config import LeaseSettings, RouterSettings, TunnelSettings, parse_host_port
 from ..errors import ConfigError, Conflict
 from ..relay.probe import ProbeSettings
@@ -30,8 +32,21 @@ def register(app: typer.Typer) -> None:
             float, typer.Option(help="SSH keepalive interval; 3 missed = relay dead.")
         ] = TunnelSettings.keepalive_seconds,
         redact_header: Annotated[list[str] | None, typer.Option(
-            help="Also redact this header in the traffic log (repeatable; credentials and "
-                 "cookies always are).")] = None,
+            help="Also redact this header in the traffic log and the capture (repeatable; "
+                 "credentials and cookies always are).")] = None,
+        redact_json_path: Annotated[list[str] | None, typer.Option(
+            help="Redact this JSON path in captured bodies before they are stored "
+                 "(repeatable: $.password, $.user.token, $.items[*].card, $..secret; form "
+                 "bodies: the path's last name).")] = None,
+        capture_body_kib: Annotated[int, typer.Option(
+            help="KiB of each captured body kept (longer ones are cut and marked).")] =
+            CaptureSettings.max_body_bytes // 1024,
+        capture_records: Annotated[int, typer.Option(
+            help="Captured requests kept (the oldest go first).")] =
+            CaptureSettings.max_records,
+        capture_mib: Annotated[int, typer.Option(
+            help="MiB the capture database may take (the oldest go first).")] =
+            CaptureSettings.max_bytes // (1024 * 1024),
         log_level: LogLevel = "info",
         log_format: LogFormat = "text",
     ) -> None:
@@ -48,9 +63,20 @@ def register(app: typer.Typer) -> None:
 
         tunnel = replace(TunnelSettings(), keepalive_seconds=_positive(keepalive_seconds))
 
+        paths = tuple(redact_json_path or ())
+        for path in paths:
+            if not parse_path(path):
+                raise ConfigError(f"bad --redact-json-path {path!r}: expected a JSON path such "
+                                  "as $.password, $.user.token, $.items[*].card or $..secret")
+        capture = CaptureSettings(
+            max_body_bytes=_count(capture_body_kib, "--capture-body-kib") * 1024,
+            max_records=_count(capture_records, "--capture-records"),
+            max_bytes=_count(capture_mib, "--capture-mib") * 1024 * 1024,
+            redact_json_paths=paths)
+
         async def main() -> None:
             await Daemon(DaemonSettings(tunnel=tunnel, redact_headers=tuple(
-                redact_header or ()))).run(ready)
+                redact_header or ()), capture=capture)).run(ready)
 
         run(main())
 

@@ -310,7 +310,8 @@ class Daemon:
                             client_key=self.client_key, pins=self.pins,
                             tunnel=self.settings.tunnel, target=target,
                             redact_headers=self.settings.redact_headers,
-                            on_capture=self.captured, capture_settings=self.store.settings)
+                            on_capture=self.captured, capture_settings=self.store.settings,
+                            on_capture_update=self.capture_updated)
             bridge.made_with = {"url": spec.url, "token": token}
             await bridge.start()
             self.bridges[name] = bridge
@@ -364,6 +365,7 @@ class Daemon:
                 published_host_key=info.host_key, tunnel=self.settings.tunnel,
                 target=target, redact_headers=self.settings.redact_headers,
                 on_capture=self.captured, capture_settings=self.store.settings,
+                on_capture_update=self.capture_updated,
             )
             bridge.kube = kube
             bridge.made_with = {"context": kube.context, "namespace": kube.namespace,
@@ -719,12 +721,21 @@ class Daemon:
 
     # --- capture and the inspector ---
 
-    def captured(self, record: Captured) -> None:
-        """A bridge's tap saw an exchange (on the loop; one small insert)."""
+    def captured(self, record: Captured) -> Captured | None:
+        """A bridge's tap saw an exchange (on the loop; one small insert): stored, with its
+        id."""
         try:
-            self.store.add(record)
+            return self.store.add(record)
         except sqlite3.Error as exc:  # a full disk loses a record, never the traffic
             log.warning("capture: record of %s not stored: %s", record.intercept, exc)
+            return None
+
+    def capture_updated(self, record_id: int, fields: dict[str, Any]) -> None:
+        """A stored record learnt more (a mirrored request's cluster answer)."""
+        try:
+            self.store.update(record_id, **fields)
+        except sqlite3.Error as exc:
+            log.warning("capture: record %d not updated: %s", record_id, exc)
 
     def local_of(self, intercept: str) -> tuple[str, int] | None:
         """Where an intercept's local service listens (replay sends there)."""

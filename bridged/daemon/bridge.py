@@ -18,6 +18,7 @@ import dataclasses
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +26,8 @@ import aiohttp
 import asyncssh
 
 from .. import protocol
-from ..capture.model import CaptureSettings
+from ..capture.mirror import MirrorPairs
+from ..capture.model import Captured, CaptureSettings
 from ..capture.tap import ConnectionTap, OnCapture
 from ..carriers import Carrier
 from ..config import Backoff, ForwardSpec, InterceptSpec, TunnelSettings
@@ -125,6 +127,8 @@ class Intercept:
     #: connections to the intercepted port the router passed through to the original pods
     #: untouched (h2c, TLS, not HTTP/1.x), by reason: why such clients never reach the laptop
     passed_through: dict[str, int] = field(default_factory=dict)
+    #: a mirror's copies the relay did not send to the laptop, by reason (its running totals)
+    mirror_dropped: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         s = self.spec
@@ -140,6 +144,7 @@ class Intercept:
                 "local_port": s.local_port, "state": self.state, "error": self.error,
                 "requests": self.requests, "last_request_at": self.last_request_at,
                 "passed_through": dict(self.passed_through),
+                "mirror": self.claim.mirror, "mirror_dropped": dict(self.mirror_dropped),
                 **self.counters.snapshot()}
 
 
@@ -165,6 +170,7 @@ class Bridge:
         tunnel: TunnelSettings | None = None, backoff: Backoff | None = None,
         target: dict[str, Any] | None = None, redact_headers: tuple[str, ...] = (),
         on_capture: OnCapture | None = None, capture_settings: CaptureSettings | None = None,
+        on_capture_update: Callable[[int, dict[str, Any]], object] | None = None,
     ) -> None:
         self.name = name
         self.redact_headers = redact_headers
@@ -174,6 +180,10 @@ class Bridge:
         self.on_capture = on_capture
         self.capture_settings = capture_settings or CaptureSettings(
             redact_headers=redact_headers)
+        #: given (record id, new fields) when a stored record learns more: a mirrored
+        #: request's cluster answer, which the relay sends after the laptop's was recorded
+        self.on_capture_update = on_capture_update
+        self._mirrors = MirrorPairs(self.capture_settings)
         #: how this bridge was asked for (url and token, or kube context...), to save it
         self.made_with: dict[str, Any] = {}
         #: who the relay is, for pins, status and messages: a URL, or kube://CONTEXT/NAMESPACE
@@ -274,6 +284,7 @@ class Bridge:
             control = await ControlChannel.open(conn)
             control.on_closed = conn.abort  # no control, no leases: reconnect
             control.on_traffic = self._traffic
+            control.on_mirror = self._mirror
             self.relay_info = await control.call(
                 protocol.Hello, version=protocol.VERSION, agent=f"bridged-daemon/{_version()}"
             )
@@ -569,7 +580,8 @@ class Bridge:
                                         matchers=spec.matchers, origin=spec.origin,
                                         fallback=spec.fallback, service=spec.service,
                                         service_port=service_port, via=via,
-                                        protocol=proto or spec.protocol or "http")
+                                        protocol=proto or spec.protocol or "http",
+                                        mirror=spec.mirror)
         intercept = Intercept(spec, self.name, claim)
         await self.wait_connected()
         await self._register(intercept, strict=True, overwrite=overwrite)
@@ -587,6 +599,10 @@ class Bridge:
             if intercept.listener is not None:  # re-registering after a lost lease
                 intercept.listener.close()
                 intercept.listener = None
+            if claim.mirror and tuple(self.relay_info.get("version") or (0, 0)) < (1, 4):
+                # an older relay would ignore the flag and take the requests away instead
+                raise RefusedError(f"the relay ({self.relay_info.get('relay') or '?'}) is too "
+                                   "old to mirror: update it (bridged connect redeploys it)")
             # the relay answers once the Service's traffic arrives: its probes may take up to
             # 30 s (relay's ProbeSettings), a mesh 10 s to accept a route, plus API calls
             answer = await control.call(protocol.Register, claim=claim, overwrite=overwrite,
@@ -646,7 +662,27 @@ class Bridge:
         """What watches one connection of ``intercept`` for the capture, if anyone listens."""
         if self.on_capture is None:
             return None
-        return ConnectionTap(intercept, self.capture_settings, self.on_capture)
+        return ConnectionTap(intercept, self.capture_settings, self._captured)
+
+    def _captured(self, record: Captured) -> None:
+        """The tap's record: a mirrored copy is marked and paired with the cluster's answer."""
+        if self.on_capture is None:
+            return
+        self._mirrors.settings = self.capture_settings
+        stored = self.on_capture(self._mirrors.record(record))
+        if isinstance(stored, Captured):
+            self._mirrors.stored(stored)
+
+    def _mirror(self, msg: protocol.MirrorAnswer | protocol.MirrorDrops) -> None:
+        intercept = next((i for i in self.intercepts.values()
+                          if i.claim.id == msg.intercept_id), None)
+        if isinstance(msg, protocol.MirrorDrops):
+            if intercept is not None:  # running totals: replaced, not added
+                intercept.mirror_dropped = dict(msg.dropped)
+            return
+        found = self._mirrors.answer(msg)
+        if found is not None and self.on_capture_update is not None:
+            self.on_capture_update(*found)
 
     # --- traffic log ---
 
