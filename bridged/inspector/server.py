@@ -59,12 +59,16 @@ _STATIC = {"app.js": "text/javascript", "style.css": "text/css"}
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 #: an intercept's name → where its local service listens, or None when it is gone
 LocalOf = Callable[[str], tuple[str, int] | None]
+#: each mirror intercept's name → its copies the relay did not send, by reason (running totals)
+MirrorDropped = Callable[[], dict[str, dict[str, int]]]
 
 
 class Inspector:
-    def __init__(self, store: CaptureStore, local_of: LocalOf) -> None:
+    def __init__(self, store: CaptureStore, local_of: LocalOf,
+                 mirror_dropped: MirrorDropped | None = None) -> None:
         self.store = store
         self.local_of = local_of
+        self.mirror_dropped = mirror_dropped
         self.token = secrets.token_urlsafe(32)
         self.port = 0
         self._runner: web.AppRunner | None = None
@@ -172,7 +176,7 @@ class Inspector:
         found = self.store.list(**_filters(request), before=_int(request, "before"),
                                 limit=_int(request, "limit") or 200)
         return web.json_response({"records": [to_json(c, bodies=False) for c in found],
-                                  "stats": self.store.stats()})
+                                  "stats": self._stats()})
 
     async def record(self, request: web.Request) -> web.Response:
         c = self._get(request)
@@ -202,7 +206,12 @@ class Inspector:
         return web.json_response({"cleared": self.store.clear()})
 
     async def stats(self, request: web.Request) -> web.Response:
-        return web.json_response(self.store.stats())
+        return web.json_response(self._stats())
+
+    def _stats(self) -> dict[str, Any]:
+        """The store's counts, and the mirrors' drops (the page shows them beside the list)."""
+        drops = self.mirror_dropped() if self.mirror_dropped is not None else {}
+        return {**self.store.stats(), "mirror_dropped": drops}
 
     async def har(self, request: web.Request) -> web.Response:
         found = self.store.list(**_filters(request), limit=MAX_LIST)

@@ -279,3 +279,24 @@ async def test_bridged_inspect_finds_the_same_inspector_again(
     assert json.loads(cleared.stdout) == {"cleared": 2}
     bad = await daemon.acli("traffic", "--har", str(har_file), "--clear")
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
+
+
+async def test_stats_carry_the_mirrors_drops(tmp_path: Path) -> None:
+    """The page shows a mirror's dropped copies: /api/stats (and the list's stats) carry the
+    totals the daemon's status has for each mirror intercept."""
+    store = CaptureStore(tmp_path / "capture.sqlite")
+    drops = {"orders": {"queue-full": 3, "laptop-down": 1}}
+    server = Inspector(store, {}.get, lambda: drops)
+    await server.start()
+    try:
+        store.add(order())
+        async with await session_for(server) as s:
+            async with s.get(base(server) + "/api/stats") as r:
+                stats = await r.json()
+            async with s.get(base(server) + "/api/records") as r:
+                listed = (await r.json())["stats"]
+        assert stats["records"] == 1 and stats["mirror_dropped"] == drops
+        assert listed["mirror_dropped"] == drops
+    finally:
+        await server.close()
+        store.close()

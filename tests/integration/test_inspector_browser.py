@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import shlex
 import shutil
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -43,6 +44,7 @@ class LocalService:
 
     def __init__(self) -> None:
         self.hits: list[tuple[str, str, bytes]] = []
+        self.headers: list[dict[str, str]] = []  # each hit's headers
         self.port = 0
         self._runner: web.AppRunner | None = None
 
@@ -50,6 +52,7 @@ class LocalService:
         async def handle(request: web.Request) -> web.Response:
             body = await request.read()
             self.hits.append((request.method, request.path_qs, body))
+            self.headers.append(dict(request.headers))
             return web.json_response({"hit": len(self.hits), "path": request.path_qs,
                                       "sha256": hashlib.sha256(body).hexdigest()})
 
@@ -106,6 +109,20 @@ def shot(driver: Any, tmp_path: Path, name: str) -> None:
     SHOTS.mkdir(exist_ok=True)
     driver.save_screenshot(str(tmp_path / f"{name}.png"))
     shutil.copy(tmp_path / f"{name}.png", SHOTS / f"{name}.png")
+
+
+def marked(answer: Any, side: str) -> list[str]:
+    """The body lines of an answer marked as differing from the other answer."""
+    from selenium.webdriver.common.by import By
+
+    return [e.text.strip() for e in answer.find_elements(By.CSS_SELECTOR, f"pre .line.{side}")]
+
+
+def unmarked(answer: Any) -> list[str]:
+    from selenium.webdriver.common.by import By
+
+    return [e.text.strip() for e in answer.find_elements(By.CSS_SELECTOR, "pre .line")
+            if "del" not in e.get_attribute("class") and "add" not in e.get_attribute("class")]
 
 
 def until(driver: Any, check: Callable[[Any], Any], what: str) -> Any:
@@ -179,6 +196,11 @@ async def test_live_detail_replay_and_har_in_a_real_browser(
         assert len(answers) == 2
         assert answers[0].text.startswith("captured answer") and '"hit": 1' in answers[0].text
         assert answers[1].text.startswith("replay #") and '"hit": 2' in answers[1].text
+        # exactly the line that differs is marked, on each side; the common lines are not
+        assert marked(answers[0], "del") == ['"hit": 1,'] and marked(answers[1], "add") == [
+            '"hit": 2,']
+        assert unmarked(answers[0]) == unmarked(answers[1]) and '"path": "/orders?dry=1",' in \
+            unmarked(answers[0])
         until(driver, lambda d: any("replay of" in r.text
                                     for r in d.find_elements(By.CSS_SELECTOR, "#rows tr")),
               "the replay in the list")
@@ -187,7 +209,7 @@ async def test_live_detail_replay_and_har_in_a_real_browser(
     await in_browser(replayed)
     assert local_service.hits[1] == ("POST", "/orders?dry=1", body)  # the same request again
 
-    def edited() -> None:
+    def typing() -> None:
         driver.find_element(By.ID, "edit").click()
         form = driver.find_element(By.CSS_SELECTOR, "form.edit")
         target = form.find_element(By.NAME, "target")
@@ -197,13 +219,32 @@ async def test_live_detail_replay_and_har_in_a_real_browser(
         text.clear()
         text.send_keys('{"user": "bob"}')
         shot(driver, tmp_path, "05-edit")
+
+    await in_browser(typing)
+    # while the developer types, another tab replays the record: a live event for the
+    # selected record redraws its answers, not the form being typed in
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=WAIT)) as other:
+        async with other.post(url.replace("/?", "/api/records/1/replay?"), json={},
+                              headers={"X-Bridged-Inspector": "1"}) as r:
+            assert r.status == 201, await r.text()
+            third = (await r.json())["record"]["id"]
+
+    def edited() -> None:
+        until(driver, lambda d: f"replay #{third}" in d.find_element(By.ID, "detail").text,
+              "the other tab's replay, live, beside the captured answer")
+        form = driver.find_element(By.CSS_SELECTOR, "form.edit")
+        assert form.is_displayed()
+        assert form.find_element(By.NAME, "target").get_attribute("value") == "/orders/edited"
+        assert form.find_element(By.NAME, "body").get_attribute("value") == '{"user": "bob"}'
+        assert driver.execute_script("return document.activeElement.name") == "body"
         form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-        until(driver, lambda d: '"hit": 3' in d.find_element(By.ID, "detail").text,
+        until(driver, lambda d: '"hit": 4' in d.find_element(By.ID, "detail").text,
               "the edited replay's answer")
         shot(driver, tmp_path, "06-edited-replay")
 
     await in_browser(edited)
-    assert local_service.hits[2] == ("POST", "/orders/edited", b'{"user": "bob"}')
+    assert local_service.hits[2] == ("POST", "/orders?dry=1", body)
+    assert local_service.hits[3] == ("POST", "/orders/edited", b'{"user": "bob"}')
 
     def har() -> Path:
         driver.find_element(By.ID, "har").click()
@@ -215,10 +256,32 @@ async def test_live_detail_replay_and_har_in_a_real_browser(
     validate_har(document)
     entries = document["log"]["entries"]
     assert [e["request"]["url"].split("/", 3)[3] for e in entries] == [
-        "orders?dry=1", "orders?dry=1", "orders/edited"]
-    assert [e["_bridged"]["kind"] for e in entries] == ["intercept", "replay", "replay"]
+        "orders?dry=1", "orders?dry=1", "orders?dry=1", "orders/edited"]
+    assert [e["_bridged"]["kind"] for e in entries] == ["intercept", "replay", "replay",
+                                                        "replay"]
     assert json.loads(entries[0]["request"]["postData"]["text"]) == json.loads(body)
     assert SECRET not in har_file.read_text()
+
+    def command() -> str:
+        driver.find_element(By.ID, "curl").click()
+        shown = until(driver, lambda d: d.find_element(By.ID, "curl-text").text,
+                      "the curl command")
+        shot(driver, tmp_path, "07-curl")
+        return str(shown)
+
+    # "Copy as curl", run as a developer would, sends the captured request again
+    words = shlex.split(await in_browser(command))
+    assert words[0] == "curl" and SECRET not in " ".join(words)
+    ran = await asyncio.create_subprocess_exec(*words, stdout=asyncio.subprocess.PIPE,
+                                               stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(ran.communicate(), WAIT)
+    assert ran.returncode == 0, err
+    assert out.startswith(b"HTTP/1.1 200") and b'"hit": 5' in out
+    assert local_service.hits[4] == local_service.hits[0] == ("POST", "/orders?dry=1", body)
+    sent, again = local_service.headers[0], local_service.headers[4]
+    assert "Authorization" in sent and "Authorization" not in again  # redacted: not sent
+    for name in ("x-dev", "Content-Type", "Host", "Accept-Encoding"):
+        assert again[name] == sent[name]
 
     # the database never held the secret (the tap and the store redact before writing)
     db = bridge.process.home / "state" / "bridged" / "capture.sqlite"

@@ -57,23 +57,43 @@ function matches(r, f) {
 const clock = (t) => new Date(t * 1000).toLocaleTimeString([], { hour12: false });
 const statusClass = (s) => (s === 0 ? "s0" : `s${String(s)[0]}`);
 
+// grpc-status codes by number (grpc/doc/statuscodes.md)
+const GRPC_STATUS = ["OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+  "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED",
+  "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"];
+const grpcName = (code) => (code === null || code === undefined ? "no grpc-status" : GRPC_STATUS[code] || `code ${code}`);
+
 function row(r) {
   const kind = r.kind === "replay" ? el("span", { class: "badge replay" }, `replay of #${r.replay_of}`)
     : r.kind === "mirror" ? el("span", { class: "badge mirror" }, "mirror") : null;
-  const what = r.grpc_method ? el("span", { class: "badge grpc" }, "gRPC") : null;
+  const grpc = Boolean(r.grpc_method);
+  const what = grpc ? el("span", { class: "badge grpc" }, "gRPC") : null;
+  const grpcStatus = grpc ? el("span", { class: `grpc-status ${r.grpc_status === 0 ? "ok" : "bad"}`,
+    title: `grpc-status ${r.grpc_status ?? "missing"}` }, grpcName(r.grpc_status)) : null;
   return el("tr", { "data-id": r.id, class: r.id === selected ? "selected" : "", onclick: () => show(r.id) },
     el("td", { class: "num" }, r.id),
     el("td", {}, clock(r.started)),
     el("td", {}, r.intercept),
     el("td", {}, r.method),
-    el("td", { class: "path", title: r.target }, what, kind, r.target),
-    el("td", {}, el("span", { class: `status ${statusClass(r.status)}` }, r.status || "—")),
+    el("td", { class: "path", title: r.target }, what, kind, grpc ? r.grpc_method : r.target),
+    el("td", {}, el("span", { class: `status ${statusClass(r.status)}` }, r.status || "—"), grpcStatus),
     el("td", { class: "num" }, r.duration_ms == null ? "" : r.duration_ms.toFixed(1)));
 }
 
+let mirrorDropped = {}; // intercept → {reason: copies the relay did not send}, from /api/stats
+
+const dropsOf = (name) => Object.entries(mirrorDropped[name] || {}).filter(([, n]) => n > 0);
+const dropsText = (drops) => drops.map(([why, n]) => `${n} ${why}`).join(", ");
+
 function showStats(s) {
-  $("#stats").textContent = `${s.records} stored` + (s.dropped ? `, ${s.dropped} oldest dropped (limit ${s.max_records})` : "");
+  mirrorDropped = s.mirror_dropped || {};
+  const mirrors = Object.keys(mirrorDropped).filter((name) => dropsOf(name).length)
+    .map((name) => `mirror ${name}: copies dropped ${dropsText(dropsOf(name))}`);
+  $("#stats").textContent = [`${s.records} stored` + (s.dropped ? `, ${s.dropped} oldest dropped (limit ${s.max_records})` : ""),
+    ...mirrors].join(" · ");
 }
+
+const refreshStats = () => call("/api/stats").then(showStats).catch(() => {});
 
 async function load() {
   const f = filters();
@@ -103,7 +123,7 @@ function live() {
       if (old) old.replaceWith(row(r));
       else if (matches(r, f)) $("#rows").prepend(row(r));
       $("#empty").hidden = $("#rows").children.length > 0;
-      call("/api/stats").then(showStats).catch(() => {});
+      refreshStats();
     }
     if (r.id === selected || (r.replay_of && r.replay_of === selected)) show(selected);
   });
@@ -118,31 +138,77 @@ function bodyText(m) {
   return m.body || "";
 }
 
-function bodyView(m) {
-  const parts = [];
-  if (m.truncated) parts.push(el("p", { class: "badge cut" }, `cut: ${bytesOf(m)} of ${m.size} bytes kept`));
+const bytesOf = (m) => (m.body_base64 !== undefined ? atob(m.body_base64).length : new TextEncoder().encode(m.body || "").length);
+
+// What the page shows of a body: {hint, lines} (JSON pretty-printed, so that a diff goes per
+// key; binary as hex, 16 bytes a line) or {form} (name/value pairs).
+function shownBody(m) {
   const type = header(m.headers, "content-type").split(";")[0].trim().toLowerCase();
   const text = bodyText(m);
   if (text === null) {
     const raw = atob(m.body_base64);
-    const hex = Array.from(raw.slice(0, 256), (c) => c.charCodeAt(0).toString(16).padStart(2, "0")).join(" ");
-    parts.push(el("p", { class: "hint" }, `binary, ${raw.length} bytes` + (raw.length > 256 ? " (first 256 shown)" : "")),
-      el("pre", { class: "body" }, hex));
-  } else if (!text) {
-    parts.push(el("p", { class: "hint" }, "no body"));
-  } else if (type.endsWith("json") || type.endsWith("+json")) {
+    const lines = [];
+    for (let i = 0; i < Math.min(raw.length, 256); i += 16) {
+      lines.push(Array.from(raw.slice(i, i + 16), (c) => c.charCodeAt(0).toString(16).padStart(2, "0")).join(" "));
+    }
+    return { hint: `binary, ${raw.length} bytes` + (raw.length > 256 ? " (first 256 shown)" : ""), lines, cls: "hex" };
+  }
+  if (!text) return { hint: "no body" };
+  if (type.endsWith("json") || type.endsWith("+json")) {
     let pretty = text;
     try { pretty = JSON.stringify(JSON.parse(text), null, 2); } catch (e) { /* cut or not JSON: as it came */ }
-    parts.push(el("pre", { class: "body json" }, pretty));
-  } else if (type === "application/x-www-form-urlencoded") {
-    parts.push(pairs([...new URLSearchParams(text)], "form"));
-  } else {
-    parts.push(el("pre", { class: "body" }, text));
+    return { lines: pretty.split(/\r?\n/), cls: "json" };
+  }
+  if (type === "application/x-www-form-urlencoded") return { form: [...new URLSearchParams(text)] };
+  return { lines: text.split(/\r?\n/), cls: "" };
+}
+
+// lines of each body compared; past them the lines are shown unmarked
+const DIFF_LINES = 2000;
+
+// A line diff by longest common subsequence (the common head and tail taken off first):
+// marks[i] is true for a line of a (or b) that is not in the other body.
+function lineDiff(a, b) {
+  const n = Math.min(a.length, DIFF_LINES), m = Math.min(b.length, DIFF_LINES);
+  let start = 0;
+  while (start < n && start < m && a[start] === b[start]) start++;
+  let endA = n, endB = m;
+  while (endA > start && endB > start && a[endA - 1] === b[endB - 1]) { endA--; endB--; }
+  const marksA = new Array(a.length).fill(false), marksB = new Array(b.length).fill(false);
+  const rows = endA - start, cols = endB - start, w = cols + 1;
+  // t[i*w+j]: the LCS's length of a[start+i..endA) and b[start+j..endB); at most 2000² cells
+  const t = new Uint16Array((rows + 1) * w);
+  for (let i = rows - 1; i >= 0; i--) {
+    for (let j = cols - 1; j >= 0; j--) {
+      t[i * w + j] = a[start + i] === b[start + j] ? t[(i + 1) * w + j + 1] + 1 : Math.max(t[(i + 1) * w + j], t[i * w + j + 1]);
+    }
+  }
+  let i = 0, j = 0;
+  while (i < rows && j < cols) {
+    if (a[start + i] === b[start + j]) { i++; j++; }
+    else if (t[(i + 1) * w + j] >= t[i * w + j + 1]) marksA[start + i++] = true;
+    else marksB[start + j++] = true;
+  }
+  while (i < rows) marksA[start + i++] = true;
+  while (j < cols) marksB[start + j++] = true;
+  return { marksA, marksB, cut: a.length > DIFF_LINES || b.length > DIFF_LINES };
+}
+
+// marks: which lines differ from the other body; cls: "del" (left) or "add" (right)
+function bodyView(m, shown, marks, cls, other) {
+  const s = shown || shownBody(m);
+  const parts = [];
+  if (m.truncated) parts.push(el("p", { class: "badge cut" }, `cut: ${bytesOf(m)} of ${m.size} bytes kept`));
+  if (s.hint) parts.push(el("p", { class: "hint" }, s.hint));
+  if (s.form) parts.push(pairs(s.form, "form", other && other.form));
+  if (s.lines && marks) {
+    parts.push(el("pre", { class: `body diffed ${s.cls}` },
+      s.lines.map((line, i) => el("span", { class: marks[i] ? `line ${cls}` : "line" }, line))));
+  } else if (s.lines) {
+    parts.push(el("pre", { class: `body ${s.cls}` }, s.lines.join("\n")));
   }
   return parts;
 }
-
-const bytesOf = (m) => (m.body_base64 !== undefined ? atob(m.body_base64).length : new TextEncoder().encode(m.body || "").length);
 
 function pairs(list, cls, other) {
   const seen = new Set((other || []).map(([n, v]) => `${n.toLowerCase()}\n${v}`));
@@ -151,12 +217,31 @@ function pairs(list, cls, other) {
       el("th", {}, n), el("td", { class: v === "[redacted]" ? "redacted" : "" }, v))));
 }
 
-function answer(title, status, m, other) {
+// one answer: {title, status, message}; other: the answer beside it, whose differences show
+function answer(me, other, body) {
+  const m = me.message;
   return el("div", { class: "answer" },
-    el("h3", {}, title, " ", el("span", { class: `status ${statusClass(status)}${other && other.status !== status ? " diff" : ""}` }, status || "no answer")),
+    el("h3", {}, me.title, " ", el("span", { class: `status ${statusClass(me.status)}${other && other.status !== me.status ? " diff" : ""}` }, me.status || "no answer")),
     pairs(m.headers, "", other && other.message.headers),
-    m.trailers && m.trailers.length ? [el("h4", {}, "trailers"), pairs(m.trailers)] : null,
-    bodyView(m));
+    m.trailers && m.trailers.length ? [el("h4", {}, "trailers"), pairs(m.trailers, "", other && other.message.trailers)] : null,
+    body || bodyView(m));
+}
+
+// two answers side by side, the lines of their bodies that differ marked on each side
+function compared(left, right) {
+  const a = shownBody(left.message), b = shownBody(right.message);
+  let note = "";
+  let bodies = [bodyView(left.message, a, null, "", b), bodyView(right.message, b, null, "", a)];
+  if (a.lines && b.lines) {
+    const d = lineDiff(a.lines, b.lines);
+    const left = d.marksA.filter(Boolean).length, right = d.marksB.filter(Boolean).length;
+    const lines = (n) => `${n} line${n === 1 ? "" : "s"}`;
+    note = left + right ? `bodies: ${lines(left)} only on the left, ${lines(right)} only on the right` : "bodies: the same";
+    if (d.cut) note += ` (only the first ${DIFF_LINES} lines compared)`;
+    bodies = [bodyView(left.message, a, d.marksA, "del"), bodyView(right.message, b, d.marksB, "add")];
+  }
+  return [el("p", { class: "hint diffnote" }, note),
+    el("div", { class: "answers n2" }, answer(left, right, bodies[0]), answer(right, left, bodies[1]))];
 }
 
 function curl(r, local) {
@@ -202,56 +287,74 @@ async function replay(id, edit) {
   }
 }
 
+// The record's answers: a mirror's laptop and cluster answers, or the captured answer and its
+// latest replay, side by side; else the one answer.
+function answersOf(r) {
+  const latest = r.replays[0];
+  const mine = { title: r.kind === "mirror" ? "your laptop's answer" : `captured answer #${r.id}`, status: r.status, message: r.response };
+  if (r.kind === "mirror" && r.cluster) {
+    return compared(mine, { title: "the cluster's answer (what the client got)", status: r.cluster_status, message: r.cluster });
+  }
+  if (r.kind === "mirror") return [el("p", { class: "hint" }, "waiting for the cluster's answer"), answer(mine)];
+  if (latest) return compared(mine, { title: `replay #${latest.id}`, status: latest.status, message: latest.response });
+  return [answer({ ...mine, title: "answer" })];
+}
+
+// What a live event may redraw: everything but the buttons, the edit form and the curl command,
+// so that a form being typed in keeps its text, caret and focus.
+function view(r) {
+  const drops = r.kind === "mirror" ? dropsOf(r.intercept) : [];
+  const facts = [
+    ["intercept", r.intercept], ["time", new Date(r.started * 1000).toLocaleString()],
+    ["duration", r.duration_ms == null ? "—" : `${r.duration_ms.toFixed(1)} ms`],
+    ["HTTP", r.http_version], ["host", r.authority], ["from", r.client],
+    ["gRPC method", r.grpc_method], ["gRPC status", r.grpc_method ? `${r.grpc_status ?? "—"} ${grpcName(r.grpc_status)}` : ""],
+    ["mirror copies dropped", drops.length ? dropsText(drops) : ""],
+    ["replay of", r.replay_of ? `#${r.replay_of}` : ""], ["replays to", r.local],
+  ].filter(([, v]) => v !== "" && v !== null && v !== undefined);
+  return [
+    el("dl", { class: "facts" }, facts.map(([k, v]) => [el("dt", {}, k), el("dd", {}, v)])),
+    answersOf(r),
+    r.replays.length > 1 ? el("p", { class: "hint" }, `${r.replays.length} replays: ${r.replays.map((x) => `#${x.id} → ${x.status}`).join(", ")}`) : null,
+    el("h3", {}, "request"),
+    pairs(r.request.headers),
+    bodyView(r.request)];
+}
+
 async function show(id) {
   selected = id;
   for (const tr of document.querySelectorAll("#rows tr")) tr.classList.toggle("selected", Number(tr.dataset.id) === id);
   let r;
   try { r = await call(`/api/records/${id}`); } catch (e) { $("#detail").replaceChildren(el("p", { class: "error" }, e.message)); return; }
   if (selected !== id) return;
-  const form = editForm(r);
-  const facts = [
-    ["intercept", r.intercept], ["time", new Date(r.started * 1000).toLocaleString()],
-    ["duration", r.duration_ms == null ? "—" : `${r.duration_ms.toFixed(1)} ms`],
-    ["HTTP", r.http_version], ["host", r.authority], ["from", r.client],
-    ["gRPC method", r.grpc_method], ["gRPC status", r.grpc_status],
-    ["replay of", r.replay_of ? `#${r.replay_of}` : ""], ["replays to", r.local],
-  ].filter(([, v]) => v !== "" && v !== null && v !== undefined);
-  const latest = r.replays[0];
-  const mine = { status: r.status, message: r.response };
-  let answers;
-  if (r.kind === "mirror" && r.cluster) {
-    const theirs = { status: r.cluster_status, message: r.cluster };
-    answers = [answer("your answer", r.status, r.response, theirs), answer("the cluster's answer", r.cluster_status, r.cluster, mine)];
-  } else if (latest) {
-    const again = { status: latest.status, message: latest.response };
-    answers = [answer(`captured answer #${r.id}`, r.status, r.response, again),
-      answer(`replay #${latest.id}`, latest.status, latest.response, mine)];
-  } else {
-    answers = [answer("answer", r.status, r.response)];
+  const shown = $("#detail > .record");
+  if (shown && Number(shown.dataset.id) === id) {
+    shown.querySelector(".view").replaceChildren(...view(r).flat(Infinity).filter(Boolean));
+    return;
   }
-  $("#detail").replaceChildren(el("div", {},
+  const form = editForm(r);
+  const command = el("pre", { id: "curl-text", class: "curl", hidden: "" });
+  $("#detail").replaceChildren(el("div", { class: "record", "data-id": r.id },
     el("h2", {}, el("span", { class: "method" }, r.method), " ", r.target),
     el("div", { class: "buttons" },
       el("button", { type: "button", id: "replay", onclick: () => replay(r.id) }, "Replay"),
       el("button", { type: "button", id: "edit", onclick: () => { form.hidden = !form.hidden; } }, "Edit & replay"),
-      el("button", { type: "button", id: "curl", onclick: () => copy(curl(r, r.local)) }, "Copy as curl")),
+      el("button", { type: "button", id: "curl", onclick: () => copy(command, curl(r, r.local)) }, "Copy as curl")),
+    command,
     form,
-    el("dl", { class: "facts" }, facts.map(([k, v]) => [el("dt", {}, k), el("dd", {}, v)])),
-    el("div", { class: `answers n${answers.length}` }, answers),
-    r.replays.length > 1 ? el("p", { class: "hint" }, `${r.replays.length} replays: ${r.replays.map((x) => `#${x.id} → ${x.status}`).join(", ")}`) : null,
-    el("h3", {}, "request"),
-    pairs(r.request.headers),
-    bodyView(r.request)));
+    el("div", { class: "view" }, view(r))));
 }
 
-async function copy(text) {
+// The command is shown (to read, or select by hand when the clipboard is refused) and copied.
+async function copy(box, text) {
+  box.textContent = text;
+  box.hidden = false;
   try {
     await navigator.clipboard.writeText(text);
     toast("copied a curl command");
   } catch (e) {
-    const box = el("textarea", { class: "copy", rows: 4, readonly: "" }, text);
-    $("#detail").prepend(box);
-    box.select();
+    getSelection().selectAllChildren(box);
+    toast("select and copy the command (the clipboard was refused)");
   }
 }
 
@@ -271,3 +374,4 @@ $("#clear").addEventListener("click", async () => {
 });
 load().catch((e) => toast(e.message));
 live();
+setInterval(refreshStats, 5000); // a mirror's drops come without a record
