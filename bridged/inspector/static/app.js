@@ -234,9 +234,9 @@ function compared(left, right) {
   let bodies = [bodyView(left.message, a, null, "", b), bodyView(right.message, b, null, "", a)];
   if (a.lines && b.lines) {
     const d = lineDiff(a.lines, b.lines);
-    const left = d.marksA.filter(Boolean).length, right = d.marksB.filter(Boolean).length;
+    const onlyLeft = d.marksA.filter(Boolean).length, onlyRight = d.marksB.filter(Boolean).length;
     const lines = (n) => `${n} line${n === 1 ? "" : "s"}`;
-    note = left + right ? `bodies: ${lines(left)} only on the left, ${lines(right)} only on the right` : "bodies: the same";
+    note = onlyLeft + onlyRight ? `bodies: ${lines(onlyLeft)} only on the left, ${lines(onlyRight)} only on the right` : "bodies: the same";
     if (d.cut) note += ` (only the first ${DIFF_LINES} lines compared)`;
     bodies = [bodyView(left.message, a, d.marksA, "del"), bodyView(right.message, b, d.marksB, "add")];
   }
