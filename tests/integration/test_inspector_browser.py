@@ -10,6 +10,7 @@ import json
 import shlex
 import shutil
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -76,8 +77,9 @@ async def local_service() -> AsyncIterator[LocalService]:
     await service.stop()
 
 
-@pytest.fixture
-def driver(tmp_path: Path) -> Iterator[Any]:
+@contextmanager
+def chromium(downloads: Path) -> Iterator[Any]:
+    """Headless chromium, its downloads going to ``downloads``; quit on leaving."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -87,8 +89,7 @@ def driver(tmp_path: Path) -> Iterator[Any]:
                 "--window-size=1400,900", "--no-first-run", "--disable-extensions",
                 "--disable-background-networking", "--disable-sync"):
         options.add_argument(arg)
-    downloads = tmp_path / "downloads"
-    downloads.mkdir()
+    downloads.mkdir(exist_ok=True)
     options.add_experimental_option("prefs", {"download.default_directory": str(downloads),
                                               "download.prompt_for_download": False})
     d = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
@@ -98,6 +99,12 @@ def driver(tmp_path: Path) -> Iterator[Any]:
         yield d
     finally:
         d.quit()
+
+
+@pytest.fixture
+def driver(tmp_path: Path) -> Iterator[Any]:
+    with chromium(tmp_path / "downloads") as d:
+        yield d
 
 
 async def in_browser(fn: Callable[[], T]) -> T:

@@ -69,14 +69,16 @@ function row(r) {
   const grpc = Boolean(r.grpc_method);
   const what = grpc ? el("span", { class: "badge grpc" }, "gRPC") : null;
   const grpcStatus = grpc ? el("span", { class: `grpc-status ${r.grpc_status === 0 ? "ok" : "bad"}`,
-    title: `grpc-status ${r.grpc_status ?? "missing"}` }, grpcName(r.grpc_status)) : null;
+    title: `HTTP ${r.status || "—"}, grpc-status ${r.grpc_status ?? "missing"}` }, grpcName(r.grpc_status)) : null;
+  // a gRPC call's HTTP status is 200 but when a proxy failed it: the grpc-status says the rest
+  const httpStatus = grpc && r.status === 200 ? null : el("span", { class: `status ${statusClass(r.status)}` }, r.status || "—");
   return el("tr", { "data-id": r.id, class: r.id === selected ? "selected" : "", onclick: () => show(r.id) },
     el("td", { class: "num" }, r.id),
     el("td", {}, clock(r.started)),
     el("td", {}, r.intercept),
     el("td", {}, r.method),
     el("td", { class: "path", title: r.target }, what, kind, grpc ? r.grpc_method : r.target),
-    el("td", {}, el("span", { class: `status ${statusClass(r.status)}` }, r.status || "—"), grpcStatus),
+    el("td", {}, httpStatus, grpcStatus),
     el("td", { class: "num" }, r.duration_ms == null ? "" : r.duration_ms.toFixed(1)));
 }
 
