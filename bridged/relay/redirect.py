@@ -61,23 +61,29 @@ class Redirected:
     origins: dict[int, str] = field(default_factory=dict)
     #: the Service's own ClusterIP ("" if none): where a client's traffic starts
     cluster_ip: str = ""
+    #: gateway: service port → the relay's mirror port for it, where the mesh sends copies
+    mirrors: dict[int, int] = field(default_factory=dict)
 
 
 class Redirector:
     """Owns the Services the relay redirects. ``listen(port, origin)`` makes sure the relay
     serves ``port`` (a pass-through to ``origin`` unless an intercept holds it);
     ``set_origin(port, origin)`` tells an existing listener where the original pods are;
-    ``closed(ports)`` hands back ports no redirect needs any more."""
+    ``closed(ports)`` hands back ports no redirect needs any more;
+    ``listen_mirror(port, intercepted)`` makes sure the relay takes the mesh's copies of the
+    requests of relay port ``intercepted`` on ``port`` (gateway mirrors)."""
 
     def __init__(self, kube: Any, *, host: str, live: Callable[[], Live],
                  listen: Callable[[int, str], Any], set_origin: Callable[[int, str], None],
-                 closed: Callable[[set[int]], None], probes: Probes | None = None) -> None:
+                 closed: Callable[[set[int]], None], probes: Probes | None = None,
+                 listen_mirror: Callable[[int, int], Any] | None = None) -> None:
         self.kube = kube
         self.host = host
         self._live = live
         self._listen = listen
         self._set_origin = set_origin
         self._closed = closed
+        self._listen_mirror = listen_mirror
         self.redirected: dict[str, Redirected] = {}
         #: seconds a mesh has to accept a new HTTPRoute (meshes answer within a second or two)
         self.accept_seconds = 10.0
@@ -89,6 +95,8 @@ class Redirector:
         #: (service, service port) → relay port; kept while anything uses it, so an intercept
         #: that re-attaches finds its port (and the Service its targetPort) unchanged
         self.ports: dict[tuple[str, int], int] = {}
+        #: (service, service port) → the relay's mirror port for it, kept likewise
+        self.mirror_ports: dict[tuple[str, int], int] = {}
         self._lock = asyncio.Lock()
         #: the nonces the router reports (None: a redirect is answered once written)
         self.probes = probes
@@ -102,14 +110,27 @@ class Redirector:
             self.ports[key] = _free_port(self.host)
         return self.ports[key]
 
+    def mirror_port_for(self, service: str, service_port: int) -> int:
+        key = (service, service_port)
+        if key not in self.mirror_ports:
+            self.mirror_ports[key] = _free_port(self.host)
+        return self.mirror_ports[key]
+
     def ports_in_use(self) -> set[int]:
-        return {p for (svc, _), p in self.ports.items() if svc in self.redirected}
+        return {p for (svc, _), p in self.ports.items() if svc in self.redirected} | \
+            {p for state in self.redirected.values() for p in state.mirrors.values()}
+
+    def _ports_of(self, service: str) -> set[int]:
+        return {p for (svc, _), p in (*self.ports.items(), *self.mirror_ports.items())
+                if svc == service}
 
     def forget_ports(self, ports: set[int]) -> None:
         """Those relay ports are closed: their numbers may be given out again."""
-        for key in [k for k, p in self.ports.items() if p in ports and
-                    k[0] not in self.redirected]:
-            del self.ports[key]
+        in_use = self.ports_in_use()
+        for table in (self.ports, self.mirror_ports):
+            for key in [k for k, p in table.items() if p in ports and p not in in_use and
+                        (table is self.mirror_ports or k[0] not in self.redirected)]:
+                del table[key]
 
     # --- the state the cluster should be in ---
 
@@ -214,14 +235,19 @@ class Redirector:
                 state = await self._route(service, via, claims)
         except BaseException:
             if service not in self.redirected:  # the pass-through ports opened for it go
-                self._closed({p for (svc, _), p in self.ports.items() if svc == service})
+                self._closed(self._ports_of(service))
             raise
         state.ids = _ids(claims)
+        before = self.redirected.get(service)
         self.redirected[service] = state
         for service_port, origin in state.origins.items():
             port = self.port_for(service, service_port)
             await self._listen(port, origin)
             self._set_origin(port, origin)
+        if before is not None:  # the mirror ports no route sends copies to any more
+            stale = set(before.mirrors.values()) - set(state.mirrors.values())
+            if stale:
+                self._closed(stale)
 
     async def _take_over(self, service: str) -> Redirected:
         current = await ops.read_service(self.kube, service)
@@ -289,8 +315,13 @@ class Redirector:
             raise RefusedError(f"Service {service} is headless: --via {via} routes through "
                                "its ClusterIP")
         by_port: dict[int, list[tuple[str, Any]]] = {}
+        mirrors: dict[int, list[Any]] = {}  # gateway: the mesh copies, to a mirror port
         for c in claims:
-            by_port.setdefault(c.service_port, []).append((c.id, c.matchers))
+            intercepts = by_port.setdefault(c.service_port, [])
+            if c.mirror and via == "gateway":
+                mirrors.setdefault(c.service_port, []).append(c.matchers)
+            else:
+                intercepts.append((c.id, c.matchers))
         if via == "gateway" and service not in self.redirected and self.no_mesh:
             log.info("Service %s: --via gateway refused at once, remembered: %s", service,
                      self.no_mesh)
@@ -304,13 +335,21 @@ class Redirector:
                          for p in found["spec"].get("ports") or []}
         protocols = {port: gateway.port_protocol(app_protocols.get(port), (
             c.protocol for c in claims if c.service_port == port)) for port in by_port}
-        objects = _route_objects(service, via, ns, by_port, protocols, app_protocols)
+        objects = _route_objects(service, via, ns, by_port, protocols, app_protocols, mirrors)
         backends = [gateway.backend_service(
             ns, service, c.id, c.service_port, self.port_for(service, c.service_port),
             RELAY_SELECTOR, protocol=protocols[c.service_port],
-            app_protocol=app_protocols.get(c.service_port, "")) for c in claims]
+            app_protocol=app_protocols.get(c.service_port, ""))
+            for c in claims if not (c.mirror and via == "gateway")]
+        mirror_ports = {port: self.mirror_port_for(service, port) for port in mirrors}
+        backends += [gateway.mirror_backend_service(ns, service, port, relay_port,
+                                                    RELAY_SELECTOR)
+                     for port, relay_port in mirror_ports.items()]
         first = service not in self.redirected
         try:
+            for port, relay_port in mirror_ports.items():  # before the mesh sends copies
+                if self._listen_mirror is not None:
+                    await self._listen_mirror(relay_port, self.port_for(service, port))
             shadow = await self._write_routes(service, via, found, backends, objects)
         except BaseException as exc:
             if isinstance(exc, RefusedError) and ops.NOT_ACCEPTED in str(exc):
@@ -322,7 +361,7 @@ class Redirector:
             raise
         shadow_ip = shadow["spec"]["clusterIP"]
         return Redirected(via, origins={port: format_host_port(shadow_ip, port)
-                                        for port in by_port})
+                                        for port in by_port}, mirrors=mirror_ports)
 
     async def _write_routes(self, service: str, via: str, found: dict[str, Any],
                             backends: list[dict[str, Any]],
@@ -354,19 +393,29 @@ class Redirector:
             await ops.remove_routes(self.kube, service)
             note = f"Service {service}: its {state.via} routes removed"
         del self.redirected[service]
-        ports = {p for (svc, _), p in self.ports.items() if svc == service}
-        for port in ports:
-            self._set_origin(port, "")
-        self._closed(ports)
+        for (svc, _), port in self.ports.items():
+            if svc == service:
+                self._set_origin(port, "")
+        self._closed(self._ports_of(service))
         return note
 
 
 def _route_objects(service: str, via: str, namespace: str,
                    by_port: dict[int, list[tuple[str, Any]]], protocols: dict[int, str],
-                   app_protocols: dict[int, str]) -> list[dict[str, Any]]:
-    """The routes (gateway: one per port, a GRPCRoute where the port is gRPC) or the
+                   app_protocols: dict[int, str],
+                   mirrors: dict[int, list[Any]] | None = None) -> list[dict[str, Any]]:
+    """The routes (gateway: one per port, a GRPCRoute where the port is gRPC, with the
+    ``RequestMirror`` filter where ``mirrors`` has the port's mirrors' matchers) or the
     CiliumEnvoyConfig; :class:`RefusedError` naming the port if its intercepts' matchers
-    cannot be said in them."""
+    cannot be said in them, or if a mirror is on an HTTP/2 port."""
+    mirrors = mirrors or {}
+    for port in mirrors:
+        if protocols[port] != "http":
+            why = f"its appProtocol is {app_protocols[port]}" if app_protocols.get(port) \
+                else "an intercept of it says so"
+            raise RefusedError(f"Service {service} port {port} speaks {protocols[port]} "
+                               f"({why}): a mirror copies HTTP/1.1 requests only for now "
+                               "(HTTP/2 streams are not mirrored yet)")
     if via != "gateway":
         h2 = {port for port, protocol in protocols.items() if protocol != "http"}
         try:
@@ -377,7 +426,7 @@ def _route_objects(service: str, via: str, namespace: str,
     for port, intercepts in by_port.items():
         try:
             objects.append(gateway.route(protocols[port], namespace, service, port,
-                                         intercepts))
+                                         intercepts, mirrors.get(port, ())))
         except RouteRefused as exc:
             why = ""
             if protocols[port] == "grpc":

@@ -41,6 +41,7 @@ from .router import (
     UpstreamUnavailable,
     tcp_upstream,
 )
+from .router.copies import CopySink
 from .router.mirror import MirrorResult, Mirrors
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,8 @@ log = logging.getLogger(__name__)
 INTERCEPT_SUFFIX = ".intercept.bridged"
 #: seconds between two reports of a mirror's dropped copies (totals: one per burst)
 MIRROR_DROPS_EVERY_SECONDS = 0.5
+#: what a copy the mesh mirrored is reported with: its cluster's answer went to the client only
+MESH_MIRRORS = "the mesh mirrors: the cluster's answer is not seen by the relay"
 
 
 @dataclass(frozen=True)
@@ -259,6 +262,8 @@ class HttpPortListener(PortListener):
 
     def __init__(self, relay: Relay, port: int, origin: str = "") -> None:
         super().__init__(relay, port, origin)
+        #: the relay port whose intercepts this listener serves (a mirror port's differs)
+        self.intercepted = port
         self.counters: RouterCounters = RouterCounters()
         #: copies dropped per mirror intercept, by reason (totals); those not yet told
         self.mirror_drops: dict[str, dict[str, int]] = {}
@@ -284,12 +289,17 @@ class HttpPortListener(PortListener):
                              if h.rule is not None and h.expires_at > now
                              and not h.claim.mirror])
 
+    def _copies_here(self, claim: protocol.InterceptClaim) -> bool:
+        """Whether this listener copies ``claim``'s requests: under the gateway strategy the
+        mesh does, to the mirror port (:class:`MirrorPortListener`); else the router."""
+        return claim.via != "gateway"
+
     def _mirror_targets(self, head: RequestHead) -> list[str]:
         """The live mirror intercepts of this port that want a copy of this request."""
         now = asyncio.get_running_loop().time()
-        return [h.claim.id for h in self.relay.table.on_port(self.port)
-                if h.claim.mirror and h.rule is not None and h.expires_at > now
-                and h.rule.matches(head)]
+        return [h.claim.id for h in self.relay.table.on_port(self.intercepted)
+                if h.claim.mirror and self._copies_here(h.claim) and h.rule is not None
+                and h.expires_at > now and h.rule.matches(head)]
 
     def _control_of(self, intercept_id: str) -> Any:
         """The control channel of the session holding ``intercept_id``, if it is open."""
@@ -343,7 +353,7 @@ class HttpPortListener(PortListener):
     def _holding(self, route: Route) -> tuple[Holding | None, RelaySession | None]:
         """The intercept a route names on this port, and its session if connected."""
         holding = self.relay.table.get(route.target)
-        if holding is None or holding.port != self.port:
+        if holding is None or holding.port != self.intercepted:
             return None, None
         return holding, self.relay.sessions.get(holding.session)
 
@@ -413,7 +423,7 @@ class HttpPortListener(PortListener):
         try:
             channel, _ = await self.relay.open_channel(
                 session, lambda: ChannelProtocol(factory()), holding.claim.listen_host,
-                self.port, peer)
+                self.intercepted, peer)
         except asyncssh.ChannelOpenError as exc:
             raise UpstreamUnavailable(f"{route.target}: {exc.reason}") from None
         except RefusedError as exc:  # the relay carries all the streams it may
@@ -429,6 +439,28 @@ class HttpPortListener(PortListener):
         await super().close()
 
 
+class MirrorPortListener(HttpPortListener):
+    """The mirror port of an intercepted port under the gateway strategy: the mesh's copies
+    arrive here (:mod:`.router.copies`), answered at once and never forwarded to the original
+    pods (the mesh sent them the request itself); they go to the developers whose mirror of
+    ``intercepted`` matches them."""
+
+    mode = "mirror"
+
+    def __init__(self, relay: Relay, port: int, intercepted: int) -> None:
+        super().__init__(relay, port)
+        self.intercepted = intercepted
+
+    def _copies_here(self, claim: protocol.InterceptClaim) -> bool:
+        return claim.via == "gateway"
+
+    async def start(self, host: str) -> None:
+        idle = self.relay.settings.router.idle_timeout_seconds
+        self.server = await asyncio.get_running_loop().create_server(
+            lambda: CopySink(self.mirrors, MESH_MIRRORS, idle), host, self.port,
+            reuse_address=True, backlog=self.relay.settings.tunnel.listen_backlog)
+
+
 class Relay:
     """The relay: owns the SSH servers, the intercept table, the port listeners and the leases."""
 
@@ -442,6 +474,7 @@ class Relay:
             kube, host=settings.intercept_host, live=self._live_services,
             listen=self._listen_origin, set_origin=self._set_origin,
             closed=self._close_idle_ports_by_number, probes=self.probes,
+            listen_mirror=self._listen_mirror,
         ) if kube is not None else None
         self.sessions: dict[str, RelaySession] = {}
         self.ports: dict[int, PortListener] = {}
@@ -619,6 +652,11 @@ class Relay:
         if port not in self.ports:
             await self._swap_listener(OriginListener(self, port, origin))
 
+    async def _listen_mirror(self, port: int, intercepted: int) -> None:
+        listener = self.ports.get(port)
+        if not isinstance(listener, MirrorPortListener) or listener.intercepted != intercepted:
+            await self._swap_listener(MirrorPortListener(self, port, intercepted))
+
     def _set_origin(self, port: int, origin: str) -> None:
         if port in self.ports:
             self.ports[port].origin = origin
@@ -663,10 +701,15 @@ class Relay:
         """``holdings`` ended: a mirror's copies not sent yet go with it; then the ports
         nothing needs any more close."""
         for h in holdings:
-            listener = self.ports.get(h.port)
-            if h.claim.mirror and isinstance(listener, HttpPortListener):
+            for listener in self._copying(h.port) if h.claim.mirror else ():
                 listener.mirrors.forget(h.claim.id)
         self._close_idle_ports_by_number({h.port for h in holdings})
+
+    def _copying(self, port: int) -> list[HttpPortListener]:
+        """The listeners that copy requests for the mirrors of relay port ``port``: its own,
+        and its mirror port's (gateway)."""
+        return [listener for listener in self.ports.values()
+                if isinstance(listener, HttpPortListener) and listener.intercepted == port]
 
     def _close_idle_ports_by_number(self, ports: set[int]) -> None:
         """Close the listeners nothing needs any more. A port of a redirected Service stays
@@ -678,7 +721,7 @@ class Relay:
                 continue
             listener = self.ports[port]
             if port in in_use:
-                if listener.mode != "origin":
+                if listener.mode not in ("origin", "mirror"):
                     self.tasks.start(self._swap_listener(
                         OriginListener(self, port, listener.origin)), name=f"origin-{port}")
                 continue
@@ -806,8 +849,9 @@ class Relay:
             "intercepts": [
                 {"id": h.claim.id, "port": h.port, "session": h.session,
                  "lease_left_seconds": round(h.expires_at - now, 1),
-                 **({"mirror_dropped": dict(getattr(self.ports.get(h.port), "mirror_drops",
-                                                    {}).get(h.claim.id, {}))}
+                 **({"mirror_dropped": {reason: n for listener in self._copying(h.port)
+                                        for reason, n in listener.mirror_drops.get(
+                                            h.claim.id, {}).items()}}
                     if h.claim.mirror else {})}
                 for h in holdings if h.session == session.id
             ],

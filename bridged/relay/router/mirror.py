@@ -12,7 +12,9 @@ answer the client got is recorded as it is forwarded (status, headers, the body'
 ``answer_body_bytes``) and reported with the laptop's outcome once both ended, so the daemon
 can show the two side by side.
 
-Only HTTP/1.1 requests are copied; HTTP/2 streams and upgrade requests are not (yet).
+Only HTTP/1.1 requests are copied; HTTP/2 streams and upgrade requests are not (yet). Under the
+gateway strategy the mesh copies the requests itself, to the relay's mirror port
+(:mod:`.copies`), and the cluster's answer is not seen: :meth:`Tee.unseen`.
 """
 
 from __future__ import annotations
@@ -323,7 +325,7 @@ class Tee:
     The downstream calls: :meth:`body`, :meth:`answer`, :meth:`request_done`,
     :meth:`cluster_done` and, whatever happened, :meth:`client_gone` at its end."""
 
-    __slots__ = ("answered", "copies", "head", "limit", "mirrors", "parser", "peer",
+    __slots__ = ("answered", "copies", "head", "limit", "mirrors", "note", "parser", "peer",
                  "recorder", "started", "status")
 
     def __init__(self, mirrors: Mirrors, head: RequestHead, copies: list[Copy], limit: int,
@@ -339,6 +341,8 @@ class Tee:
         self.started = asyncio.get_running_loop().time()
         self.answered = -1.0  # loop time the cluster's answer ended (-1: not yet)
         self.status = 0
+        #: why the cluster's answer is not in the report ("": it is)
+        self.note = ""
 
     def body(self, data: bytes) -> None:
         for copy in self.copies:
@@ -360,6 +364,12 @@ class Tee:
             if copy.state == "sent":
                 self._report(copy)
 
+    def unseen(self, note: str) -> None:
+        """The cluster's answer is not seen here (the mesh mirrored the request to the relay):
+        the copies are reported without it, saying why."""
+        self.note = note
+        self.cluster_done(0)
+
     def client_gone(self) -> None:
         """The client connection ended: a copy of a request it never finished is dropped."""
         for copy in self.copies:
@@ -379,7 +389,7 @@ class Tee:
             status=self.status, body=bytes(r.body), size=r.size, truncated=r.truncated,
             duration_ms=round((self.answered - self.started) * 1000, 2),
             laptop_status=copy.laptop[0], laptop_error=copy.laptop[1],
-            request_headers=tuple(self.head.headers), client=self.peer))
+            request_headers=tuple(self.head.headers), client=self.peer, note=self.note))
 
 
 class AnswerRecorder:
