@@ -317,7 +317,8 @@ function view(r) {
   return [
     el("dl", { class: "facts" }, facts.map(([k, v]) => [el("dt", {}, k), el("dd", {}, v)])),
     answersOf(r),
-    r.replays.length > 1 ? el("p", { class: "hint" }, `${r.replays.length} replays: ${r.replays.map((x) => `#${x.id} → ${x.status}`).join(", ")}`) : null,
+    // the answers beside each other show the latest replay, a mirror's none
+    r.replays.length > (r.kind === "mirror" ? 0 : 1) ? el("p", { class: "hint" }, `${r.replays.length} replay${r.replays.length === 1 ? "" : "s"}: ${r.replays.map((x) => `#${x.id} → ${x.status}`).join(", ")}`) : null,
     el("h3", {}, "request"),
     pairs(r.request.headers),
     bodyView(r.request)];
