@@ -107,6 +107,14 @@ class MirrorSettings:
     max_body_bytes: int = 1024 * 1024
     #: copies sent to the laptop at once: a slow local service (a breakpoint) holds these
     senders: int = 4
+    #: copies taken per second at most (the rest dropped and counted): each sent copy costs
+    #: the relay ~0.4 ms of CPU on the loop every client shares (an SSH channel, two reports;
+    #: bench/mirror.py), so 100/s keeps a busy Service's mirror to ~4 % of that loop
+    max_copies_per_second: float = 100.0
+    #: seconds copies are dropped (counted, no channel tried) after the laptop could not be
+    #: reached, doubling while it stays unreachable up to 8 s: a laptop that is down must cost
+    #: the relay nothing (without it, ~1200 failed channel opens a second)
+    unreachable_backoff_seconds: float = 1.0
     #: seconds the laptop has to answer a copy (its answer is read and discarded): then the
     #: copy's connection is closed, so a service held at a breakpoint frees its sender
     answer_timeout_seconds: float = 30.0

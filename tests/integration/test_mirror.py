@@ -29,6 +29,7 @@ from bridged.relay.policy import DestinationPolicy
 from bridged.relay.router import UpstreamUnavailable, tcp_upstream
 from bridged.relay.router.mirror import (
     QUEUE_FULL,
+    RATE,
     TOO_LARGE,
     UNREACHABLE,
     MirrorResult,
@@ -54,6 +55,7 @@ class Reports:
     results: list[MirrorResult] = field(default_factory=list)
     drops: dict[str, int] = field(default_factory=dict)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    opened: int = 0  # connections to a laptop tried
 
     def result(self, result: MirrorResult) -> None:
         self.results.append(result)
@@ -79,6 +81,7 @@ def mirrored(head: RequestHead) -> list[str]:
 
 def mirrors(ports: dict[str, int], reports: Reports, **settings: Any) -> Mirrors:
     async def open_upstream(route: Route, peer: tuple[str, int], factory: Any) -> Any:
+        reports.opened += 1
         if route.target not in ports:
             raise UpstreamUnavailable(f"{route.target}: unknown here")
         return await tcp_upstream("127.0.0.1", ports[route.target], factory, route.target)
@@ -256,13 +259,25 @@ async def test_a_laptop_that_is_down_changes_nothing_and_its_copies_are_counted(
         ports = {"origin": up["origin"].port, "alice": free_port()}  # nobody listens there
         async with router_on(ports, mirror=mirrors(ports, reports)) as relay:
             answers, slowest = await asyncio.wait_for(_timed_answers(relay.port, 10), 10)
-            await reports.until(lambda: len(reports.results) == 10)
+            await reports.until(lambda: reports.drops.get(UNREACHABLE) == 10)
     assert [json.loads(a)["upstream"] for a in answers] == ["origin"] * 10
     assert slowest < 2.0
     assert reports.drops == {UNREACHABLE: 10}
-    assert {(r.status, r.laptop_status) for r in reports.results} == {(200, 0)}
-    # why, as the router would say it in a 502
-    assert all(r.laptop_error.startswith("alice: ") for r in reports.results)
+    # a laptop that is down costs the relay nothing more: after the first failed connection
+    # the mirror backs off (copies dropped, counted, no connection tried, no report)
+    assert reports.opened <= 4 and reports.results == []
+
+
+async def test_copies_past_the_rate_are_dropped_and_counted() -> None:
+    reports = Reports()
+    async with recording_upstreams(["origin"]) as up, silent_laptop() as laptop:
+        ports = {"origin": up["origin"].port, "alice": laptop.port}
+        settings = dict(max_copies_per_second=3.0, max_copies=100)
+        async with router_on(ports, mirror=mirrors(ports, reports, **settings)) as relay:
+            answers, _ = await asyncio.wait_for(_timed_answers(relay.port, 10), 10)
+    assert [json.loads(a)["upstream"] for a in answers] == ["origin"] * 10
+    # a second's burst (3) is copied, the rest dropped within the same moment
+    assert reports.drops.get(RATE, 0) >= 6 and reports.opened <= 4
 
 
 async def test_copies_past_the_bounds_are_dropped_and_counted() -> None:

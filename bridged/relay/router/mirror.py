@@ -50,6 +50,9 @@ QUEUE_FULL = "queue full"
 TOO_LARGE = "body too large"
 UNREACHABLE = "laptop unreachable"
 CLIENT_GONE = "client left mid-request"
+RATE = "over the copies per second"
+#: the longest pause of a mirror whose laptop stays unreachable (its back-off doubles)
+MAX_BACKOFF_SECONDS = 8.0
 
 
 @dataclass(frozen=True)
@@ -97,16 +100,19 @@ class Mirrors:
         ids = self.select(head)
         if not ids:
             return None
-        kept = [(n, v) for n, v in headers if n.lower() not in _NOT_COPIED]
+        kept: list[tuple[bytes, bytes]] | None = None
         copies = []
         for intercept_id in ids:
             queue = self.queues.get(intercept_id)
             if queue is None:
                 queue = self.queues[intercept_id] = CopyQueue(self, intercept_id)
-            mirror_id = secrets.token_hex(8)
-            if not queue.admit():
-                self.drop(intercept_id, QUEUE_FULL)
+            refused = queue.admit()
+            if refused:  # decided before anything is built: a dropped copy costs ~nothing
+                self.drop(intercept_id, refused)
                 continue
+            if kept is None:
+                kept = [(n, v) for n, v in headers if n.lower() not in _NOT_COPIED]
+            mirror_id = secrets.token_hex(8)
             head_bytes = serialize_head(method, url, version, [
                 *kept, (MIRROR_HEADER.encode(), mirror_id.encode()),
                 (b"connection", b"close")])
@@ -149,12 +155,37 @@ class CopyQueue:
         self.ready: deque[Copy] = deque()
         self.senders: set[asyncio.Task[None]] = set()
         self.closed = False
+        settings = mirrors.settings
+        #: a token bucket: copies per second, a second's worth of burst
+        self.tokens = settings.max_copies_per_second
+        self.refilled = asyncio.get_running_loop().time()
+        #: the laptop could not be reached: copies dropped until then (loop time)
+        self.down_until = 0.0
+        self.backoff = 0.0
 
-    def admit(self) -> bool:
-        if self.closed or self.held >= self.mirrors.settings.max_copies:
-            return False
+    def admit(self) -> str:
+        """Take one more copy: "" if it may, else why not (a drop reason)."""
+        settings = self.mirrors.settings
+        now = asyncio.get_running_loop().time()
+        if self.closed or self.held >= settings.max_copies:
+            return QUEUE_FULL
+        if now < self.down_until:
+            return UNREACHABLE
+        rate = settings.max_copies_per_second
+        self.tokens = min(rate, self.tokens + (now - self.refilled) * rate)
+        self.refilled = now
+        if self.tokens < 1:
+            return RATE
+        self.tokens -= 1
         self.held += 1
-        return True
+        return ""
+
+    def unreachable(self) -> None:
+        """The laptop could not be reached: copies are dropped for a while (doubling)."""
+        settings = self.mirrors.settings
+        self.backoff = min(max(self.backoff * 2, settings.unreachable_backoff_seconds),
+                           MAX_BACKOFF_SECONDS)
+        self.down_until = asyncio.get_running_loop().time() + self.backoff
 
     def reserve(self, n: int) -> bool:
         if self.bytes + n > self.mirrors.settings.max_bytes:
@@ -176,8 +207,15 @@ class CopyQueue:
     async def _send_all(self) -> None:
         while self.ready:
             copy = self.ready.popleft()
+            if asyncio.get_running_loop().time() < self.down_until:
+                copy.drop(UNREACHABLE)  # (no channel tried, no report: counted only)
+                continue
             try:
-                copy.laptop_done(*await self._send(copy))
+                outcome = await self._send(copy)
+                if outcome is None:
+                    copy.drop(UNREACHABLE)
+                else:
+                    copy.laptop_done(*outcome)
             except asyncio.CancelledError:
                 copy.laptop_done(0, "the mirror ended")
                 raise
@@ -185,8 +223,9 @@ class CopyQueue:
                 log.exception("mirror %s: sending a copy failed", self.intercept_id)
                 copy.laptop_done(0, f"bridged: {exc}")
 
-    async def _send(self, copy: Copy) -> tuple[int, str]:
-        """Send ``copy``, read the laptop's answer to its end: (its status, why none)."""
+    async def _send(self, copy: Copy) -> tuple[int, str] | None:
+        """Send ``copy``, read the laptop's answer to its end: (its status, why none); None
+        when the laptop could not be reached (the copy is dropped, counted, not reported)."""
         settings = self.mirrors.settings
         answer = LaptopAnswer()
         transport: Any = None
@@ -195,8 +234,11 @@ class CopyQueue:
                 Route(self.intercept_id), copy.peer, lambda: answer),
                 settings.answer_timeout_seconds)
         except (UpstreamUnavailable, TimeoutError) as exc:
-            self.mirrors.drop(self.intercept_id, UNREACHABLE)
-            return 0, str(exc) or "no connection in time"
+            self.unreachable()
+            log.info("mirror %s: %s; its copies are dropped for %g s", self.intercept_id,
+                     str(exc) or "no connection in time", self.backoff)
+            return None
+        self.backoff = 0.0
         try:
             transport.write(copy.request())
             copy.body.clear()  # (its bytes stay counted until the copy is released)
