@@ -167,3 +167,32 @@ async def test_grpc_rows_show_the_method_and_status_name_and_mirror_drops_show(
               .text, "the call's status, by number and name, in its detail")
 
     await in_browser(shown)
+
+
+async def test_a_mirror_whose_cluster_answer_was_not_seen_says_so(
+        inspector: Inspector, driver: Any, tmp_path: Path) -> None:
+    """Gateway mirrors: the mesh answers the client, the relay never sees that answer. The
+    laptop's answer stands alone, not compared with an empty one."""
+    from selenium.webdriver.common.by import By
+
+    json_head = (("content-type", "application/json"),)
+    record = inspector.store.add(Captured(
+        intercept="orders", started=1_700_000_000.0, method="GET", target="/orders/1",
+        status=200, kind="mirror", request=Message(),
+        response=Message(headers=json_head, body=b'{"who": "laptop"}', size=17),
+        cluster=Message(), cluster_status=0))
+
+    def shown() -> None:
+        driver.get(inspector.url)
+        until(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#rows tr"),
+              "the record")[0].click()
+        until(driver, lambda d: "the cluster's answer was not seen" in d.find_element(
+            By.ID, "detail").text, "why there is nothing to compare")
+        shot(driver, tmp_path, "13-mirror-unseen")
+        [answer] = driver.find_elements(By.CSS_SELECTOR, ".answers .answer, #detail .answer")
+        assert answer.text.startswith("your laptop's answer 200") and '"who": "laptop"' in \
+            answer.text
+        assert not driver.find_elements(By.CSS_SELECTOR, ".line.del, .line.add")
+
+    await in_browser(shown)
+    assert record.id == 1

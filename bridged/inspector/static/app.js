@@ -294,6 +294,11 @@ async function replay(id, edit) {
 function answersOf(r) {
   const latest = r.replays[0];
   const mine = { title: r.kind === "mirror" ? "your laptop's answer" : `captured answer #${r.id}`, status: r.status, message: r.response };
+  if (r.kind === "mirror" && r.cluster && !r.cluster_status && !r.cluster.headers.length) {
+    // nothing to compare: the cluster's answer broke before its head, or (gateway) the mesh
+    // answered the client and the relay never saw it
+    return [el("p", { class: "hint" }, "the cluster's answer was not seen (it broke before its head, or the mesh answered the client)"), answer(mine)];
+  }
   if (r.kind === "mirror" && r.cluster) {
     return compared(mine, { title: "the cluster's answer (what the client got)", status: r.cluster_status, message: r.cluster });
   }
