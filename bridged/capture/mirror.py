@@ -71,7 +71,8 @@ class MirrorPairs:
                            cut=answer.truncated or len(body) > s.max_body_bytes)
         cluster = Message(headers=headers, body=body, size=answer.size,
                           truncated=answer.truncated or answer.size > len(body))
-        return {"cluster": cluster, "cluster_status": answer.status}
+        return {"cluster": cluster, "cluster_status": answer.status,
+                "cluster_note": answer.note if not answer.status else ""}
 
     def _remember(self, table: OrderedDict[str, Any], key: str, value: Any) -> None:
         table[key] = value

@@ -57,6 +57,9 @@ class Captured:
     kind: str = "intercept"
     cluster: Message | None = None
     cluster_status: int = 0
+    #: why the cluster's answer is not there (gateway: the mesh mirrors; the relay never
+    #: sees the answer the client got)
+    cluster_note: str = ""
     #: the record this one replays (kind "replay")
     replay_of: int = 0
     id: int = 0  # given by the store

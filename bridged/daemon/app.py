@@ -737,6 +737,11 @@ class Daemon:
         except sqlite3.Error as exc:
             log.warning("capture: record %d not updated: %s", record_id, exc)
 
+    def mirror_dropped(self) -> dict[str, dict[str, int]]:
+        """Each mirror intercept's copies the relay dropped, by reason (for the inspector)."""
+        return {i.spec.name: dict(i.mirror_dropped) for b in self.bridges.values()
+                for i in b.intercepts.values() if i.claim.mirror}
+
     def local_of(self, intercept: str) -> tuple[str, int] | None:
         """Where an intercept's local service listens (replay sends there)."""
         for bridge in self.bridges.values():
@@ -751,7 +756,7 @@ class Daemon:
 
         async with self._inspector_lock:
             if self._inspector is None:
-                inspector = Inspector(self.store, self.local_of)
+                inspector = Inspector(self.store, self.local_of, self.mirror_dropped)
                 await inspector.start()
                 self._inspector = inspector
         return {"url": self._inspector.url, "port": self._inspector.port,

@@ -297,7 +297,7 @@ function answersOf(r) {
   if (r.kind === "mirror" && r.cluster && !r.cluster_status && !r.cluster.headers.length) {
     // nothing to compare: the cluster's answer broke before its head, or (gateway) the mesh
     // answered the client and the relay never saw it
-    return [el("p", { class: "hint" }, "the cluster's answer was not seen (it broke before its head, or the mesh answered the client)"), answer(mine)];
+    return [el("p", { class: "hint" }, r.cluster_note || "the cluster's answer was not seen (it broke before its head, or the mesh answered the client)"), answer(mine)];
   }
   if (r.kind === "mirror" && r.cluster) {
     return compared(mine, { title: "the cluster's answer (what the client got)", status: r.cluster_status, message: r.cluster });
