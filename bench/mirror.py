@@ -32,11 +32,8 @@ import asyncio
 import contextlib
 import json
 import os
-import re
 import resource
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -45,14 +42,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-# bench/h2.py would shadow the h2 package the relay imports
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from benchkit import free_port, log, parse_wrk, stop_proc
 
-from bridged.control.client import ControlClient  # noqa: E402
-from bridged.localrun import DaemonProcess, RelayProcess  # noqa: E402
+from bridged.control.client import ControlClient
+from bridged.localrun import DaemonProcess, RelayProcess
 
 NGINX = "/usr/sbin/nginx"
 SCENARIOS = ("none", "header", "fast", "slow", "down")
@@ -88,16 +81,6 @@ function done(summary, latency, requests)
   io.write(string.format("CHECK seen=%d bad=%d first=%q\\n", s, b, f))
 end
 """.replace("@ORIGIN@", ORIGIN_BODY)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -284,16 +267,6 @@ def get(port: int, headers: dict[str, str] | None = None) -> str | None:
         return None
 
 
-def stop_proc(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def lines_of(path: Path) -> int:
     with contextlib.suppress(FileNotFoundError), path.open("rb") as f:
         return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
@@ -303,38 +276,6 @@ def lines_of(path: Path) -> int:
 # --- wrk ----------------------------------------------------------------------------------------
 
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
-
-
-def _ms(text: str) -> float:
-    m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
-    if not m:
-        raise ValueError(f"cannot parse wrk latency {text!r}")
-    return float(m.group(1)) * _UNITS[m.group(2)]
-
-
-def parse_wrk(out: str) -> dict[str, Any]:
-    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    p50 = re.search(r"^\s+50%\s+(\S+)", out, re.M)
-    p99 = re.search(r"^\s+99%\s+(\S+)", out, re.M)
-    lat = re.search(r"^\s+Latency\s+\S+\s+\S+\s+(\S+)", out, re.M)
-    total = re.search(r"^\s*(\d+) requests in", out, re.M)
-    check = re.search(r"^CHECK seen=(\d+) bad=(\d+) first=(.*)$", out, re.M)
-    if not (rps and p50 and p99 and lat and total and check):
-        raise RuntimeError(f"cannot parse wrk output:\n{out}")
-    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    return {
-        "rps": float(rps.group(1)),
-        "p50_ms": round(_ms(p50.group(1)), 3),
-        "p99_ms": round(_ms(p99.group(1)), 3),
-        "max_ms": round(_ms(lat.group(1)), 3),
-        "requests": int(total.group(1)),
-        "errors": (int(non2xx.group(1)) if non2xx else 0)
-        + (sum(int(x) for x in sock.groups()) if sock else 0),
-        "checked": int(check.group(1)),
-        "wrong": int(check.group(2)),
-        "first_wrong": json.loads(check.group(3)) if check.group(3) != '""' else "",
-    }
 
 
 async def run_wrk(script: Path, port: int, seconds: int, conns: int, cpus: str | None,
@@ -351,7 +292,10 @@ async def run_wrk(script: Path, port: int, seconds: int, conns: int, cpus: str |
     out, _ = await asyncio.wait_for(proc.communicate(), seconds + 15)
     if proc.returncode:
         raise RuntimeError(f"wrk failed ({proc.returncode}): {out.decode(errors='replace')}")
-    return parse_wrk(out.decode())
+    result = parse_wrk(out.decode())
+    if "checked" not in result or "requests" not in result:
+        raise RuntimeError(f"wrk's output lacks the Lua check's line:\n{out.decode()}")
+    return result
 
 
 async def py_spy(pid: int, seconds: int, out: Path) -> asyncio.subprocess.Process:

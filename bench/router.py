@@ -20,10 +20,7 @@ import asyncio
 import contextlib
 import json
 import os
-import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,7 +29,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchkit import free_port, log, parse_wrk, stop_proc  # (also puts the repo on sys.path)
 
 from bridged.control.client import ControlClient
 from bridged.localrun import DaemonProcess, RelayProcess
@@ -40,16 +37,6 @@ from bridged.localrun import DaemonProcess, RelayProcess
 NGINX = "/usr/sbin/nginx"
 TARGET_RPS_RATIO = 0.4
 TARGET_ADDED_P50_MS = 1.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 # --- nginx --------------------------------------------------------------------------------------
@@ -123,45 +110,7 @@ def wait_http(port: int, proc: subprocess.Popen[bytes] | None = None,
     raise RuntimeError(f"nothing answers HTTP on 127.0.0.1:{port}: {last}")
 
 
-def stop_proc(proc: subprocess.Popen[bytes] | None) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 # --- wrk ----------------------------------------------------------------------------------------
-
-_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
-
-
-def _ms(text: str) -> float:
-    m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
-    if not m:
-        raise ValueError(f"cannot parse wrk latency {text!r}")
-    return float(m.group(1)) * _UNITS[m.group(2)]
-
-
-def parse_wrk(out: str) -> dict[str, Any]:
-    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    p50 = re.search(r"^\s+50%\s+(\S+)", out, re.M)
-    p99 = re.search(r"^\s+99%\s+(\S+)", out, re.M)
-    if not (rps and p50 and p99):
-        raise RuntimeError(f"cannot parse wrk output:\n{out}")
-    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    return {
-        "rps": float(rps.group(1)),
-        "p50_ms": round(_ms(p50.group(1)), 3),
-        "p99_ms": round(_ms(p99.group(1)), 3),
-        "errors": (int(non2xx.group(1)) if non2xx else 0)
-        + (sum(int(x) for x in sock.groups()) if sock else 0),
-    }
-
 
 async def run_wrk(wrk: str, port: int, seconds: int, conns: int, cpus: str | None,
                   headers: tuple[str, ...] = ()) -> dict[str, Any]:

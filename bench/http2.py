@@ -19,7 +19,7 @@ Prints a table; with ``--json`` one JSON object on the last line (``rps_ratio_vs
 ``added_p50_ms``, ``router_mode``, ``correct``, ``shapes``, ...). A benchmark, not a test:
 targets are reported, never asserted, but a run whose checks fail exits 1.
 
-    .venv/bin/python bench/h2.py [--quick] [--json] [--shapes 1x10,10x10,50x1] [--profile DIR]
+    .venv/bin/python bench/http2.py [--quick] [--json] [--shapes 1x10,10x10,50x1] [--profile DIR]
 """
 
 from __future__ import annotations
@@ -42,11 +42,7 @@ from types import ModuleType
 from typing import Any
 
 BENCH = Path(__file__).resolve().parent
-REPO = BENCH.parent
-# This file has the h2 library's name: with bench/ on sys.path (python puts a script's folder
-# first) ``import h2`` anywhere in this process would import this script instead.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH]
-sys.path.insert(0, str(REPO))
+from benchkit import REPO  # noqa: E402  (also puts the repo on sys.path)
 
 from bridged.control.client import ControlClient  # noqa: E402
 from bridged.errors import BridgedError  # noqa: E402
@@ -64,10 +60,8 @@ def _bench_module(name: str) -> ModuleType:
 
 router = _bench_module("router")
 NGINX: str = router.NGINX
-free_port = router.free_port
-log = router.log
 start_nginx = router.start_nginx
-stop_proc = router.stop_proc
+from benchkit import free_port, log, stop_proc  # noqa: E402
 
 TARGET_RPS_RATIO = 0.5  # issue 11: unmatched streams at ≥ half of nginx's rate
 DEV_HEADER = ("x-dev", "bench")
@@ -367,7 +361,8 @@ class Bench:
         grpc = nginx_has_grpc()
         procs: list[subprocess.Popen[bytes]] = []
         paths: dict[str, dict[str, dict[str, Any]]] = {}
-        mode, traffic = "unknown", {}
+        mode = "unknown"
+        traffic: dict[str, Any] = {}
         try:
             origin_port, laptop_port, health = free_port(), free_port(), free_port()
             procs.append(start_nginx(tmp / "origin", origin_servers(
