@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncssh
+from aiohttp import web
 
 from bridged import protocol
 from bridged.control.client import ControlClient
@@ -22,8 +23,20 @@ from bridged.localrun import DaemonProcess, RelayProcess
 
 __all__ = [
     "Daemon", "DaemonProcess", "NamedService", "ask", "assert_clean_log", "eventually",
-    "free_port", "port_closed", "read_head", "read_response", "relay_stats",
+    "free_port", "port_closed", "read_head", "read_response", "relay_stats", "serve_http",
 ]
+
+
+async def serve_http(handle: Callable[[web.Request], Awaitable[web.StreamResponse]],
+                     ) -> tuple[web.AppRunner, int]:
+    """An aiohttp server on 127.0.0.1 (a free port) answering every method and path with
+    ``handle``: its runner (``cleanup()`` stops it) and its port."""
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner, int(runner.addresses[0][1])
 
 
 @dataclass

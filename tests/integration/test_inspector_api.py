@@ -20,7 +20,7 @@ from bridged.inspector.server import CSRF_HEADER, Inspector
 from bridged.routing.redact import REDACTED
 
 from ..harschema import validate_har
-from ..helpers import Daemon
+from ..helpers import Daemon, serve_http
 
 
 class LocalService:
@@ -39,13 +39,7 @@ class LocalService:
                                       "hit": len(self.hits)}, status=201,
                                      headers={"x-served-by": "laptop"})
 
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
+        self._runner, self.port = await serve_http(handle)
         return self
 
     async def stop(self) -> None:

@@ -21,7 +21,7 @@ from aiohttp import web
 from bridged.localrun import RelayProcess
 
 from ..harschema import validate_har
-from ..helpers import Daemon, free_port
+from ..helpers import Daemon, free_port, serve_http
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -57,12 +57,7 @@ class LocalService:
             return web.json_response({"hit": len(self.hits), "path": request.path_qs,
                                       "sha256": hashlib.sha256(body).hexdigest()})
 
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self.port = self._runner.addresses[0][1]
+        self._runner, self.port = await serve_http(handle)
         return self
 
     async def stop(self) -> None:

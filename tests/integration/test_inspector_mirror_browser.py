@@ -18,7 +18,7 @@ from bridged.capture.store import CaptureStore
 from bridged.inspector.server import Inspector
 from bridged.localrun import RelayProcess
 
-from ..helpers import Daemon, free_port
+from ..helpers import Daemon, free_port, serve_http
 from .test_inspector_browser import (  # noqa: F401 (pytestmark: skipped without chromium)
     WAIT,
     chromium,
@@ -52,12 +52,7 @@ class Answers:
             self.hits.append(request.path)
             return web.json_response({"who": self.name, "echo": await request.json()})
 
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self.port = self._runner.addresses[0][1]
+        self._runner, self.port = await serve_http(handle)
         return self
 
     async def stop(self) -> None:

@@ -17,7 +17,7 @@ from aiohttp import web
 from bridged.control.client import ControlClient
 from bridged.localrun import DaemonProcess, RelayProcess
 
-from ..helpers import Daemon, assert_clean_log, eventually, free_port
+from ..helpers import Daemon, assert_clean_log, eventually, free_port, serve_http
 
 
 async def _service(name: str, hits: list[dict[str, Any]],
@@ -31,13 +31,7 @@ async def _service(name: str, hits: list[dict[str, Any]],
             await asyncio.sleep(delay)  # a laptop slower than the cluster
         return web.json_response({"who": name, "echo": body, "token": "s3cr3t-answer"})
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    return runner, port
+    return await serve_http(handle)
 
 
 @pytest.fixture
