@@ -554,7 +554,9 @@ class Daemon:
                   fmt: str) -> dict[str, Any]:
         """The container's environment as the kubelet builds it, with the addresses of
         exposed Services rewritten to their local forwards."""
-        from ..kube.env import format_env, format_warnings, service_rewrites, workload_env
+        from ..kube.env import workload_env
+        from ..workload.formats import format_env, format_warnings
+        from ..workload.rewrites import service_rewrites
 
         if fmt not in ("dotenv", "json", "shell"):
             raise ConfigError(f"bad format {fmt!r}: expected dotenv, json or shell")

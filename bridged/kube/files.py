@@ -53,17 +53,10 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ..errors import ConfigError
+from ..workload.downward import Unknown, field_value, resource_value
+from ..workload.kubelet import expand, pick_container
 from .client import Kube
-from .env import (
-    Unknown,
-    env_of,
-    expand,
-    field_value,
-    load_workload,
-    pick_container,
-    read_objects,
-    resource_value,
-)
+from .env import env_of, load_workload, read_objects
 
 __all__ = ["FilesLayout", "MountPlan", "PlannedFile", "WrittenFile", "WrittenFiles",
            "layout_files", "volume_references", "workload_files", "write_layout"]
@@ -281,8 +274,8 @@ def layout_files(pod_spec: Mapping[str, Any], container: str | None, *,
     and projected volume mounts (module docstring for the semantics). Pure: no I/O.
 
     ``configmaps``/``secrets``: the objects by name as the API returns them (absent: does not
-    exist); ``pod_fields``: as for :func:`bridged.kube.env.resolve_env`; ``env``: the container's
-    environment, needed only for ``subPathExpr`` (without it such mounts are skipped).
+    exist); ``pod_fields``: as for :func:`bridged.workload.kubelet.resolve_env`; ``env``: the
+    container's environment, needed only for ``subPathExpr`` (without it such mounts are skipped).
     """
     annotations = pod_fields.get("metadata.annotations") or {}
     c = pick_container(pod_spec, container, annotations)

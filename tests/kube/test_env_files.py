@@ -15,8 +15,10 @@ import pytest
 
 from bridged.errors import ConfigError, KubeError, NotFound
 from bridged.kube.client import Kube
-from bridged.kube.env import format_env, service_rewrites, workload_env, write_env_file
+from bridged.kube.env import workload_env, write_env_file
 from bridged.kube.files import workload_files
+from bridged.workload.formats import format_env
+from bridged.workload.rewrites import service_rewrites
 
 from ..helpers import eventually
 from .apiserver import Context, KubeApiServer

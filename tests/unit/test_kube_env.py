@@ -1,5 +1,5 @@
 """The kubelet's environment and volume files, rebuilt without a cluster: table tests of
-:func:`bridged.kube.env.resolve_env`, the rewrites, the output formats and
+:func:`bridged.workload.kubelet.resolve_env`, the rewrites, the output formats and
 :func:`bridged.kube.files.layout_files` (plus writing a layout into a temporary folder)."""
 
 from __future__ import annotations
@@ -18,28 +18,25 @@ from typing import Any
 import pytest
 
 from bridged.errors import ConfigError
-from bridged.kube.env import (
-    EnvResult,
-    EnvVar,
-    apply_rewrites,
-    env_references,
-    expand,
-    format_env,
+from bridged.kube.env import parse_ref, write_env_file
+from bridged.kube.files import FilesLayout, layout_files, volume_references, write_layout
+from bridged.workload.downward import (
     format_map,
-    format_warnings,
     go_quote,
     parse_quantity,
-    parse_ref,
-    pick_container,
     pod_fields_of,
-    resolve_env,
-    rewrite_value,
-    service_env,
-    service_rewrites,
     template_fields,
-    write_env_file,
 )
-from bridged.kube.files import FilesLayout, layout_files, volume_references, write_layout
+from bridged.workload.formats import format_env, format_warnings
+from bridged.workload.kubelet import (
+    env_references,
+    expand,
+    pick_container,
+    resolve_env,
+    service_env,
+)
+from bridged.workload.result import EnvResult, EnvVar
+from bridged.workload.rewrites import apply_rewrites, rewrite_value, service_rewrites
 
 NS = "team-a"
 
@@ -617,7 +614,7 @@ def test_service_rewrites_cover_every_name_of_the_service() -> None:
     ("redis:6379redis", "redis:6379redis"),
 ])
 def test_rewrite_value_rules(value: str, expected: str) -> None:
-    from bridged.kube.env import _parse_rewrites
+    from bridged.workload.rewrites import _parse_rewrites
 
     assert rewrite_value(value, _parse_rewrites(REWRITES)) == expected
 
