@@ -39,7 +39,12 @@ AUTHORIZED_KEYS_SECRET = "bridged-authorized-keys"
 PUBLISHED_CONFIGMAP = "bridged-relay"
 SSH_PORT = 2222
 HTTP_PORT = 8080
-DEFAULT_IMAGE = f"bridged/relay:{__version__}"
+#: where the release workflow (.github/workflows/release.yml) pushes the relay image, built
+#: for amd64 and arm64 on every version tag; public, so a cluster pulls it without a secret
+IMAGE_REPOSITORY = "ghcr.io/bridged-dev/relay"
+#: the relay of this package's version: the one place the default reference is computed (the
+#: release workflow checks its tag against it); ``bridged connect --relay-image`` overrides it
+DEFAULT_IMAGE = f"{IMAGE_REPOSITORY}:{__version__}"
 
 MANAGED_BY = "app.kubernetes.io/managed-by"
 VERSION_LABEL = "app.kubernetes.io/version"

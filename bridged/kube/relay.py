@@ -197,6 +197,40 @@ async def _update_role(kube: Kube) -> None:
 
 _FATAL_WAITING = {"ImagePullBackOff", "ErrImagePull", "CrashLoopBackOff", "InvalidImageName",
                   "CreateContainerConfigError", "CreateContainerError"}
+#: the kubelet's reasons for an image it could not fetch (not one it cannot parse)
+_PULL_FAILED = {"ImagePullBackOff", "ErrImagePull"}
+
+
+def _image_of(pod: Any, status: Any) -> str:
+    """The reference the pod asked for: the spec's (a status may show a resolved digest)."""
+    for container in pod.spec.containers if pod.spec else ():
+        if container.name == status.name:
+            return str(container.image)
+    return str(status.image)
+
+
+def _registry_of(image: str) -> str:
+    """The registry a reference is pulled from, by the container runtimes' rule: a first
+    component with a '.' or ':' (or ``localhost``) names one, anything else is Docker Hub."""
+    first, slash, _ = image.partition("/")
+    if slash and ("." in first or ":" in first or first == "localhost"):
+        return first
+    return "docker.io"
+
+
+def image_pull_error(pod: str, image: str, reason: str, detail: str | None) -> KubeError:
+    """What a user reads when the cluster cannot pull the relay: the image, why, and both ways
+    out — an image of their own in a registry the cluster reaches, or that registry's access.
+    One line: the kubelet's message can span lines (a runtime's wrapped error)."""
+    why = " ".join(detail.split()) if detail else ""
+    return KubeError(
+        f"relay pod {pod} cannot start: {reason}: the relay image {image} cannot be pulled"
+        + (f" ({why})" if why else ""),
+        hint=f"push it to a registry your cluster can pull from with `bridged relay-image build "
+             f"--tag REGISTRY/relay:{__version__} --push` and pass `--relay-image "
+             f"REGISTRY/relay:{__version__}` to bridged connect, or check the cluster's access "
+             f"to {_registry_of(image)}",
+    )
 
 
 def rollout_state(dep: Any) -> tuple[bool, str, str | None]:
@@ -240,21 +274,30 @@ async def wait_ready(kube: Kube, progress: Progress, wait_seconds: float) -> Non
             raise KubeError(f"the relay in {ns} cannot roll out: {fatal}",
                             hint="kubectl describe deployment bridged-relay")
         template_labels = dep.spec.template.metadata.labels or {}
+        template_images = [c.image for c in dep.spec.template.spec.containers]
         for pod in pods.items:
             if pod.metadata.deletion_timestamp is not None:
                 continue
             labels = pod.metadata.labels or {}
             if labels.get(m.VERSION_LABEL) != template_labels.get(m.VERSION_LABEL):
                 continue  # an old revision's pod: its troubles are not this rollout's
+            if pod.spec and [c.image for c in pod.spec.containers] != template_images:
+                # the same version's previous image (`--relay-image` switched away from one
+                # the cluster could not pull): its pod goes, its pull failure is not news
+                continue
             for cs in (pod.status.container_statuses or []) if pod.status else []:
                 waiting = cs.state.waiting if cs.state else None
-                if waiting is not None and waiting.reason in _FATAL_WAITING:
-                    raise KubeError(
-                        f"relay pod {pod.metadata.name} cannot start: {waiting.reason}"
-                        + (f": {waiting.message}" if waiting.message else ""),
-                        hint="check --relay-image and that the cluster can pull it"
-                        if "Image" in waiting.reason else "see kubectl logs of the pod",
-                    )
+                if waiting is None or waiting.reason not in _FATAL_WAITING:
+                    continue
+                if waiting.reason in _PULL_FAILED:
+                    raise image_pull_error(pod.metadata.name, _image_of(pod, cs),
+                                           waiting.reason, waiting.message)
+                raise KubeError(
+                    f"relay pod {pod.metadata.name} cannot start: {waiting.reason}"
+                    + (f": {waiting.message}" if waiting.message else ""),
+                    hint="check --relay-image" if "Image" in waiting.reason
+                    else "see kubectl logs of the pod",
+                )
         if done:
             return
         if step != last:
