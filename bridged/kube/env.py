@@ -249,7 +249,7 @@ async def list_services(kube: Kube) -> tuple[list[dict[str, Any]], str | None]:
             return [], "the Service variables (X_SERVICE_HOST...) are left out: " \
                        f"you may not list Services in {kube.namespace}"
         raise translate(exc, f"cannot list Services in {kube.namespace}") from exc
-    return [_plain(kube, s) for s in services.items or []], None
+    return workload_services(_plain(kube, s) for s in services.items or []), None
 
 
 async def env_of(kube: Kube, workload: Workload, container: str | None, *,

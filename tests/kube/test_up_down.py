@@ -17,6 +17,7 @@ import aiohttp
 import pytest
 
 from bridged.cli.project import tasks
+from bridged.kube.manifests import MANAGED_BY
 from bridged.redirect.takeover import ANNOTATION
 
 from ..helpers import Daemon, eventually, free_port
@@ -100,6 +101,45 @@ async def test_up_then_down_round_trip(
     assert saved["bridges"] == [] and saved["up"] is None
     nothing = await _bridged(a, repo, "down")
     assert nothing.returncode == 2 and "nothing is up" in nothing.stderr
+
+
+def _env_names(text: str) -> set[str]:
+    return {line.split("=", 1)[0] for line in text.splitlines()
+            if line and not line.startswith("#")}
+
+
+async def test_the_env_file_has_the_workload_s_services_not_bridged_s_own(
+    cluster: KubeApiServer, orders: dict[str, Any], alice: tuple[Daemon, int],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """While a takeover intercept is active, the namespace also holds bridged's shadow Service
+    (bridged-origin-orders): the env file has the variables of the real Services, a Service of
+    the team's that only happens to be named bridged-*, and none of bridged's own."""
+    a, port = alice
+    _billing(cluster)
+    cluster.apply({  # the team's own, no managed-by label: its variables stay
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "bridged-docs", "namespace": NS, "labels": {"app": "docs"}},
+        "spec": {"selector": {"app": "docs"}, "ports": [{"port": 8000}]}})
+    (tmp_path / "bridged.yaml").write_text(PROJECT.format(port=port))
+    up = await _bridged(a, tmp_path, "up", "--wait")
+    assert up.returncode == 0, up.stdout + up.stderr
+    try:
+        shadow = cluster.get("services", NS, "bridged-origin-orders")
+        assert shadow is not None and shadow["spec"].get("clusterIP")  # would give variables
+        names = _env_names((tmp_path / ".env.bridged").read_text())
+        billing_ip = cluster.get("services", NS, "billing")["spec"]["clusterIP"]
+        assert {"ORDERS_SERVICE_HOST", "ORDERS_SERVICE_PORT_HTTP", "BILLING_SERVICE_HOST",
+                "BILLING_PORT_80_TCP_ADDR", "BRIDGED_DOCS_SERVICE_HOST"} <= names
+        assert f"BILLING_SERVICE_HOST={billing_ip}" in (tmp_path / ".env.bridged").read_text()
+        own = [svc["metadata"]["name"] for svc in cluster.list("services", NS)
+               if (svc["metadata"].get("labels") or {}).get(MANAGED_BY) == "bridged"]
+        assert "bridged-origin-orders" in own
+        prefixes = tuple(name.upper().replace("-", "_") + "_" for name in own)
+        assert not {n for n in names if n.startswith(prefixes)}, names
+    finally:
+        down = await _bridged(a, tmp_path, "down")
+        assert down.returncode == 0, down.stderr
 
 
 async def test_a_mistake_in_the_file_is_reported_where_vs_code_shows_it(

@@ -1228,3 +1228,22 @@ def test_pods_belong_to_their_controller() -> None:
         {"key": "u", "operator": "NotIn", "values": ["z"]},
         {"key": "v", "operator": "Exists"}, {"key": "w", "operator": "DoesNotExist"}]}) == \
         "a=1,b=2,t in (x,y),u notin (z),v,!w"
+
+
+def test_bridged_s_own_services_give_no_variables() -> None:
+    """A takeover's shadow Service is bridged's (by label): the workload never had its
+    variables. A Service of the team's named bridged-* is not."""
+    from bridged.kube.env import workload_services
+
+    def svc(name: str, ip: str, labels: dict[str, str]) -> dict[str, Any]:
+        return {"metadata": {"name": name, "namespace": NS, "labels": labels},
+                "spec": {"clusterIP": ip, "ports": [{"port": 80}]}}
+
+    services = [svc("orders", "10.96.0.20", {"app": "orders"}),
+                svc("bridged-origin-orders", "10.96.0.21",
+                    {"app.kubernetes.io/managed-by": "bridged",
+                     "bridged.dev/redirect-of": "orders"}),
+                svc("bridged-docs", "10.96.0.22", {"app": "docs"})]
+    names = set(service_env(workload_services(services)))
+    assert {"ORDERS_SERVICE_HOST", "BRIDGED_DOCS_SERVICE_HOST"} <= names
+    assert not any(n.startswith("BRIDGED_ORIGIN") for n in names)
