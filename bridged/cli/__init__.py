@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import typer
 
-from . import commands, project, servers, service
+from . import commands, image, project, servers, service
 
 app = typer.Typer(
     name="bridged",
@@ -25,6 +25,7 @@ commands.register(app)
 servers.register(app)
 service.register(app)
 project.register(app)
+image.register(app)
 
 
 def main() -> None:
