@@ -107,8 +107,12 @@ def register(app: typer.Typer) -> None:
             raise ConfigError(f"{path} exists", hint="edit it, or --force to start over")
         interactive = sys.stdin.isatty()
         found: dict[str, Any] | None = None
-        if service is None or (service_port is None and not expose):
-            try:  # what the current cluster has, to choose from
+        unpinned = ""
+        # the cluster is asked for what to choose from, and for the context and namespace it
+        # used, which the file pins: a teammate's current context may be another cluster
+        if service is None or (service_port is None and not expose) or not (
+                context and namespace):
+            try:
                 client = _client()
                 found = client.post("cluster/services", {
                     "context": context, "namespace": namespace,
@@ -117,6 +121,7 @@ def register(app: typer.Typer) -> None:
                 if service is None:
                     raise ConfigError(f"cannot list the cluster's Services ({exc})",
                                       hint="give --service NAME --port N") from None
+                unpinned = f"context and namespace not pinned: cannot reach the cluster ({exc})"
         by_service: dict[str, list[dict[str, Any]]] = {}
         for p in (found or {}).get("services", []):
             by_service.setdefault(p["service"], []).append(p)
@@ -152,7 +157,9 @@ def register(app: typer.Typer) -> None:
                        context=context, namespace=namespace, expose=tuple(expose or ()))
         path.write_text(text)
         load(path)  # what we wrote must be valid
-        emit({"file": str(path)}, json_out,
+        if unpinned:
+            typer.echo(f"note: {unpinned}", err=True)
+        emit({"file": str(path), "context": context, "namespace": namespace}, json_out,
              lambda r: typer.echo(f"wrote {r['file']}: review it, then bridged up"))
 
     vscode = typer.Typer(help="VS Code integration.", no_args_is_help=True)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from bridged import jsonc
+from bridged.project import load
 
 TASKS = """{
     // my own tasks
@@ -102,11 +103,15 @@ def test_jsonc(text: str, expected: object) -> None:
 
 
 def test_init_writes_a_valid_starter(tmp_path: Path) -> None:
+    # context and namespace given: nothing to ask a cluster (this test has none)
     result = _cli(tmp_path, "init", "--service", "orders", "--port", "8080", "--expose",
-                  "redis")
+                  "redis", "--context", "dev", "--namespace", "team-a")
     assert result.returncode == 0, result.stderr
     text = (tmp_path / "bridged.yaml").read_text()
     assert "service: orders" in text and "- redis" in text
+    assert {"context: dev", "namespace: team-a"} <= set(text.splitlines())
+    assert (load(tmp_path / "bridged.yaml").context, load(tmp_path / "bridged.yaml").namespace
+            ) == ("dev", "team-a")
     again = _cli(tmp_path, "init", "--service", "orders", "--port", "8080")
     assert again.returncode == 2 and "exists" in again.stderr
     schema = _cli(tmp_path, "schema")

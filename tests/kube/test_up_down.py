@@ -18,6 +18,7 @@ import pytest
 
 from bridged.cli.project import tasks
 from bridged.kube.manifests import MANAGED_BY
+from bridged.project import load
 from bridged.redirect.takeover import ANNOTATION
 
 from ..helpers import Daemon, eventually, free_port
@@ -182,6 +183,23 @@ async def test_init_from_the_cluster_then_up_and_down(
     assert (tmp_path / "bridged.yaml").read_text() == text  # the project file stays
     assert not (tmp_path / ".env.bridged").exists()
     assert (await a.status())["intercepts"] == []
+
+
+async def test_init_pins_the_context_and_namespace_it_used(
+    cluster: KubeApiServer, orders: dict[str, Any], alice: tuple[Daemon, int],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """Everything given but the context and namespace: init still asks the cluster which it
+    used, and pins them (a teammate's current context may be another cluster)."""
+    a, port = alice
+    made = await _bridged(a, tmp_path, "init", "--service", "orders", "--port", str(port),
+                          "--service-port", "http", "--expose", "orders:9090", "--json")
+    assert made.returncode == 0, made.stderr
+    assert json.loads(made.stdout)["context"] == "admin"
+    lines = (tmp_path / "bridged.yaml").read_text().splitlines()
+    assert "context: admin" in lines and f"namespace: {NS}" in lines  # keys, not comments
+    project = load(tmp_path / "bridged.yaml")  # valid against the schema
+    assert (project.context, project.namespace) == ("admin", NS)
 
 
 def _billing(api: KubeApiServer) -> None:
