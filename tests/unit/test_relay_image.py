@@ -218,3 +218,37 @@ def test_the_relay_image_builds_and_runs_as_10001(tmp_path: Path) -> None:
         assert "--ssh-listen" in help_text.stdout
     finally:
         subprocess.run([tool, "rmi", ref], capture_output=True, timeout=120)
+
+
+# --- the release workflow's guard --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("tag", "pushed"), [
+    (f"v{__version__}", [m.DEFAULT_IMAGE, f"{m.IMAGE_REPOSITORY}:latest"]),
+    ("v999.0.0", None),  # not the package's version: the workflow stops before building
+])
+def test_the_release_workflow_pushes_only_the_package_version(
+    tmp_path: Path, tag: str, pushed: list[str] | None
+) -> None:
+    import yaml
+
+    workflow = yaml.safe_load((CHECKOUT / ".github/workflows/release.yml").read_text())
+    steps = workflow["jobs"]["relay-image"]["steps"]
+    guard = next(step for step in steps if step.get("id") == "version")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python").symlink_to(sys.executable)  # setup-python's `python`
+    outputs = tmp_path / "github_output"
+    done = subprocess.run(["bash", "-e", "-c", guard["run"]], cwd=CHECKOUT,
+                          env={"PATH": f"{bin_dir}:/usr/bin:/bin", "GITHUB_REF_NAME": tag,
+                               "GITHUB_OUTPUT": str(outputs)},
+                          capture_output=True, text=True, timeout=60)
+    if pushed is None:
+        assert done.returncode != 0
+        assert f"::error::tag {tag} is not the package version" in done.stdout
+        assert not outputs.exists() or "tags=" not in outputs.read_text()
+        return
+    assert done.returncode == 0, done.stdout + done.stderr
+    values = dict(line.split("=", 1) for line in outputs.read_text().splitlines())
+    assert values["tags"].split(",") == pushed
+    assert values["image"] == m.DEFAULT_IMAGE
