@@ -14,6 +14,9 @@ How the package is laid out, from the inside out:
   which intercept a request goes to; the control messages between daemon and relay), no I/O;
 - :mod:`bridged.redirect`: pure too — the objects each redirect strategy writes (Service
   takeover and its exact undo, Gateway API HTTPRoute, CiliumEnvoyConfig);
+- :mod:`bridged.workload`: pure too — a workload's environment as the kubelet builds it
+  (env, envFrom, valueFrom, the downward API, ``$(VAR)``), its Service addresses rewritten to
+  the laptop's forwards, and the output formats;
 - :mod:`bridged.project`: bridged.yaml found, read and checked against its shipped schema;
 - :mod:`bridged.config`, :mod:`bridged.errors`, :mod:`bridged.paths`, :mod:`bridged.keys`:
   specs parsed into frozen dataclasses, our one error hierarchy, where files live, SSH keys
@@ -26,7 +29,8 @@ How the package is laid out, from the inside out:
   redirector that keeps Services pointed at it while intercepts hold live leases, and
   answers only once they are live;
 - :mod:`bridged.kube`: the only code talking to the Kubernetes API (relay deployment, port-
-  forward, Services and their redirects, a workload's env and files, doctor's checks);
+  forward, Services and their redirects, reading a workload for its env and files, doctor's
+  checks);
 - :mod:`bridged.daemon`: the laptop's long-running process (bridges, forwards, intercepts; the
   saved desired state; sd_notify; bridged.yaml's up and down);
 - :mod:`bridged.capture`: what reached the developer, recorded on the laptop (passive taps on
