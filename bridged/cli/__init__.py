@@ -4,6 +4,7 @@
 - :mod:`.servers`: the commands that are processes themselves (daemon, relay, demo);
 - :mod:`.service`: the systemd unit, the daemon's log, versions;
 - :mod:`.project`: bridged.yaml (up, down, init, schema) and VS Code;
+- :mod:`.image`: ``bridged relay-image build`` (docker, podman or buildah);
 - :mod:`.output`: tables, ``--json`` and one-line errors.
 """
 
