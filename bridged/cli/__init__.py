@@ -5,6 +5,7 @@
 - :mod:`.service`: the systemd unit, the daemon's log, versions;
 - :mod:`.project`: bridged.yaml (up, down, init, schema) and VS Code;
 - :mod:`.image`: ``bridged relay-image build`` (docker, podman or buildah);
+- :mod:`.run`: ``bridged run -- CMD`` (the workload's env, files and proxies, signals passed on);
 - :mod:`.output`: tables, ``--json`` and one-line errors.
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import typer
 
-from . import commands, image, project, servers, service
+from . import commands, image, project, run, servers, service
 
 app = typer.Typer(
     name="bridged",
@@ -27,6 +28,7 @@ servers.register(app)
 service.register(app)
 project.register(app)
 image.register(app)
+run.register(app)
 
 
 def main() -> None:
