@@ -28,7 +28,8 @@ SUBSYSTEM = "bridged-control"
 #: (major, minor): bump minor for additions old peers may ignore, major for breaking changes
 #: 1.1: claims may name a Service and a strategy; 1.2: traffic headers; 1.3: a claim's
 #: protocol, gRPC method matchers, HTTP/2 streams in traffic; 1.4: mirror claims, their
-#: ``mirror`` and ``mirror-drops`` events
+#: ``mirror`` and ``mirror-drops`` events. ``resolve`` (the daemon's proxies) needs no bump: a
+#: relay without it answers ``unsupported``, which the daemon takes as "dotted names go direct"
 VERSION = (1, 4)
 
 #: how the cluster's traffic for a Service reaches the relay (see :mod:`bridged.redirect`)
@@ -141,6 +142,19 @@ class GetStats(Request):
 
 
 @dataclass(frozen=True)
+class Resolve(Request):
+    """Does the cluster know ``name``? The relay tries the names a pod of its namespace would
+    (``name.NS.svc.DOMAIN``, ``name.svc.DOMAIN``, ``name.DOMAIN``; outside Kubernetes, ``name``
+    alone) and answers ``{"cluster": bool, "name": the one that resolved, or ""}``. Older
+    relays answer ``unsupported``."""
+
+    type: ClassVar[str] = "resolve"
+    name: str = ""
+    #: the cluster's DNS domain, as the daemon's proxy settings have it
+    cluster_domain: str = "cluster.local"
+
+
+@dataclass(frozen=True)
 class Ok(Message):
     type: ClassVar[str] = "ok"
     re: int
@@ -222,8 +236,8 @@ class MirrorDrops(Message):
 MIRROR_HEADER = "x-bridged-mirror"
 
 MESSAGES: dict[str, type[Message]] = {
-    cls.type: cls for cls in (Hello, Register, Release, Renew, GetStats, Ok, Error, Traffic,
-                              MirrorAnswer, MirrorDrops)
+    cls.type: cls for cls in (Hello, Register, Release, Renew, GetStats, Resolve, Ok, Error,
+                              Traffic, MirrorAnswer, MirrorDrops)
 }
 
 
@@ -287,7 +301,21 @@ def _build(cls: type[Message], data: dict[str, Any]) -> Message:
     for name in ("id", "re"):
         if name in kwargs and not _is_int(kwargs[name]):
             raise ValueError(f"{name} must be an integer")
+    if cls is Resolve:
+        _check_resolve(kwargs)
     return cls(**kwargs)
+
+
+#: a DNS name: dot-separated labels of letters, digits, ``-`` and ``_`` (SRV-style), 253 at most
+_DNS_NAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9_]([-A-Za-z0-9_]{0,62})"
+                       r"(\.[A-Za-z0-9_]([-A-Za-z0-9_]{0,62}))*\.?")
+
+
+def _check_resolve(kwargs: dict[str, Any]) -> None:
+    for name in ("name", "cluster_domain"):
+        value = kwargs.get(name, "cluster.local" if name == "cluster_domain" else "")
+        if not isinstance(value, str) or not _DNS_NAME.fullmatch(value):
+            raise ValueError(f"{name} {value!r} is not a DNS name")
 
 
 _CLAIM_ID = re.compile(r"[A-Za-z0-9_-]{1,63}")

@@ -5,6 +5,7 @@
 - :mod:`.service`: the systemd unit, the daemon's log, versions;
 - :mod:`.project`: bridged.yaml (up, down, init, schema) and VS Code;
 - :mod:`.image`: ``bridged relay-image build`` (docker, podman or buildah);
+- :mod:`.proxy`: ``bridged proxy``, the daemon's SOCKS5 and HTTP proxies and their variables;
 - :mod:`.run`: ``bridged run -- CMD`` (the workload's env, files and proxies, signals passed on);
 - :mod:`.output`: tables, ``--json`` and one-line errors.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import typer
 
-from . import commands, image, project, run, servers, service
+from . import commands, image, project, proxy, run, servers, service
 
 app = typer.Typer(
     name="bridged",
@@ -28,6 +29,7 @@ servers.register(app)
 service.register(app)
 project.register(app)
 image.register(app)
+proxy.register(app)
 run.register(app)
 
 

@@ -193,6 +193,12 @@ def make_app(daemon: Daemon) -> web.Application:
 
         return web.json_response(await undo(daemon))
 
+    @routes.post(f"{API}/proxy")
+    async def proxy(request: web.Request) -> web.Response:
+        body = await _body(request) if request.can_read_body else {}
+        (bridge,) = _strings(body, "bridge")
+        return web.json_response(await daemon.proxy(bridge or None))
+
     @routes.post(f"{API}/inspector")
     async def inspect(request: web.Request) -> web.Response:
         return web.json_response(await daemon.inspect())

@@ -41,6 +41,7 @@ from ..tasks import TaskSet
 from .bridge import Bridge, Forward, Intercept, KeyRefused
 from .h2check import speaks_h2c
 from .notify import Notifier
+from .proxy import Proxies
 from .state import StateFile
 
 if TYPE_CHECKING:
@@ -128,6 +129,9 @@ class Daemon:
             capture, redact_headers=(*capture.redact_headers, *self.settings.redact_headers)))
         self._inspector: Inspector | None = None
         self._inspector_lock = asyncio.Lock()
+        #: the SOCKS5 and HTTP proxies of each bridge that was asked for them (POST /v1/proxy)
+        self.proxies: dict[str, Proxies] = {}
+        self._proxy_lock = asyncio.Lock()
 
     # --- life cycle ---
 
@@ -273,6 +277,9 @@ class Daemon:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(bridge.close(), 10)
         self.bridges.clear()
+        for proxies in list(self.proxies.values()):
+            await proxies.close()
+        self.proxies.clear()
         if self._inspector is not None:
             await self._inspector.close()
         self.store.close()
@@ -431,6 +438,8 @@ class Daemon:
             bridge = self.bridge(name)
             del self.bridges[bridge.name]
             self.save()
+            if (proxies := self.proxies.pop(bridge.name, None)) is not None:
+                await proxies.close()
             if bridge.kube is not None:
                 from ..kube.relay import remove_key
 
@@ -541,6 +550,32 @@ class Daemon:
                 local_port=req.local_port, service=p.service, service_namespace=p.namespace,
                 service_port_name=p.name))
         return specs
+
+    async def proxy(self, bridge_name: str | None) -> dict[str, Any]:
+        """The SOCKS5 and HTTP proxies of a bridge (by default the only one, else the kube
+        one), started on the first call; later calls answer the same addresses."""
+        bridge = self._proxy_bridge(bridge_name)
+        async with self._proxy_lock:
+            proxies = self.proxies.get(bridge.name)
+            if proxies is not None and proxies.bridge is not bridge:  # reconnected anew
+                await proxies.close()
+                proxies = None
+            if proxies is None:
+                namespace = str(getattr(bridge.kube, "namespace", "") or "")
+                proxies = Proxies(bridge, namespace)
+                await proxies.start()
+                self.proxies[bridge.name] = proxies
+        return proxies.to_dict()
+
+    def _proxy_bridge(self, bridge_name: str | None) -> Bridge:
+        if bridge_name is not None or len(self.bridges) <= 1:
+            return self.bridge(bridge_name)
+        kube = [b for b in self.bridges.values() if b.kube is not None]
+        if len(kube) == 1:
+            return kube[0]
+        raise ConfigError(f"several relays are connected ({', '.join(self.bridges)}) and "
+                          f"{'several' if kube else 'none'} of them on Kubernetes: choose the "
+                          "proxies' bridge with --bridge")
 
     def _kube_of(self, bridge_name: str | None) -> Bridge:
         bridge = self.bridge(bridge_name)

@@ -8,6 +8,7 @@ import contextlib
 import itertools
 import logging
 import secrets
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -31,6 +32,7 @@ from ..routing.rules import RequestHead
 from ..routing.table import Holding, InterceptTable, TableConflict
 from ..splice import Counters, channel_then_socket, pass_streams, socket_then_channel
 from ..tasks import TaskSet
+from ..workload.names import search_names
 from .auth import AuthorizedKeys
 from .policy import DestinationDenied, DestinationPolicy, allowed_origin, resolve_allowed
 from .probe import Probes
@@ -49,6 +51,10 @@ log = logging.getLogger(__name__)
 INTERCEPT_SUFFIX = ".intercept.bridged"
 #: seconds between two reports of a mirror's dropped copies (totals: one per burst)
 MIRROR_DROPS_EVERY_SECONDS = 0.5
+#: seconds one name of a resolve request may take (a pod's resolver times out after 5 s
+#: per server and try; more would hold the proxy's client for nothing)
+RESOLVE_SECONDS = 5.0
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 #: what a copy the mesh mirrored is reported with: its cluster's answer went to the client only
 MESH_MIRRORS = "the mesh mirrors: the cluster's answer is not seen by the relay"
 
@@ -814,6 +820,34 @@ class Relay:
         assert last is not None
         raise last
 
+    # --- names, for the daemon's proxies ---
+
+    def namespace(self) -> str:
+        """The namespace the relay runs in ("" outside Kubernetes): the redirector's API
+        client's, else the service account's file every pod has."""
+        kube = self.redirector.kube if self.redirector is not None else None
+        if kube is not None and getattr(kube, "namespace", ""):
+            return str(kube.namespace)
+        try:
+            return SERVICE_ACCOUNT_NAMESPACE.read_text().strip()
+        except OSError:
+            return ""
+
+    async def resolve(self, name: str, cluster_domain: str) -> dict[str, Any]:
+        """Whether a pod of this namespace resolves ``name``, trying its search order itself
+        (so ``example.com`` is not taken for a cluster name because the pod reaches the
+        internet); outside Kubernetes the name as given. Addresses are not answered: the
+        channel to the name is resolved and checked against the policy when it is opened."""
+        loop = asyncio.get_running_loop()
+        for candidate in search_names(name, self.namespace(), cluster_domain):
+            try:
+                async with asyncio.timeout(RESOLVE_SECONDS):
+                    await loop.getaddrinfo(candidate, None, type=socket.SOCK_STREAM)
+            except (OSError, TimeoutError, UnicodeError):
+                continue
+            return {"cluster": True, "name": candidate}
+        return {"cluster": False, "name": ""}
+
     # --- control subsystem ---
 
     async def _control(self, process: asyncssh.SSHServerProcess) -> None:
@@ -991,4 +1025,6 @@ class ControlHandler:
             return {"lost": lost}
         if isinstance(msg, protocol.GetStats):
             return relay.stats(session)
+        if isinstance(msg, protocol.Resolve):
+            return await relay.resolve(msg.name, msg.cluster_domain)
         raise RefusedError(f"{msg.type} is not handled")

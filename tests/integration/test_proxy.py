@@ -1,0 +1,277 @@
+"""The daemon's SOCKS5 and HTTP proxies, end to end: a real relay and a real daemon.
+
+The relay runs in a mount namespace with its own /etc/hosts (the technique of
+test_relay_policy.py): ``orders.team-a`` and the short name ``payments`` resolve to 127.0.0.1
+for the relay only, so a client that reaches them through the proxy went through the tunnel
+(the laptop cannot resolve them). ``localhost`` goes direct. ``denied.team-a`` resolves, for
+the relay, to 127.0.0.3, which the relay's policy denies: the refusal is asserted, and nothing
+is sent there (the relay refuses before connecting). Outside Kubernetes the relay has no
+namespace: it resolves a name as given (bridged.workload.names.search_names).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import ipaddress
+import os
+import shutil
+import struct
+import urllib.request
+from collections.abc import AsyncIterator
+from pathlib import Path
+from types import SimpleNamespace
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from bridged.localrun import RelayProcess
+
+from ..grpckit.clients import EchoClient
+from ..grpckit.servers import echo_servers
+from ..grpckit.stubs import compile_echo
+from ..helpers import Daemon, assert_clean_log, relay_stats, serve_http
+from .test_relay_policy import Resolver
+
+HOSTS = """127.0.0.1 localhost
+127.0.0.1 orders.team-a
+127.0.0.1 payments
+127.0.0.3 denied.team-a
+"""
+WAIT = 20.0  # seconds: a bound on every exchange, so a broken proxy fails instead of hanging
+
+
+@pytest.fixture
+def relay_hosts(tmp_path: Path) -> Resolver:
+    if shutil.which("unshare") is None or shutil.which("mount") is None:
+        pytest.skip("needs unshare(1) and mount(8) to give the relay its own /etc/hosts")
+    r = Resolver(tmp_path / "resolver")
+    r.hosts(HOSTS)
+    try:
+        seen = r.lookup("orders.team-a")
+    except OSError as exc:
+        pytest.skip(f"no mount namespace for the relay's resolver (needs root): {exc}")
+    assert seen == ["127.0.0.1"], f"the test's resolver gives {seen}"
+    return r
+
+
+@pytest.fixture
+async def relay_ns(tmp_path: Path, relay_hosts: Resolver) -> AsyncIterator[RelayProcess]:
+    relay = RelayProcess(tmp_path / "relay", extra_args=("--deny", "127.0.0.3/32"),
+                         python=str(relay_hosts.wrapper))
+    await relay.start()
+    try:
+        yield relay
+    finally:
+        await relay.stop()
+    assert_clean_log(relay.log_path)
+
+
+@pytest.fixture
+async def proxies(relay_ns: RelayProcess, daemon: Daemon) -> SimpleNamespace:
+    relay_ns.authorize(await daemon.public_key())
+    await daemon.call("POST", "bridges", {"url": relay_ns.url})
+    answer = await daemon.call("POST", "proxy", {})
+    socks_host, socks_port = answer["socks"].rsplit(":", 1)
+    http_host, http_port = answer["http"].rsplit(":", 1)
+    assert socks_host == http_host == "127.0.0.1"
+    return SimpleNamespace(answer=answer, socks=int(socks_port), http=int(http_port),
+                           daemon=daemon, relay=relay_ns)
+
+
+@contextlib.asynccontextmanager
+async def who(name: str) -> AsyncIterator[int]:
+    """An HTTP server on loopback answering every request with ``name`` and the path."""
+
+    async def handle(request: web.Request) -> web.Response:
+        return web.Response(text=f"{name} {request.path_qs} host={request.host}")
+
+    runner, port = await serve_http(handle)
+    try:
+        yield port
+    finally:
+        await runner.cleanup()
+
+
+async def curl(*args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        "curl", "-sS", "--max-time", "15", "--noproxy", "", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={k: v for k, v in os.environ.items() if "proxy" not in k.lower()})
+    out, err = await asyncio.wait_for(proc.communicate(), WAIT)
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+async def socks_connect(port: int, host: str, dest_port: int, *, atyp: int | None = None,
+                        ) -> tuple[int, asyncio.StreamReader, asyncio.StreamWriter]:
+    """A SOCKS5 CONNECT by hand: the reply code, and the streams (open when it is 0)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"\x05\x01\x00")
+    assert await asyncio.wait_for(reader.readexactly(2), WAIT) == b"\x05\x00"
+    try:
+        ip = ipaddress.ip_address(host)
+        address = (b"\x01" if ip.version == 4 else b"\x04") + ip.packed
+    except ValueError:
+        address = b"\x03" + bytes([len(host)]) + host.encode()
+    writer.write(b"\x05\x01\x00" + address + struct.pack("!H", dest_port))
+    reply = await asyncio.wait_for(reader.readexactly(10), WAIT)
+    assert reply[:2] == bytes((5, reply[1])) and reply[2] == 0
+    return reply[1], reader, writer
+
+
+def daemon_log_lines(daemon: Daemon, text: str) -> list[str]:
+    return [line for line in daemon.process.log_path.read_text().splitlines() if text in line]
+
+
+# --- reaching names ---------------------------------------------------------------------------
+
+
+async def test_clients_reach_a_cluster_name_through_the_relay_and_localhost_directly(
+        proxies: SimpleNamespace) -> None:
+    async with who("cluster") as cluster_port, who("laptop") as laptop_port, \
+            relay_stats(proxies.relay) as stats:
+        orders = f"orders.team-a:{cluster_port}"
+        socks, http = f"127.0.0.1:{proxies.socks}", f"127.0.0.1:{proxies.http}"
+        before = (await stats())["outbound"]["connections"]
+        # curl: SOCKS5 with remote resolution, HTTP absolute-form, HTTP CONNECT (-p)
+        for args in (("--socks5-hostname", socks), ("-x", f"http://{http}"),
+                     ("-p", "-x", f"http://{http}")):
+            code, out, err = await curl(*args, f"http://{orders}/a?b=1")
+            assert (code, err) == (0, ""), args
+            assert out == f"cluster /a?b=1 host={orders}", args
+        # the short name of a Service, by SOCKS
+        code, out, _ = await curl("--socks5-hostname", socks, f"http://payments:{cluster_port}/")
+        assert out.startswith("cluster /"), out
+        # Python's own clients: urllib (absolute-form) and aiohttp (absolute-form)
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler(
+            {"http": f"http://{http}"}))
+        body = await asyncio.to_thread(
+            lambda: opener.open(f"http://{orders}/urllib", timeout=WAIT).read().decode())
+        assert body == f"cluster /urllib host={orders}"
+        async with aiohttp.ClientSession() as session, session.get(
+                f"http://{orders}/aiohttp", proxy=f"http://{http}",
+                timeout=aiohttp.ClientTimeout(total=WAIT)) as resp:
+            assert (resp.status, await resp.text()) == (200, f"cluster /aiohttp host={orders}")
+        through_relay = (await stats())["outbound"]["connections"] - before
+        assert through_relay == 6  # three curls, the short name, urllib, aiohttp
+        # localhost is the laptop's: direct, whichever proxy; the relay sees none of it
+        for args in (("--socks5-hostname", socks), ("-x", f"http://{http}"),
+                     ("-p", "-x", f"http://{http}")):
+            code, out, err = await curl(*args, f"http://localhost:{laptop_port}/x")
+            assert out == f"laptop /x host=localhost:{laptop_port}", (args, err)
+        assert (await stats())["outbound"]["connections"] - before == through_relay
+
+
+async def test_grpc_reaches_a_cluster_name_through_the_http_proxy(
+        proxies: SimpleNamespace, tmp_path: Path) -> None:
+    import grpc
+
+    stubs = compile_echo(tmp_path)
+    async with echo_servers(stubs, "orders") as (server,):
+        options = (("grpc.http_proxy", f"http://127.0.0.1:{proxies.http}"),
+                   ("grpc.use_local_subchannel_pool", 1))
+        async with grpc.aio.insecure_channel(f"orders.team-a:{server.port}",
+                                             options=options) as ch:
+            answer = await EchoClient(ch, stubs).call((), b"hello", deadline=WAIT)
+        assert answer.who == "orders"
+        assert [s.method for s in server.calls()] == ["Call"]
+
+
+# --- refusals ---------------------------------------------------------------------------------
+
+
+async def test_an_unknown_name_is_a_clear_error_and_one_log_line(
+        proxies: SimpleNamespace) -> None:
+    # with dots: the relay does not know it, so the laptop tries, and cannot either
+    code, _, _ = await socks_connect(proxies.socks, "nosuch.team-a", 80)
+    assert code == 4  # host unreachable
+    assert len(daemon_log_lines(proxies.daemon, "nosuch.team-a")) == 1
+    # a short name is the cluster's: the relay cannot resolve it
+    _, out, _ = await curl("-x", f"http://127.0.0.1:{proxies.http}", "-i", "http://nosuch/")
+    assert out.startswith("HTTP/1.1 502 ")
+    assert out.rstrip("\n").splitlines()[-1].startswith("cannot resolve nosuch")
+    assert len(daemon_log_lines(proxies.daemon, "cannot resolve nosuch:")) == 1
+
+
+async def test_a_denied_destination_names_the_relays_policy(proxies: SimpleNamespace) -> None:
+    code, _, _ = await socks_connect(proxies.socks, "denied.team-a", 80)
+    assert code == 2  # not allowed by ruleset
+    code, out, _ = await curl("-p", "-x", f"http://127.0.0.1:{proxies.http}", "-i",
+                              "http://denied.team-a:80/")
+    assert "403" in out.splitlines()[0]
+    code, out, _ = await curl("-x", f"http://127.0.0.1:{proxies.http}", "-i",
+                              "http://denied.team-a:80/")
+    assert out.startswith("HTTP/1.1 403 ")
+    assert "denied by the relay's policy" in out and "127.0.0.3" in out
+    assert len(daemon_log_lines(proxies.daemon, "denied by the relay's policy")) == 3
+
+
+async def _digest_of_8mib(port: int, via_socks: int) -> tuple[str, str]:
+    data = os.urandom(8 * 1024 * 1024)
+    code, reader, writer = await socks_connect(via_socks, "orders.team-a", port)
+    assert code == 0
+    try:
+        for i in range(0, len(data), 256 * 1024):
+            writer.write(data[i:i + 256 * 1024])
+            await writer.drain()
+        writer.write_eof()
+        answer = await asyncio.wait_for(reader.read(), WAIT)
+    finally:
+        writer.close()
+    return hashlib.sha256(data).hexdigest(), answer.decode().split()[0]
+
+
+async def _refused(port: int, data: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        return await asyncio.wait_for(reader.read(), WAIT)
+    finally:
+        writer.close()
+
+
+async def test_malformed_requests_are_refused_while_a_transfer_completes_intact(
+        proxies: SimpleNamespace, digest_server: int) -> None:
+    transfer = asyncio.create_task(_digest_of_8mib(digest_server, proxies.socks))
+    bad_socks = [
+        (b"\x04\x01\x00\x50\x7f\x00\x00\x01\x00", b""),  # SOCKS4: closed, nothing said
+        (b"\x05\x01\x02", b"\x05\xff"),  # only user/password offered: no method
+        (b"\x05\x01\x00\x05\x01\x00\x09", b"\x05\x00" + bytes((5, 8, 0, 1)) + bytes(6)),
+        (b"\x05\x01\x00\x05\x02\x00\x01\x7f\x00\x00\x01\x00\x50",  # BIND
+         b"\x05\x00" + bytes((5, 7, 0, 1)) + bytes(6)),
+        (b"\x05\x01\x00\x05\x01\x00\x03\x04a b\x00\x00\x50", b"\x05\x00"),  # not a name
+    ]
+    for sent, expected in bad_socks:
+        assert await _refused(proxies.socks, sent) == expected, sent
+    for sent in (b"hello\r\n\r\n", b"GET /relative HTTP/1.1\r\nHost: x\r\n\r\n",
+                 b"GET ftp://orders.team-a/ HTTP/1.1\r\n\r\n",
+                 b"CONNECT orders.team-a HTTP/1.1\r\n\r\n",
+                 b"GET http://orders.team-a:99999/ HTTP/1.1\r\n\r\n",
+                 b"GET http://x/ HTTP/1.1\r\nno colon here\r\n\r\n"):
+        answer = await _refused(proxies.http, sent)
+        assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n"), (sent, answer)
+        assert answer.count(b"\n", answer.index(b"\r\n\r\n") + 4) == 1  # one line
+    sent_hash, digest = await asyncio.wait_for(transfer, 60)
+    assert digest == sent_hash
+
+
+async def test_the_proxies_are_started_once_and_the_cli_prints_them(
+        proxies: SimpleNamespace) -> None:
+    again = await proxies.daemon.call("POST", "proxy", {"bridge": proxies.answer["bridge"]})
+    assert again == proxies.answer
+    assert proxies.answer["namespace"] == ""  # a relay outside Kubernetes
+    done = await proxies.daemon.acli("proxy")
+    assert done.returncode == 0, done.stderr
+    assert f"export ALL_PROXY=socks5h://127.0.0.1:{proxies.socks}" in done.stdout
+    assert f"export HTTP_PROXY=http://127.0.0.1:{proxies.http}" in done.stdout
+    done = await proxies.daemon.acli("proxy", "--bridge", "nosuch", "--json")
+    assert done.returncode != 0
+    assert done.stderr.strip() == "bridged: no bridge named 'nosuch'"
+
+
+async def test_proxy_without_a_bridge_is_one_clear_line(daemon: Daemon) -> None:
+    done = await daemon.acli("proxy")
+    assert done.returncode != 0
+    assert done.stderr.count("\n") == 1 and "not connected to any relay" in done.stderr
