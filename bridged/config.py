@@ -310,11 +310,14 @@ class ForwardSpec:
     service: str | None = None
     service_namespace: str = ""
     service_port_name: str = ""
+    #: hosts mode: listen on an address of its own (127.x.y.z) at the remote port, and name
+    #: it in the hosts file with the Service's cluster names, for clients that ignore proxies
+    hosts: bool = False
 
     @classmethod
     def parse(
         cls, target: str, *, local_port: int = 0, name: str | None = None,
-        local_host: str = "127.0.0.1",
+        local_host: str = "127.0.0.1", hosts: bool = False,
     ) -> ForwardSpec:
         host, port = parse_host_port(target)
         if name is None:
@@ -325,6 +328,7 @@ class ForwardSpec:
             remote_port=port,
             local_host=parse_host(local_host),
             local_port=parse_port(local_port, "local port", allow_zero=True),
+            hosts=hosts,
         )
 
 

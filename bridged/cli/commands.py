@@ -117,6 +117,10 @@ def register(app: typer.Typer) -> None:
             "--all", help="Every Service of the namespace (kube bridge).")] = False,
         local_port: Annotated[int, typer.Option(help="Local port (default: same, else free).")] = 0,
         name: Annotated[str | None, typer.Option(help="Name of the forward.")] = None,
+        hosts: Annotated[bool, typer.Option(
+            "--hosts", help="Give each Service its own loopback address (127.x.y.z) at its "
+            "own port, and its cluster names in /etc/hosts, for clients that ignore proxies. "
+            "Needs a daemon running as root; removed when it stops.")] = False,
         bridge: BridgeOpt = None,
         no_start: NoStartOpt = False,
         json_out: JsonOpt = False,
@@ -137,12 +141,14 @@ def register(app: typer.Typer) -> None:
             forward
             for t in targets
             for forward in client.post("forwards", {"target": t, "local_port": local_port,
-                                                    "name": name, "bridge": bridge})["forwards"]
+                                                    "name": name, "bridge": bridge,
+                                                    "hosts": hosts})["forwards"]
         ]
         def human(rs: list[dict[str, Any]]) -> None:
             for r in rs:
+                names = f", as {' '.join(r['hosts'])}" if r.get("hosts") else ""
                 typer.echo(f"{r['remote_host']}:{r['remote_port']} → "
-                           f"{r['local_host']}:{r['local_port']}  ({r['name']})")
+                           f"{r['local_host']}:{r['local_port']}  ({r['name']}{names})")
 
         emit(results, json_out, human)
 

@@ -15,6 +15,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import errno
 import logging
 import random
 import time
@@ -34,6 +35,7 @@ from ..config import Backoff, ForwardSpec, InterceptSpec, TunnelSettings
 from ..errors import (
     BridgedError,
     CarrierError,
+    ConfigError,
     Conflict,
     HostKeyMismatch,
     RefusedError,
@@ -44,6 +46,7 @@ from ..routing.redact import redact
 from ..splice import Counters, Pipe, channel_then_socket, socket_then_channel
 from ..tasks import TaskSet
 from .control_channel import ControlChannel
+from .hosts import HostsFile, names_of
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +89,8 @@ class Forward:
     server: asyncio.AbstractServer | None = None
     #: connections being spliced now: cut when the forward is removed
     live: set[Pipe] = field(default_factory=set)
+    #: hosts mode: the names the hosts file gives its address (spec.local_host)
+    host_names: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         s = self.spec
@@ -100,7 +105,7 @@ class Forward:
         return {"name": s.name, "bridge": self.bridge, "remote_host": s.remote_host,
                 "remote_port": s.remote_port, "local_host": s.local_host,
                 "local_port": self.local_port, "service": s.service, "env": env,
-                **self.counters.snapshot()}
+                "hosts": list(self.host_names), **self.counters.snapshot()}
 
 
 @dataclass
@@ -228,6 +233,8 @@ class Bridge:
         #: Services this daemon restored because no relay came back: name → (when, what)
         self.restored: dict[str, tuple[float, str]] = {}
         self._watch_failing = False
+        #: the daemon's hosts file, shared by its bridges (hosts mode); None: no hosts mode
+        self.hosts: HostsFile | None = None
         self._tasks = TaskSet(f"bridge:{name}")
         self._stopping = False
 
@@ -525,7 +532,11 @@ class Bridge:
     # --- forwards ---
 
     async def add_forward(self, spec: ForwardSpec) -> Forward:
-        forward = Forward(spec, self.name, 0)
+        names: tuple[str, ...] = ()
+        if spec.hosts:  # refused before anything changes: no listener, no line
+            names = names_of(spec.service, spec.service_namespace, spec.remote_host)
+            self._hosts_file().check_writable()
+        forward = Forward(spec, self.name, 0, host_names=names)
         t = self.tunnel
 
         async def open_channel(factory: Any, peer: tuple[str, int]) -> None:
@@ -537,6 +548,8 @@ class Bridge:
 
         protocol_factory = socket_then_channel(open_channel, forward.counters, forward.live)
         loop = asyncio.get_running_loop()
+        if spec.hosts:
+            return await self._add_hosts_forward(forward, protocol_factory)
         ports = [spec.local_port] if spec.local_port else [spec.remote_port, 0]
         for port in ports:
             try:
@@ -557,6 +570,52 @@ class Bridge:
                  forward.local_port, spec.remote_host, spec.remote_port)
         return forward
 
+    def _hosts_file(self) -> HostsFile:
+        if self.hosts is None:
+            raise ConfigError("this daemon has no hosts file to write names to")
+        return self.hosts
+
+    #: addresses tried for a new hosts-mode Service whose port is taken on the first ones
+    hosts_tries = 64
+
+    async def _add_hosts_forward(self, forward: Forward, protocol_factory: Any) -> Forward:
+        """Listen on the Service's own loopback address at the port its clients dial (the
+        cluster's), then name that address in the hosts file."""
+        spec, hosts, loop = forward.spec, self._hosts_file(), asyncio.get_running_loop()
+        port = spec.local_port or spec.remote_port
+        known = hosts.address_of(forward.host_names)  # another port of the same Service
+        addresses = [known] if known else hosts.candidates(preferred=spec.local_host)
+        for tried, address in enumerate(addresses, 1):
+            try:
+                forward.server = await loop.create_server(
+                    protocol_factory, address, port, reuse_address=True,
+                    backlog=self.tunnel.listen_backlog)
+                break
+            except OSError as exc:
+                if exc.errno == errno.EADDRNOTAVAIL:  # macOS: only 127.0.0.1 is up by default
+                    raise ConfigError(
+                        f"cannot listen on {address}: {exc.strerror or exc}",
+                        hint=f"make it a loopback address first (macOS: sudo ifconfig lo0 "
+                        f"alias {address} up), or use the proxies (bridged run)") from None
+                if known or tried >= self.hosts_tries:
+                    raise Conflict(f"port {port} is in use on {address} "
+                                   f"({exc.strerror or exc})") from None
+        if forward.server is None:
+            raise Conflict(f"no free address left in {hosts.network} for {spec.name}")
+        forward.spec = dataclasses.replace(spec, local_host=address, local_port=port)
+        forward.local_port = port
+        try:
+            hosts.add(spec.name, address, forward.host_names)
+        except BaseException:
+            forward.server.close()
+            await forward.server.wait_closed()
+            raise
+        self.forwards[spec.name] = forward
+        log.info("bridge %s: forward %s: %s:%d (%s in %s) → %s:%d", self.name, spec.name,
+                 address, port, forward.host_names[0], hosts.path, spec.remote_host,
+                 spec.remote_port)
+        return forward
+
     async def remove_forward(self, name: str) -> None:
         forward = self.forwards.pop(name)
         await self._close_forward(forward)
@@ -567,6 +626,12 @@ class Bridge:
             for pipe in list(forward.live):  # and none left carrying traffic unseen
                 pipe.abort()
             await forward.server.wait_closed()
+        if forward.spec.hosts and self.hosts is not None and forward.server is not None:
+            try:
+                self.hosts.remove(forward.spec.name)
+            except (OSError, BridgedError) as exc:
+                log.warning("bridge %s: forward %s: its names stay in %s: %s", self.name,
+                            forward.spec.name, self.hosts.path, exc)
 
     # --- intercepts ---
 

@@ -138,7 +138,7 @@ def names_of(service: str | None, namespace: str, remote_host: str) -> tuple[str
     """The names a forward answers in the hosts file: a Service's cluster names, else the host
     it was given (a name: an address needs no name)."""
     if service:
-        return service_names(service, namespace)
+        return service_names(service, namespace) if namespace else (service,)
     try:
         ipaddress.ip_address(remote_host)
     except ValueError:
@@ -200,6 +200,13 @@ class HostsFile:
 
     def remove(self, forward: str) -> None:
         if self._forget(forward):
+            self._write()
+
+    def clear(self) -> None:
+        """This daemon's block out of the file (its forwards gone, or the daemon stopping)."""
+        if self.entries:
+            self.entries.clear()
+            self.users.clear()
             self._write()
 
     def sweep(self) -> list[int | None]:
