@@ -131,6 +131,8 @@ class ForwardRequest:
     local_port: int = 0
     name: str | None = None
     local_host: str = "127.0.0.1"
+    #: hosts mode (expose --hosts): see bridged.daemon.hosts
+    hosts: bool = False
 
     @classmethod
     def parse(cls, body: dict[str, Any]) -> ForwardRequest:
@@ -140,17 +142,19 @@ class ForwardRequest:
         local_port = parse_port(field(body, "local_port", int, 0), "local port", allow_zero=True)
         name = field(body, "name", str)
         local_host = parse_host(field(body, "local_host", str, "127.0.0.1"))
+        hosts = field(body, "hosts", bool, False)
         service = ServiceTarget.parse(target)
         try:
             spec: ForwardSpec | None = ForwardSpec.parse(
-                target, local_port=local_port, name=name, local_host=local_host)
+                target, local_port=local_port, name=name, local_host=local_host, hosts=hosts)
         except ConfigError:
             if service is None:
                 raise
             spec = None
         if name is not None:
             parse_name(name, "forward name")
-        return cls(field(body, "bridge", str), spec, service, local_port, name, local_host)
+        return cls(field(body, "bridge", str), spec, service, local_port, name, local_host,
+                   hosts)
 
 
 @dataclass(frozen=True)

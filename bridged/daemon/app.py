@@ -40,6 +40,7 @@ from ..keys import PinnedHostKeys, fingerprint, load_or_create_key, public_line
 from ..tasks import TaskSet
 from .bridge import Bridge, Forward, Intercept, KeyRefused
 from .h2check import speaks_h2c
+from .hosts import HostsFile, HostsSettings
 from .notify import Notifier
 from .proxy import Proxies
 from .state import StateFile
@@ -78,6 +79,9 @@ class DaemonSettings:
     redact_headers: tuple[str, ...] = ()
     #: what the inspector's capture keeps (its redact_headers add to the ones above)
     capture: CaptureSettings = field(default_factory=CaptureSettings)
+    #: hosts mode's file (/etc/hosts; BRIDGED_HOSTS_FILE gives tests one of their own) and
+    #: the loopback addresses it gives Services
+    hosts: HostsSettings = field(default_factory=HostsSettings)
 
     @property
     def client_key(self) -> Path:
@@ -115,6 +119,8 @@ class Daemon:
         self._lock = asyncio.Lock()  # one change at a time: no races between API requests
         self.notify = Notifier()
         self.state = StateFile(self.settings.state_file)
+        #: hosts mode's block, shared by the bridges (see bridged.daemon.hosts)
+        self.hosts = HostsFile(self.settings.hosts)
         #: saved bridges that could not be restored yet (kept in the state, shown by status)
         self.unrestored: dict[str, dict[str, Any]] = {}
         #: what went wrong restoring the saved state, one line each
@@ -144,6 +150,7 @@ class Daemon:
         saved = self.state.load()
         if self.state.problem:
             self.restore_problems.append(self.state.problem)
+        self._sweep_hosts(saved.get("hosts_file"))
         await self._api.start()
         log.info("bridged daemon %s ready on %s (pid %d, key %s)", __version__,
                  self.settings.socket, os.getpid(), fingerprint(self.client_key))
@@ -160,6 +167,21 @@ class Daemon:
             await self._stop.wait()
         finally:
             await self.stop()
+
+    def _sweep_hosts(self, saved_path: str | None) -> None:
+        """A daemon killed hard left its hosts block: removed before anything is restored
+        (the restored forwards write theirs again); also from the file the state names, if
+        the setting changed since."""
+        files = [self.hosts]
+        if saved_path and Path(saved_path) != self.hosts.path:
+            files.append(HostsFile(dataclasses.replace(self.settings.hosts,
+                                                       path=Path(saved_path))))
+        for hosts in files:
+            try:
+                hosts.sweep()
+            except (OSError, ConfigError, RefusedError) as exc:
+                log.warning("hosts: cannot remove a stale bridged block from %s: %s",
+                            hosts.path, exc)
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -198,7 +220,9 @@ class Daemon:
     def desired(self) -> dict[str, Any]:
         bridges = [b.recipe() for b in self.bridges.values()]
         bridges += [r for n, r in self.unrestored.items() if n not in self.bridges]
-        return {"bridges": bridges, "up": self.applied}
+        return {"bridges": bridges, "up": self.applied,
+                # where a block is, for the next start to remove after a kill -9
+                "hosts_file": str(self.hosts.path) if self.hosts.entries else None}
 
     def save(self) -> None:
         if self.restoring:
@@ -277,6 +301,10 @@ class Daemon:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(bridge.close(), 10)
         self.bridges.clear()
+        try:  # each forward took its line; a bridge that timed out closing did not
+            self.hosts.clear()
+        except (OSError, ConfigError, RefusedError) as exc:
+            log.warning("hosts: the bridged block stays in %s: %s", self.hosts.path, exc)
         for proxies in list(self.proxies.values()):
             await proxies.close()
         self.proxies.clear()
@@ -319,6 +347,7 @@ class Daemon:
                             redact_headers=self.settings.redact_headers,
                             on_capture=self.captured, capture_settings=self.store.settings,
                             on_capture_update=self.capture_updated)
+            bridge.hosts = self.hosts
             bridge.made_with = {"url": spec.url, "token": token}
             await bridge.start()
             self.bridges[name] = bridge
@@ -375,6 +404,7 @@ class Daemon:
                 on_capture_update=self.capture_updated,
             )
             bridge.kube = kube
+            bridge.hosts = self.hosts
             bridge.made_with = {"context": kube.context, "namespace": kube.namespace,
                                 "kubeconfig": kubeconfig, "image": image}
             bridge.published_key_source = lambda: published_host_key(kube)
@@ -548,7 +578,7 @@ class Daemon:
                 name=req.name or default_name(f"{p.service}-{p.name or p.port}"),
                 remote_host=host, remote_port=p.port, local_host=req.local_host,
                 local_port=req.local_port, service=p.service, service_namespace=p.namespace,
-                service_port_name=p.name))
+                service_port_name=p.name, hosts=req.hosts))
         return specs
 
     async def proxy(self, bridge_name: str | None) -> dict[str, Any]:
