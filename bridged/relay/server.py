@@ -7,6 +7,7 @@ import base64
 import contextlib
 import itertools
 import logging
+import os
 import secrets
 import socket
 from collections.abc import Callable
@@ -823,8 +824,11 @@ class Relay:
     # --- names, for the daemon's proxies ---
 
     def namespace(self) -> str:
-        """The namespace the relay runs in ("" outside Kubernetes): the redirector's API
+        """The namespace the relay runs in ("" outside Kubernetes): ``POD_NAMESPACE`` (the
+        downward API's usual name; tests set it for a local relay), else the redirector's API
         client's, else the service account's file every pod has."""
+        if os.environ.get("POD_NAMESPACE"):
+            return os.environ["POD_NAMESPACE"]
         kube = self.redirector.kube if self.redirector is not None else None
         if kube is not None and getattr(kube, "namespace", ""):
             return str(kube.namespace)

@@ -3,7 +3,9 @@
 The relay runs in a mount namespace with its own /etc/hosts (the technique of
 test_relay_policy.py): ``orders.team-a`` and the short name ``payments`` resolve to 127.0.0.1
 for the relay only, so a client that reaches them through the proxy went through the tunnel
-(the laptop cannot resolve them). ``localhost`` goes direct. ``denied.team-a`` resolves, for
+(the laptop cannot resolve them). ``localhost`` goes direct. The daemon runs in a mount
+namespace too, whose resolver reads files only and knows ``localhost`` alone: a name it tries
+(one the relay did not place in the cluster) asks no DNS server. ``denied.team-a`` resolves, for
 the relay, to 127.0.0.3, which the relay's policy denies: the refusal is asserted, and nothing
 is sent there (the relay refuses before connecting). Outside Kubernetes the relay has no
 namespace: it resolves a name as given (bridged.workload.names.search_names).
@@ -18,6 +20,7 @@ import ipaddress
 import os
 import shutil
 import struct
+import sys
 import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -27,12 +30,13 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from bridged.control.client import ControlClient
 from bridged.localrun import RelayProcess
 
 from ..grpckit.clients import EchoClient
 from ..grpckit.servers import echo_servers
 from ..grpckit.stubs import compile_echo
-from ..helpers import Daemon, assert_clean_log, relay_stats, serve_http
+from ..helpers import Daemon, DaemonProcess, assert_clean_log, relay_stats, serve_http
 from .test_relay_policy import Resolver
 
 HOSTS = """127.0.0.1 localhost
@@ -55,6 +59,23 @@ def relay_hosts(tmp_path: Path) -> Resolver:
         pytest.skip(f"no mount namespace for the relay's resolver (needs root): {exc}")
     assert seen == ["127.0.0.1"], f"the test's resolver gives {seen}"
     return r
+
+
+@pytest.fixture
+async def daemon(tmp_path: Path, relay_hosts: Resolver,
+                 monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Daemon]:
+    """The daemon, resolving with files only (localhost): no DNS query leaves the machine."""
+    laptop = Resolver(tmp_path / "laptop-ns" / "resolver")  # its own wrapper
+    laptop.hosts("127.0.0.1 localhost\n")
+    process = DaemonProcess(tmp_path / "laptop")
+    with monkeypatch.context() as patch:  # DaemonProcess runs sys.executable: the wrapper
+        patch.setattr(sys, "executable", str(laptop.wrapper))
+        await process.start()
+    try:
+        yield Daemon(process, ControlClient(process.socket))
+    finally:
+        await process.stop()
+    assert_clean_log(process.log_path)
 
 
 @pytest.fixture
@@ -275,3 +296,52 @@ async def test_proxy_without_a_bridge_is_one_clear_line(daemon: Daemon) -> None:
     done = await daemon.acli("proxy")
     assert done.returncode != 0
     assert done.stderr.count("\n") == 1 and "not connected to any relay" in done.stderr
+
+
+# --- a relay in a namespace: the pod's search order -------------------------------------------
+
+#: the relay's names as a pod of namespace team-a sees them; ``orders`` alone stands for what
+#: resolv.conf's search path gives a short name (a files-only resolver has no search path);
+#: ``elsewhere.test`` resolves as given but is not the cluster's
+POD_HOSTS = """127.0.0.1 localhost
+127.0.0.1 orders
+127.0.0.1 orders.team-a.svc.cluster.local
+127.0.0.1 db-0.db.team-a.svc.cluster.local
+127.0.0.1 elsewhere.test
+"""
+
+
+@pytest.fixture
+async def pod_proxies(tmp_path: Path, relay_hosts: Resolver, daemon: Daemon
+                      ) -> AsyncIterator[SimpleNamespace]:
+    relay_hosts.hosts(POD_HOSTS)
+    wrapper = tmp_path / "in-team-a"
+    wrapper.write_text(f'#!/bin/sh\nPOD_NAMESPACE=team-a exec {relay_hosts.wrapper} "$@"\n')
+    wrapper.chmod(0o755)
+    relay = RelayProcess(tmp_path / "relay", python=str(wrapper))
+    await relay.start()
+    try:
+        relay.authorize(await daemon.public_key())
+        await daemon.call("POST", "bridges", {"url": relay.url})
+        answer = await daemon.call("POST", "proxy", {})
+        yield SimpleNamespace(socks=answer["socks"], http=answer["http"], daemon=daemon)
+    finally:
+        await relay.stop()
+    assert_clean_log(relay.log_path)
+
+
+async def test_names_resolve_as_in_a_pod_of_the_relays_namespace(
+        pod_proxies: SimpleNamespace) -> None:
+    async with who("orders") as port:
+        for name in ("orders", "orders.team-a", "orders.team-a.svc.cluster.local", "db-0.db"):
+            for proxy in (("--socks5-hostname", pod_proxies.socks),
+                          ("-x", f"http://{pod_proxies.http}")):
+                code, out, err = await curl(*proxy, f"http://{name}:{port}/")
+                assert (code, out) == (0, f"orders / host={name}:{port}"), (name, proxy, err)
+        # the relay resolves it as given, but a pod's search order does not: not the
+        # cluster's, so it is tried from the laptop, which does not know it
+        code, _, _ = await socks_connect(int(pod_proxies.socks.rsplit(":", 1)[1]),
+                                         "elsewhere.test", port)
+        assert code == 4
+        assert "(from the laptop: not a cluster name)" in daemon_log_lines(
+            pod_proxies.daemon, "elsewhere.test")[0]
