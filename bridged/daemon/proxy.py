@@ -5,9 +5,11 @@ Two servers on loopback (ephemeral ports) per bridge, started once by ``POST /v1
 - **SOCKS5** (RFC 1928): no authentication, CONNECT only, addresses as a domain name (the
   client lets us resolve: ``socks5h://``), IPv4 or IPv6;
 - **HTTP**: ``CONNECT host:port`` (200, then the bytes pass), and absolute-form requests
-  (``GET http://host:port/path``) forwarded in origin-form, one per connection: the proxy asks
-  the destination to close after its answer (``Connection: close``), so no answer is ever cut
-  or mixed with the next destination's.
+  (``GET http://host:port/path``) forwarded in origin-form. Each message is copied by its
+  framing (Content-Length, chunks, or until the end for an answer without either), so a client
+  connection is kept alive while its requests name the same destination; a request to another
+  destination gets a connection of its own (the previous one is closed). A 101 answer (a
+  websocket) turns the connection into a raw splice.
 
 Where each destination goes is :func:`bridged.workload.names.route_of`; a name it cannot place
 is asked of the relay (:class:`bridged.protocol.Resolve`) and the answer cached. Cluster
@@ -40,6 +42,7 @@ import asyncssh
 from .. import protocol
 from ..config import format_host_port, parse_host_port
 from ..errors import BridgedError, ConfigError, RefusedError
+from ..sockets import reset
 from ..splice import pass_streams
 from ..workload.names import NameRules, route_of
 
@@ -72,6 +75,9 @@ class ProxySettings:
     resolve_seconds: float = 20.0
     #: bytes of an HTTP request head at most (the request line and headers)
     max_head_bytes: int = 64 * 1024
+    #: seconds an HTTP client's kept-alive connection may wait for its next request (as
+    #: common servers do; its destination's connection is held meanwhile)
+    keepalive_seconds: float = 60.0
 
 
 class Unreachable(BridgedError):
@@ -118,6 +124,12 @@ class _ChannelStream:
     async def read(self, n: int) -> bytes:
         try:
             return await self._reader.read(n)
+        except asyncssh.Error as exc:
+            raise ConnectionResetError(str(exc)) from None
+
+    async def readuntil(self, separator: bytes) -> bytes:
+        try:  # asyncssh's has no limit: an answer's head is what a destination sends us
+            return await self._reader.readuntil(separator)
         except asyncssh.Error as exc:
             raise ConnectionResetError(str(exc)) from None
 
@@ -335,31 +347,95 @@ class Proxies:
     # --- HTTP ---
 
     async def _http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """CONNECT, or absolute-form requests one after the other on one connection: kept to
+        the same destination while it stays the same and both sides keep the connection
+        alive; a request to another destination gets a new one."""
+        upstream: tuple[str, int] | None = None
+        up: Streams | None = None
+        wait = self.settings.request_seconds
         try:
-            async with asyncio.timeout(self.settings.request_seconds):
-                head = await reader.readuntil(b"\r\n\r\n")
-            method, target, version, headers = _parse_head(head)
-            if method == "CONNECT":
-                host, port = parse_host_port(target)
-                origin_head = b""
-            else:
-                host, port, origin_head = _origin_form(method, target, version, headers)
-        except asyncio.LimitOverrunError:
-            writer.write(_http_answer(431, "the request head is too large"))
-            return
-        except ConfigError as exc:
-            writer.write(_http_answer(400, str(exc)))
-            return
+            while True:
+                try:
+                    async with asyncio.timeout(wait):
+                        head = await reader.readuntil(b"\r\n\r\n")
+                    request = _parse_head(head)
+                    method, target = request[0], request[1]
+                    if method == "CONNECT":
+                        host, port = parse_host_port(target)
+                        message = _Message(b"", 0, chunked=False, keep=False)
+                    else:
+                        host, port, message = _origin_form(*request)
+                except asyncio.LimitOverrunError:
+                    writer.write(_http_answer(431, "the request head is too large"))
+                    return
+                except ConfigError as exc:
+                    writer.write(_http_answer(400, str(exc)))
+                    return
+                except (asyncio.IncompleteReadError, TimeoutError):
+                    return  # the client is done (or silent): the connection ends
+                if up is None or upstream != (host, port):
+                    if up is not None:
+                        up[1].close()
+                    up, upstream = None, None
+                    try:
+                        up = await self._open_logged("HTTP", host, port)
+                    except Unreachable as exc:
+                        writer.write(_http_answer(_HTTP_CODES[exc.kind], str(exc)))
+                        return
+                    upstream = (host, port)
+                up_reader, up_writer = up
+                if method == "CONNECT":
+                    writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                    up = None  # pass_streams closes both
+                    await pass_streams(reader, writer, up_reader, up_writer)
+                    return
+                if not await self._exchange(method, message, reader, writer, up):
+                    return
+                wait = self.settings.keepalive_seconds
+        finally:
+            if up is not None:
+                up[1].close()
+
+    async def _exchange(self, method: str, message: _Message, reader: asyncio.StreamReader,
+                        writer: asyncio.StreamWriter, up: Streams) -> bool:
+        """One request and its answer; whether the connection may carry another. A cut
+        answer resets the client: it must not take a part for the whole."""
+        up_reader, up_writer = up
         try:
-            up_reader, up_writer = await self._open_logged("HTTP", host, port)
-        except Unreachable as exc:
-            writer.write(_http_answer(_HTTP_CODES[exc.kind], str(exc)))
-            return
-        if method == "CONNECT":
-            writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
-        else:
-            up_writer.write(origin_head)
-        await pass_streams(reader, writer, up_reader, up_writer)
+            up_writer.write(message.head)
+            await _copy_body(reader, up_writer, message)
+            while True:
+                try:
+                    head = await up_reader.readuntil(b"\r\n\r\n")
+                    answer = _parse_answer(head)
+                except (asyncio.IncompleteReadError, ConfigError) as exc:
+                    if isinstance(exc, asyncio.IncompleteReadError) and exc.partial:
+                        raise ConnectionResetError("the answer's head was cut") from None
+                    writer.write(_http_answer(502, f"the destination sent no HTTP answer "
+                                                   f"({exc})" if isinstance(exc, ConfigError)
+                                              else "the destination closed the connection "
+                                                   "without an answer"))
+                    return False
+                writer.write(head)
+                if answer.status == 101:  # switched (a websocket): raw bytes both ways
+                    await pass_streams(reader, writer, up_reader, up_writer)
+                    return False
+                if answer.status >= 200:
+                    break
+            if method == "HEAD" or answer.status in (204, 304):
+                pass
+            elif answer.chunked or answer.length is not None:
+                await _copy_body(up_reader, writer, answer)
+            else:  # delimited by the end of the connection
+                while data := await up_reader.read(_PIECE):
+                    writer.write(data)
+                    await writer.drain()
+                return False
+            await writer.drain()
+            return message.keep and answer.keep
+        except (OSError, ConfigError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            reset(writer.transport)
+            return False
 
 
 #: RFC 1928 reply codes: 2 not allowed by ruleset, 4 host unreachable, 5 connection refused
@@ -367,6 +443,8 @@ _SOCKS_CODES = {"denied": 2, "unknown": 4, "failed": 5}
 _HTTP_CODES = {"denied": 403, "unknown": 502, "failed": 502}
 _HTTP_REASONS = {400: "Bad Request", 403: "Forbidden", 431: "Request Header Fields Too Large",
                  502: "Bad Gateway"}
+#: bytes read at a time when copying a body
+_PIECE = 256 * 1024
 _HOST_NAME = re.compile(r"[A-Za-z0-9_.-]{1,253}")
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 #: headers meant for the proxy (or this hop), not passed on
@@ -403,8 +481,81 @@ def _parse_head(head: bytes) -> tuple[str, str, str, list[tuple[str, str]]]:
     return parts[0], parts[1], parts[2], headers
 
 
+@dataclass(frozen=True)
+class _Message:
+    """A request or answer head as forwarded, and how its body is framed."""
+
+    head: bytes
+    length: int | None  # Content-Length; None: none given
+    chunked: bool
+    keep: bool  # may the connection carry another exchange after this one
+    status: int = 0  # answers only
+
+
+def _framing(version: str, headers: list[tuple[str, str]]) -> tuple[int | None, bool, bool]:
+    """(Content-Length, chunked, keep-alive) of a message's headers."""
+    values: dict[str, str] = {}
+    for name, value in headers:
+        values[name.lower()] = f"{values[name.lower()]}, {value}" if name.lower() in values \
+            else value
+    chunked = "chunked" in values.get("transfer-encoding", "").lower()
+    length = None
+    if not chunked and "content-length" in values:
+        text = values["content-length"].split(",")[0].strip()
+        if not text.isdigit():
+            raise ConfigError(f"bad content-length {text[:20]!r}")
+        length = int(text)
+    tokens = {t.strip().lower() for t in values.get("connection", "").split(",")}
+    keep = "close" not in tokens if version == "HTTP/1.1" else "keep-alive" in tokens
+    return length, chunked, keep
+
+
+def _parse_answer(head: bytes) -> _Message:
+    text = head.decode("latin-1")
+    lines = text[:-4].split("\r\n")
+    version, _, rest = lines[0].partition(" ")
+    code = rest[:3]
+    if version not in ("HTTP/1.0", "HTTP/1.1") or not code.isdigit():
+        raise ConfigError(f"malformed status line {lines[0][:80]!r}")
+    headers = [(n, v.strip()) for n, sep, v in (line.partition(":") for line in lines[1:])
+               if sep]
+    length, chunked, keep = _framing(version, headers)
+    return _Message(head, length, chunked, keep, status=int(code))
+
+
+async def _copy_exactly(src: Any, dst: Any, n: int) -> None:
+    while n:
+        data = await src.read(min(n, _PIECE))
+        if not data:
+            raise ConnectionResetError("the body was cut")
+        dst.write(data)
+        await dst.drain()
+        n -= len(data)
+
+
+async def _copy_body(src: Any, dst: Any, message: _Message) -> None:
+    """The body ``message``'s head announced, copied as it comes (chunks as chunks)."""
+    if not message.chunked:
+        await _copy_exactly(src, dst, message.length or 0)
+        return
+    while True:
+        line = await src.readuntil(b"\r\n")
+        dst.write(line)
+        try:
+            size = int(line.split(b";")[0].strip(), 16)
+        except ValueError:
+            raise ConfigError("malformed chunk size") from None
+        if size == 0:
+            while (trailer := await src.readuntil(b"\r\n")) != b"\r\n":
+                dst.write(trailer)
+            dst.write(b"\r\n")
+            await dst.drain()
+            return
+        await _copy_exactly(src, dst, size + 2)  # the chunk and its CRLF
+
+
 def _origin_form(method: str, target: str, version: str,
-                 headers: list[tuple[str, str]]) -> tuple[str, int, bytes]:
+                 headers: list[tuple[str, str]]) -> tuple[str, int, _Message]:
     """The destination of an absolute-form request and its head in origin-form."""
     url = urlsplit(target)
     if url.scheme != "http" or not url.hostname:
@@ -417,9 +568,18 @@ def _origin_form(method: str, target: str, version: str,
     path = url.path or "/"
     if url.query:
         path += "?" + url.query
+    length, chunked, keep = _framing(version, headers)
+    tokens = {t.strip().lower() for n, v in headers if n.lower() == "connection"
+              for t in v.split(",")}
+    upgrade = "upgrade" in tokens
     lines = [f"{method} {path} {version}"]
     if not any(n.lower() == "host" for n, _ in headers):
         lines.append(f"Host: {url.netloc.rpartition('@')[2]}")
-    lines += [f"{n}: {v}" for n, v in headers if n.lower() not in _HOP_HEADERS]
-    lines.append("Connection: close")  # one request per connection: see the module's doc
-    return url.hostname, port, ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    lines += [f"{n}: {v}" for n, v in headers if n.lower() not in _HOP_HEADERS
+              or (upgrade and n.lower() == "upgrade")]
+    if upgrade:
+        lines.append("Connection: upgrade")
+    elif not keep:
+        lines.append("Connection: close")
+    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    return url.hostname, port, _Message(head, length, chunked, keep)

@@ -36,7 +36,14 @@ from bridged.localrun import RelayProcess
 from ..grpckit.clients import EchoClient
 from ..grpckit.servers import echo_servers
 from ..grpckit.stubs import compile_echo
-from ..helpers import Daemon, DaemonProcess, assert_clean_log, relay_stats, serve_http
+from ..helpers import (
+    Daemon,
+    DaemonProcess,
+    assert_clean_log,
+    read_response,
+    relay_stats,
+    serve_http,
+)
 from .test_relay_policy import Resolver
 
 HOSTS = """127.0.0.1 localhost
@@ -345,3 +352,81 @@ async def test_names_resolve_as_in_a_pod_of_the_relays_namespace(
         assert code == 4
         assert "(from the laptop: not a cluster name)" in daemon_log_lines(
             pod_proxies.daemon, "elsewhere.test")[0]
+
+
+# --- HTTP keep-alive ----------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def hashing(name: str) -> AsyncIterator[SimpleNamespace]:
+    """An HTTP server answering ``NAME PATH SHA256 SIZE`` of each request's body, ``/chunked``
+    with a chunked answer; ``peers`` the client port of each request (one per connection)."""
+    seen = SimpleNamespace(port=0, peers=[])
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        seen.peers.append(request.transport.get_extra_info("peername")[1])
+        body = await request.read()
+        if request.path == "/chunked":
+            response = web.StreamResponse()
+            response.enable_chunked_encoding()
+            await response.prepare(request)
+            for piece in (b"a" * 100_000, b"b" * 7, b"c" * 300_000):
+                await response.write(piece)
+            await response.write_eof()
+            return response
+        return web.Response(
+            text=f"{name} {request.path} {hashlib.sha256(body).hexdigest()} {len(body)}")
+
+    runner, seen.port = await serve_http(handle)
+    try:
+        yield seen
+    finally:
+        await runner.cleanup()
+
+
+async def test_absolute_form_requests_keep_the_connection_while_the_destination_stays(
+        proxies: SimpleNamespace) -> None:
+    async with hashing("cluster") as cluster, hashing("laptop") as laptop:
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxies.http)
+        orders = f"http://orders.team-a:{cluster.port}"
+        body = os.urandom(1000 * 1000 + 3)  # under aiohttp's 1 MiB body limit
+        chunked = b"".join(f"{len(p):x}\r\n".encode() + p + b"\r\n"
+                           for p in (body[:5000], body[5000:])) + b"0\r\nx-t: 1\r\n\r\n"
+
+        async def exchange(request: bytes, head: bool = False) -> tuple[int, bytes]:
+            writer.write(request)
+            status, _, answer = await asyncio.wait_for(
+                read_response(reader, head=head), WAIT)
+            return status, answer
+
+        try:
+            assert await exchange(f"GET {orders}/one HTTP/1.1\r\nHost: o\r\n\r\n".encode()) \
+                == (200, f"cluster /one {hashlib.sha256(b'').hexdigest()} 0".encode())
+            assert await exchange(f"POST {orders}/two HTTP/1.1\r\nHost: o\r\n"
+                                  f"Content-Length: {len(body)}\r\n\r\n".encode() + body) \
+                == (200, f"cluster /two {hashlib.sha256(body).hexdigest()} {len(body)}"
+                    .encode())
+            assert await exchange(f"POST {orders}/three HTTP/1.1\r\nHost: o\r\n"
+                                  "Transfer-Encoding: chunked\r\n\r\n".encode() + chunked) \
+                == (200, f"cluster /three {hashlib.sha256(body).hexdigest()} {len(body)}"
+                    .encode())
+            status, answer = await exchange(
+                f"GET {orders}/chunked HTTP/1.1\r\nHost: o\r\n\r\n".encode())
+            assert (status, answer) == (200, b"a" * 100_000 + b"b" * 7 + b"c" * 300_000)
+            assert (await exchange(f"HEAD {orders}/head HTTP/1.1\r\nHost: o\r\n\r\n".encode(),
+                                   head=True))[0] == 200
+            # one connection to the cluster's server carried all five
+            assert len(cluster.peers) == 5 and len(set(cluster.peers)) == 1
+            # another destination on the same client connection: a connection of its own
+            local = f"http://localhost:{laptop.port}"
+            assert await exchange(f"GET {local}/four HTTP/1.1\r\nHost: l\r\n\r\n".encode()) \
+                == (200, f"laptop /four {hashlib.sha256(b'').hexdigest()} 0".encode())
+            # Connection: close is passed on, and the proxy closes after the answer
+            writer.write(f"GET {local}/five HTTP/1.1\r\nHost: l\r\n"
+                         "Connection: close\r\n\r\n".encode())
+            status, _, _ = await asyncio.wait_for(read_response(reader), WAIT)
+            assert status == 200
+            assert await asyncio.wait_for(reader.read(), WAIT) == b""
+            assert len(laptop.peers) == 2 and len(set(laptop.peers)) == 1
+        finally:
+            writer.close()
