@@ -1,11 +1,12 @@
 """``bridged proxy``: the daemon's SOCKS5 and HTTP proxies, and the variables that point at them.
 
 ``POST /v1/proxy`` starts them for a bridge once (see :mod:`bridged.daemon.proxy`); this prints
-their addresses and the ``export`` lines a shell (or ``bridged run``, :func:`proxy_env`) sets.
+their addresses and the ``export`` lines a shell sets (``bridged run`` sets the same).
 """
 
 from __future__ import annotations
 
+import os
 import shlex
 from typing import Annotated, Any
 
@@ -13,19 +14,13 @@ import typer
 
 from ..control.client import ControlClient, ensure_daemon
 from .output import JsonOpt, emit, handles_errors
-
-#: hosts no client should send to a proxy: the laptop itself (its own servers stay direct)
-NO_PROXY = "localhost,127.0.0.1,::1"
+from .run import proxy_vars
 
 
 def proxy_env(answer: dict[str, Any]) -> dict[str, str]:
-    """The variables that make ordinary clients use the proxies ``POST /v1/proxy`` answered:
-    ``ALL_PROXY`` is SOCKS with remote resolution (socks5h: names resolve at the proxy, so
-    cluster names work); ``HTTP(S)_PROXY`` the HTTP proxy (HTTPS through CONNECT; gRPC reads
-    them too). Lower-case twins, since curl and Python read only ``http_proxy`` in lower case."""
-    socks, http = f"socks5h://{answer['socks']}", f"http://{answer['http']}"
-    upper = {"ALL_PROXY": socks, "HTTP_PROXY": http, "HTTPS_PROXY": http, "NO_PROXY": NO_PROXY}
-    return {**upper, **{name.lower(): value for name, value in upper.items()}}
+    """The variables that make ordinary clients use the proxies ``POST /v1/proxy`` answered
+    (the same ``bridged run`` sets: :func:`.run.proxy_vars`), your ``NO_PROXY`` kept."""
+    return proxy_vars(answer["http"], answer["socks"], os.environ)
 
 
 def register(app: typer.Typer) -> None:

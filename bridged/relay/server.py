@@ -830,8 +830,9 @@ class Relay:
         if os.environ.get("POD_NAMESPACE"):
             return os.environ["POD_NAMESPACE"]
         kube = self.redirector.kube if self.redirector is not None else None
-        if kube is not None and getattr(kube, "namespace", ""):
-            return str(kube.namespace)
+        namespace = str(getattr(kube, "namespace", None) or "")
+        if namespace:
+            return namespace
         try:
             return SERVICE_ACCOUNT_NAMESPACE.read_text().strip()
         except OSError:

@@ -21,6 +21,7 @@ from bridged.protocol import (
     Register,
     Release,
     Renew,
+    Resolve,
     Traffic,
     UnknownType,
     compatible,
@@ -67,7 +68,7 @@ def test_every_message_type_is_registered_by_its_type_name():
     assert MESSAGES == {
         "hello": Hello, "register": Register, "release": Release, "renew": Renew,
         "stats": GetStats, "ok": Ok, "error": Error, "traffic": Traffic,
-        "mirror": MirrorAnswer, "mirror-drops": MirrorDrops,
+        "mirror": MirrorAnswer, "mirror-drops": MirrorDrops, "resolve": Resolve,
     }
 
 
