@@ -32,7 +32,8 @@ How the package is laid out, from the inside out:
   forward, Services and their redirects, reading a workload for its env and files, doctor's
   checks);
 - :mod:`bridged.daemon`: the laptop's long-running process (bridges, forwards, intercepts; the
-  saved desired state; sd_notify; bridged.yaml's up and down);
+  saved desired state; sd_notify; bridged.yaml's up and down; the SOCKS5/HTTP proxies to
+  cluster names, whose pure name rules are :mod:`bridged.workload.names`; hosts mode);
 - :mod:`bridged.capture`: what reached the developer, recorded on the laptop (passive taps on
   the intercepts' connections, redaction, a bounded SQLite store, HAR, mirror pairing);
   :mod:`bridged.inspector`: the web inspector the daemon serves on 127.0.0.1 (live list,
