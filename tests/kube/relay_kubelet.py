@@ -8,7 +8,11 @@ What a node would do for the pod, done on loopback:
   pod runs, as the kubelet does (faster than its minute, so tests need not wait);
 - the process talks to the API server as the pod's service account (a token user), through a
   kubeconfig: what in-cluster config would give it;
-- Ready when the relay prints its ready line; the pod fails if the process exits early.
+- Ready when the relay prints its ready line; the pod fails if the process exits early;
+- with ``cluster_dns``, the process runs as in a pod of its namespace (``POD_NAMESPACE``) with
+  the cluster's DNS: a mount namespace whose resolver reads only a hosts file of the cluster's
+  names (:mod:`.cluster_dns`), rewritten on every change of a Service or pod, so a Service
+  made after the relay started resolves too, and no DNS query leaves the machine.
 """
 
 from __future__ import annotations
@@ -17,12 +21,31 @@ import asyncio
 import base64
 import contextlib
 import json
+import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from ..integration.test_relay_policy import Resolver
 from .apiserver import Context, KubeApiServer, PodHandle, PodSandbox
+from .cluster_dns import hosts_for
+from .store import Change
+
+
+def cluster_dns_unavailable() -> str | None:
+    """Why the relay cannot have the cluster's DNS here (a skip's reason), or None."""
+    if shutil.which("unshare") is None or shutil.which("mount") is None:
+        return "needs unshare(1) and mount(8) to give the relay pod the cluster's DNS"
+    if not all(Path(f"/etc/{f}").exists() for f in ("hosts", "host.conf", "nsswitch.conf")):
+        return "needs /etc/hosts, /etc/host.conf and /etc/nsswitch.conf to mount over"
+    done = subprocess.run(["unshare", "--mount", "--propagation", "private", "true"],
+                          capture_output=True, text=True, timeout=30)
+    if done.returncode != 0:
+        return f"no mount namespace for the relay pod's resolver (needs root): " \
+               f"{done.stderr.strip()}"
+    return None
 
 
 class RelayKubelet:
@@ -40,6 +63,9 @@ class RelayKubelet:
         self.extra_args: list[str] = []
         #: seconds from each relay process's start to its ready line, by pod
         self.startup_seconds: dict[str, float] = {}
+        #: run the relay with the cluster's DNS (see the module's docstring); tests that set it
+        #: skip where :func:`cluster_dns_unavailable` says why not
+        self.cluster_dns = False
 
     def attach(self, api: KubeApiServer) -> None:
         self.api = api
@@ -78,18 +104,26 @@ class RelayKubelet:
                            if "secret" in v)
         sync = asyncio.create_task(self._sync_secret(ns, secret_name, keys))
         self._write_keys(ns, secret_name, keys)
+        python, env = sys.executable, {"PATH": "/usr/bin:/bin", "KUBECONFIG": str(kubeconfig),
+                                       "HOME": str(home)}
+        unlisten = None
+        if self.cluster_dns:
+            python, unlisten = self._with_cluster_dns(home, ns)
+            env["POD_NAMESPACE"] = ns  # the downward API's, as the relay's manifest sets it
         log = (home / "relay.log").open("ab")
         started = time.monotonic()
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bridged", "relay", *args,
+            python, "-m", "bridged", "relay", *args,
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=log,
-            env={"PATH": "/usr/bin:/bin", "KUBECONFIG": str(kubeconfig), "HOME": str(home)},
+            env=env,
         )
         log.close()
         assert proc.stdout is not None
         line = await asyncio.wait_for(proc.stdout.readline(), 30)
         if not line:
             sync.cancel()
+            if unlisten is not None:
+                unlisten()
             await proc.wait()
             tail = (home / "relay.log").read_text().strip().splitlines()[-1:]
             raise ContainerWaiting("CrashLoopBackOff", tail[0] if tail else "exited")
@@ -99,6 +133,8 @@ class RelayKubelet:
 
         async def stop() -> None:
             sync.cancel()
+            if unlisten is not None:
+                unlisten()
             if proc.returncode is None:
                 proc.terminate()
                 try:
@@ -109,6 +145,22 @@ class RelayKubelet:
 
         return PodHandle(ports={2222: int(ready["ssh_port"]), 8080: int(ready["http_port"])},
                          stop=stop, logs=lambda: (home / "relay.log").read_text())
+
+    def _with_cluster_dns(self, home: Path, ns: str) -> tuple[str, Any]:
+        """The wrapper that runs Python in the pod's resolver, and how to stop updating it."""
+        assert self.api is not None
+        api = self.api
+        folder = home / "resolver"
+        if folder.exists():  # the pod's container again (a restart): a fresh resolver
+            shutil.rmtree(folder)
+        resolver = Resolver(folder)
+        resolver.hosts(hosts_for(api, ns))
+
+        def on_change(change: Change) -> None:
+            if change.resource.plural in ("services", "pods"):
+                resolver.hosts(hosts_for(api, ns))
+
+        return str(resolver.wrapper), api.store.listen(on_change)
 
     def _write_keys(self, ns: str, name: str, folder: Path) -> None:
         assert self.api is not None

@@ -18,6 +18,7 @@ import pytest
 
 from ..helpers import Daemon, eventually
 from .apiserver import KubeApiServer
+from .relay_kubelet import RelayKubelet, cluster_dns_unavailable
 from .test_intercept_on_kube import (  # noqa: F401  (fixtures)
     NS,
     _ready_pods,
@@ -183,10 +184,18 @@ async def test_run_reaches_a_service_s_cluster_ip_through_the_proxy(
     assert answer["path"] == "/by-ip"
 
 
-@pytest.mark.xfail(strict=True, reason="the stand-in cluster has no DNS: its relay resolves "
-                   "'web' with the host's resolver and fails (502 'cannot resolve web')")
+@pytest.fixture
+def cluster_dns(cluster: KubeApiServer) -> None:  # noqa: F811
+    """The relay pod resolves cluster names (set before ``laptop`` connects and starts it)."""
+    reason = cluster_dns_unavailable()
+    if reason:
+        pytest.skip(reason)
+    kubelet: RelayKubelet = cluster.kubelet_hook  # type: ignore[attr-defined]
+    kubelet.cluster_dns = True
+
+
 async def test_run_reaches_a_service_by_name_through_the_proxy(
-    web: dict[str, Any], laptop: Daemon, tmp_path: Path,
+    cluster_dns: None, web: dict[str, Any], laptop: Daemon, tmp_path: Path,
 ) -> None:
     answer = (await _through_the_proxy(laptop, tmp_path, "http://web/hello"))["answer"]
     assert answer.get("who", "").startswith("web-"), answer  # a pod of the Service answered
