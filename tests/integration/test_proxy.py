@@ -44,7 +44,7 @@ from ..helpers import (
     relay_stats,
     serve_http,
 )
-from .test_relay_policy import Resolver
+from ..resolver import Resolver
 
 HOSTS = """127.0.0.1 localhost
 127.0.0.1 orders.team-a

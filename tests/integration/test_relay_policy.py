@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import shutil
 import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -25,6 +24,7 @@ import pytest
 from bridged.localrun import RelayProcess
 
 from ..helpers import Daemon, assert_clean_log, free_port, port_closed
+from ..resolver import Resolver
 
 METADATA_IP = "169.254.169.254"
 
@@ -37,55 +37,13 @@ HOSTS = f"""127.0.0.1 localhost
 127.0.0.1 origin.test
 """
 
-#: the relay runs in this, with its own resolver files bind-mounted over /etc's ($0: their
-#: folder); unshare and sh exec, so the relay keeps the process id RelayProcess signals
-WRAPPER = """#!/bin/sh
-exec unshare --mount --propagation private -- sh -c '
-  mount --bind "$0/hosts" /etc/hosts &&
-  mount --bind "$0/host.conf" /etc/host.conf &&
-  mount --bind "$0/nsswitch.conf" /etc/nsswitch.conf &&
-  exec "$@"' {folder} {python} "$@"
-"""
-
-
-class Resolver:
-    """The relay's resolver files. Rewritten in place: a bind mount follows the file's inode,
-    and glibc reads /etc/hosts on every lookup (no cache runs here)."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        folder.mkdir(parents=True)
-        (folder / "host.conf").write_text("multi on\n")
-        (folder / "nsswitch.conf").write_text("hosts: files\n")
-        self.hosts(HOSTS)
-        self.wrapper = folder.parent / "in-namespace"
-        self.wrapper.write_text(WRAPPER.format(folder=folder, python=sys.executable))
-        self.wrapper.chmod(0o755)
-
-    def hosts(self, text: str) -> None:
-        with (self.folder / "hosts").open("r+" if (self.folder / "hosts").exists() else "w") as f:
-            f.seek(0)
-            f.write(text)
-            f.truncate()
-
-    def lookup(self, name: str) -> list[str]:
-        """The addresses the relay's getaddrinfo gives for ``name``, in order."""
-        probe = ("import socket, sys; print(' '.join(dict.fromkeys(a[4][0] for a in "
-                 "socket.getaddrinfo(sys.argv[1], 80, type=socket.SOCK_STREAM))))")
-        done = subprocess.run([str(self.wrapper), "-c", probe, name], capture_output=True,
-                              text=True, timeout=30)
-        if done.returncode != 0:
-            raise OSError(done.stderr.strip().splitlines()[-1] if done.stderr else "failed")
-        return done.stdout.split()
-
-
 @pytest.fixture
 def resolver(tmp_path: Path) -> Resolver:
     if shutil.which("unshare") is None or shutil.which("mount") is None:
         pytest.skip("needs unshare(1) and mount(8) to give the relay its own /etc/hosts")
     if not all(Path(f"/etc/{f}").exists() for f in ("hosts", "host.conf", "nsswitch.conf")):
         pytest.skip("needs /etc/hosts, /etc/host.conf and /etc/nsswitch.conf to mount over")
-    r = Resolver(tmp_path / "resolver")
+    r = Resolver(tmp_path / "resolver", HOSTS)
     try:
         seen = r.lookup("twofaced.test")
     except OSError as exc:

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..integration.test_relay_policy import Resolver
+from ..resolver import Resolver
 from .apiserver import Context, KubeApiServer, PodHandle, PodSandbox
 from .cluster_dns import hosts_for
 from .store import Change

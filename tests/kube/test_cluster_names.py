@@ -29,7 +29,7 @@ from bridged.localrun import DaemonProcess
 
 from ..grpckit.clients import EchoClient
 from ..helpers import Daemon, assert_clean_log, eventually, free_port
-from ..integration.test_relay_policy import Resolver
+from ..resolver import Resolver
 from .apiserver import KubeApiServer, PodHandle, PodSandbox
 from .relay_kubelet import RelayKubelet, cluster_dns_unavailable
 from .test_grpc_on_kube import EchoReplicas, stubs  # noqa: F401  (fixture)

@@ -1,11 +1,8 @@
 """The proxies of a kube bridge on the stand-in cluster: which bridge they serve, in which
 namespace.
 
-The stand-in's relay pod runs with the machine's resolver: it has no cluster DNS, so it
-cannot resolve Service names (and asking it would send a DNS query off the machine).
-Reaching a Service by short name, ``NAME.NS``, full name and a headless pod by name is
-covered at the integration level instead (tests/integration/test_proxy.py: a relay whose
-resolver files stand for the cluster's DNS, in the namespace POD_NAMESPACE names).
+Reaching a Service by short name, ``NAME.NS``, full name and a headless pod by name, with a
+relay pod whose resolver files stand for the cluster's DNS, is tests/kube/test_cluster_names.py.
 """
 
 from __future__ import annotations
