@@ -6,6 +6,7 @@ they import this module by its name; the repository's root is added for ``bridge
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import signal
@@ -82,3 +83,23 @@ def parse_wrk(out: str) -> dict[str, Any]:
         result["wrong"] = int(check.group(2))
         result["first_wrong"] = json.loads(check.group(3)) if check.group(3) != '""' else ""
     return result
+
+
+async def run_wrk(port: int, seconds: int, conns: int, cpus: str | None, *,
+                  headers: tuple[str, ...] = (), script: Path | None = None,
+                  wrk: str = "wrk") -> dict[str, Any]:
+    """One wrk run against 127.0.0.1:``port`` (pinned to ``cpus``), its report parsed."""
+    cmd = [wrk, "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", "--timeout", "5s"]
+    if script is not None:
+        cmd += ["-s", str(script)]
+    for h in headers:
+        cmd += ["-H", h]
+    cmd.append(f"http://127.0.0.1:{port}/")
+    if cpus:
+        cmd = ["taskset", "-c", cpus, *cmd]
+    proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.STDOUT)
+    out, _ = await asyncio.wait_for(proc.communicate(), seconds + 15)
+    if proc.returncode:
+        raise RuntimeError(f"wrk failed ({proc.returncode}): {out.decode(errors='replace')}")
+    return parse_wrk(out.decode())

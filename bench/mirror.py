@@ -42,7 +42,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from benchkit import free_port, log, parse_wrk, stop_proc
+import benchkit
+from benchkit import free_port, log, stop_proc
 
 from bridged.control.client import ControlClient
 from bridged.localrun import DaemonProcess, RelayProcess
@@ -275,26 +276,12 @@ def lines_of(path: Path) -> int:
 
 # --- wrk ----------------------------------------------------------------------------------------
 
-_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
-
 
 async def run_wrk(script: Path, port: int, seconds: int, conns: int, cpus: str | None,
                   headers: tuple[str, ...]) -> dict[str, Any]:
-    cmd = ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", "--timeout", "5s",
-           "-s", str(script)]
-    for h in headers:
-        cmd += ["-H", h]
-    cmd.append(f"http://127.0.0.1:{port}/")
-    if cpus:
-        cmd = ["taskset", "-c", cpus, *cmd]
-    proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.STDOUT)
-    out, _ = await asyncio.wait_for(proc.communicate(), seconds + 15)
-    if proc.returncode:
-        raise RuntimeError(f"wrk failed ({proc.returncode}): {out.decode(errors='replace')}")
-    result = parse_wrk(out.decode())
+    result = await benchkit.run_wrk(port, seconds, conns, cpus, headers=headers, script=script)
     if "checked" not in result or "requests" not in result:
-        raise RuntimeError(f"wrk's output lacks the Lua check's line:\n{out.decode()}")
+        raise RuntimeError(f"wrk's output lacks the Lua check's line: {result}")
     return result
 
 

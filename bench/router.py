@@ -29,7 +29,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from benchkit import free_port, log, parse_wrk, stop_proc  # (also puts the repo on sys.path)
+import benchkit  # (also puts the repo on sys.path)
+from benchkit import free_port, log, stop_proc
 
 from bridged.control.client import ControlClient
 from bridged.localrun import DaemonProcess, RelayProcess
@@ -114,18 +115,7 @@ def wait_http(port: int, proc: subprocess.Popen[bytes] | None = None,
 
 async def run_wrk(wrk: str, port: int, seconds: int, conns: int, cpus: str | None,
                   headers: tuple[str, ...] = ()) -> dict[str, Any]:
-    cmd = [wrk, "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", "--timeout", "5s"]
-    for h in headers:
-        cmd += ["-H", h]
-    cmd.append(f"http://127.0.0.1:{port}/")
-    if cpus:
-        cmd = ["taskset", "-c", cpus, *cmd]
-    proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.STDOUT)
-    out, _ = await asyncio.wait_for(proc.communicate(), seconds + 15)
-    if proc.returncode:
-        raise RuntimeError(f"wrk failed ({proc.returncode}): {out.decode(errors='replace')}")
-    return parse_wrk(out.decode())
+    return await benchkit.run_wrk(port, seconds, conns, cpus, headers=headers, wrk=wrk)
 
 
 async def measure(wrk: str, port: int, args: argparse.Namespace, cpus: str | None,
