@@ -128,7 +128,7 @@ class _ChannelStream:
             raise ConnectionResetError(str(exc)) from None
 
     async def readuntil(self, separator: bytes) -> bytes:
-        try:  # asyncssh's has no limit: an answer's head is what a destination sends us
+        try:  # bounded by the channel's receive buffer: past it, IncompleteReadError
             return await self._reader.readuntil(separator)
         except asyncssh.Error as exc:
             raise ConnectionResetError(str(exc)) from None
