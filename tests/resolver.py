@@ -5,9 +5,15 @@ test writes. The relay of the policy and proxy tests, the stand-in cluster's rel
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
+
+from bridged.localrun import RelayProcess
+
+from .helpers import assert_clean_log
 
 #: what the files hold before a test writes its own
 HOSTS = "127.0.0.1 localhost\n"
@@ -54,3 +60,17 @@ class Resolver:
         return done.stdout.split()
 
 
+
+
+@contextlib.asynccontextmanager
+async def relay_resolving_with(resolver: Resolver, folder: Path,
+                               deny: str) -> AsyncIterator[RelayProcess]:
+    """A local relay (loopback allowed, ``deny`` denied) whose resolver is ``resolver``'s; its
+    log is clean at the end."""
+    relay = RelayProcess(folder, extra_args=("--deny", deny), python=str(resolver.wrapper))
+    await relay.start()
+    try:
+        yield relay
+    finally:
+        await relay.stop()
+    assert_clean_log(relay.log_path)

@@ -44,7 +44,7 @@ from ..helpers import (
     relay_stats,
     serve_http,
 )
-from ..resolver import Resolver
+from ..resolver import Resolver, relay_resolving_with
 
 HOSTS = """127.0.0.1 localhost
 127.0.0.1 orders.team-a
@@ -87,14 +87,8 @@ async def daemon(tmp_path: Path, relay_hosts: Resolver,
 
 @pytest.fixture
 async def relay_ns(tmp_path: Path, relay_hosts: Resolver) -> AsyncIterator[RelayProcess]:
-    relay = RelayProcess(tmp_path / "relay", extra_args=("--deny", "127.0.0.3/32"),
-                         python=str(relay_hosts.wrapper))
-    await relay.start()
-    try:
+    async with relay_resolving_with(relay_hosts, tmp_path / "relay", "127.0.0.3/32") as relay:
         yield relay
-    finally:
-        await relay.stop()
-    assert_clean_log(relay.log_path)
 
 
 @pytest.fixture

@@ -23,8 +23,8 @@ import pytest
 
 from bridged.localrun import RelayProcess
 
-from ..helpers import Daemon, assert_clean_log, free_port, port_closed
-from ..resolver import Resolver
+from ..helpers import Daemon, free_port, port_closed
+from ..resolver import Resolver, relay_resolving_with
 
 METADATA_IP = "169.254.169.254"
 
@@ -57,14 +57,8 @@ def resolver(tmp_path: Path) -> Resolver:
 @pytest.fixture
 async def relay_ns(tmp_path: Path, resolver: Resolver) -> AsyncIterator[RelayProcess]:
     """A local relay (loopback allowed, 127.0.0.2 denied) resolving with ``resolver``."""
-    relay = RelayProcess(tmp_path / "relay", extra_args=("--deny", "127.0.0.2/32"),
-                         python=str(resolver.wrapper))
-    await relay.start()
-    try:
+    async with relay_resolving_with(resolver, tmp_path / "relay", "127.0.0.2/32") as relay:
         yield relay
-    finally:
-        await relay.stop()
-    assert_clean_log(relay.log_path)
 
 
 @pytest.fixture
