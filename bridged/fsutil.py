@@ -9,6 +9,22 @@ from pathlib import Path
 from .errors import ConfigError
 
 
+def write_bytes(path: Path, data: bytes, mode: int) -> None:
+    """Write ``data`` to ``path`` atomically and durably (a temp file beside it, synced, then
+    a rename: readers see the old file or the new, never half), created with ``mode``."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def write_file(path: Path, text: str, mode: int) -> None:
     """Write ``text`` to ``path`` atomically (a temp file beside it, then a rename), created
     with ``mode``: a file with secrets is never readable by others, not even for a moment."""

@@ -8,13 +8,12 @@ shows another key is refused with a message that names the file to edit.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import asyncssh
 
 from .errors import ConfigError
+from .fsutil import write_bytes
 
 
 def load_or_create_key(path: Path, comment: str | None = None) -> asyncssh.SSHKey:
@@ -38,17 +37,7 @@ def load_or_create_key(path: Path, comment: str | None = None) -> asyncssh.SSHKe
 def write_private(path: Path, data: bytes) -> None:
     """Write ``data`` atomically to a 0600 file (never visible with wider permissions)."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_bytes(path, data, 0o600)
 
 
 def public_line(key: asyncssh.SSHKey) -> str:

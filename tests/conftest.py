@@ -11,12 +11,14 @@ import asyncio
 import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from bridged.control.client import ControlClient
 from bridged.localrun import DaemonProcess, RelayProcess
 
+from .grpckit.stubs import compile_echo
 from .helpers import Daemon, NamedService, assert_clean_log
 
 
@@ -140,3 +142,9 @@ async def named_service() -> AsyncIterator[Callable[[str], Awaitable[NamedServic
     yield make
     for service in started:
         await service.stop()
+
+
+@pytest.fixture(scope="session")
+def stubs(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    """The gRPC tests' Echo service (tests/grpckit/echo.proto), compiled once per run."""
+    return compile_echo(tmp_path_factory.mktemp("echo-proto"))

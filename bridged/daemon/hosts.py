@@ -24,12 +24,12 @@ import logging
 import os
 import re
 import stat
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError, RefusedError
+from ..fsutil import write_bytes
 from ..workload.rewrites import service_names
 
 log = logging.getLogger(__name__)
@@ -252,7 +252,7 @@ class HostsFile:
             mode = 0o644
         data = text.encode("utf-8", "surrogateescape")
         try:
-            _write_atomically(target, data, mode)
+            write_bytes(target, data, mode)
         except OSError as exc:
             if exc.errno not in (errno.EBUSY, errno.EXDEV):
                 raise
@@ -274,22 +274,6 @@ class HostsFile:
             return ipaddress.ip_address(address) in self.network
         except ValueError:
             return False
-
-
-def _write_atomically(path: Path, data: bytes, mode: int) -> None:
-    """A temp file beside it, then a rename: readers see the old file or the new, never half.
-    (bridged.fsutil writes text in the locale's encoding; a hosts file is kept as bytes.)"""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.bridged.", dir=path.parent)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _may_write(path: Path) -> bool:

@@ -27,7 +27,6 @@ from ..grpckit.balancer import RoundRobinFront, round_robin
 from ..grpckit.calls import a_cancelled_stream_reaches, one_of_each_kind
 from ..grpckit.clients import EchoClient, channel, metadata
 from ..grpckit.servers import EchoServer, Seen, echo_servers
-from ..grpckit.stubs import compile_echo
 from .routerkit import router_on
 
 pytestmark = pytest.mark.timeout(60)  # each test takes seconds; this only stops a hang
@@ -40,11 +39,6 @@ DEVS = ("alice", "bob", None)  # None: the calls nobody intercepts
 
 async def within(awaitable: Awaitable[T], seconds: float = 20.0) -> T:
     return await asyncio.wait_for(awaitable, seconds)
-
-
-@pytest.fixture(scope="session")
-def stubs(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
-    return compile_echo(tmp_path_factory.mktemp("echo-proto"))
 
 
 @dataclass

@@ -32,7 +32,7 @@ from ..helpers import Daemon, assert_clean_log, eventually, free_port
 from ..resolver import Resolver
 from .apiserver import KubeApiServer, PodHandle, PodSandbox
 from .relay_kubelet import RelayKubelet, cluster_dns_unavailable
-from .test_grpc_on_kube import EchoReplicas, stubs  # noqa: F401  (fixture)
+from .test_grpc_on_kube import EchoReplicas
 from .test_intercept_on_kube import (  # noqa: F401  (fixtures)
     NS,
     Replicas,

@@ -32,7 +32,6 @@ from ..grpckit import payload
 from ..grpckit.calls import a_cancelled_stream_reaches, one_of_each_kind
 from ..grpckit.clients import CHANNEL_OPTIONS, EchoClient, metadata
 from ..grpckit.servers import SERVER_OPTIONS, EchoServer, EchoServicer
-from ..grpckit.stubs import compile_echo
 from ..helpers import Daemon, assert_clean_log, eventually
 from .apiserver import KubeApiServer, PodHandle, PodSandbox
 from .relay_kubelet import RelayKubelet
@@ -52,11 +51,6 @@ METHODS = ("Call", "Download", "Upload", "Chat")
 
 async def within(awaitable: Awaitable[T], seconds: float = 30.0) -> T:
     return await asyncio.wait_for(awaitable, seconds)
-
-
-@pytest.fixture(scope="session")
-def stubs(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
-    return compile_echo(tmp_path_factory.mktemp("echo-proto"))
 
 
 @dataclass
