@@ -175,10 +175,13 @@ def serve_kube() -> None:
     runs the real ``bridged relay`` for the relay Deployment's pods), on uvloop, until stdin
     closes (or SIGTERM). Prints one JSON line on stdout once it listens: the kubeconfig it
     wrote (an ``admin`` context by client certificate, namespace ``KUBE_NS``), its URL and pid.
-    The relay pods are child processes of this one."""
+    The relay pods are child processes of this one. Each ``stats`` line on stdin is answered
+    with one JSON line on stdout: the port-forward frames the server saw
+    (:data:`tests.kube.portforward.FRAMES`)."""
     import uvloop
 
     from tests.kube.apiserver import Context, KubeApiServer
+    from tests.kube.portforward import FRAMES
     from tests.kube.relay_kubelet import RelayKubelet
 
     async def main() -> None:
@@ -196,13 +199,21 @@ def serve_kube() -> None:
                                   "namespace": KUBE_NS, "pid": os.getpid()}), flush=True)
 
                 def until_stdin_closes() -> None:
-                    sys.stdin.buffer.read()
+                    for line in sys.stdin:
+                        if line.strip() == "stats":
+                            counts = asyncio.run_coroutine_threadsafe(
+                                _copy(FRAMES), loop).result()
+                            print(json.dumps(counts), flush=True)
                     loop.call_soon_threadsafe(stop.set)
 
                 threading.Thread(target=until_stdin_closes, daemon=True).start()
                 await stop.wait()
 
     uvloop.run(main())
+
+
+async def _copy(counts: dict[str, int]) -> dict[str, int]:
+    return dict(counts)
 
 
 # ============================================================================================
@@ -457,6 +468,9 @@ class Path_:
     #: labels whose CPU is their own process's alone, not their descendants' too (the stand-in
     #: API server: the relay pod is its child and has a column of its own)
     solo: frozenset[str] = frozenset()
+    #: websocket carriers: counters of the messages (frames) each side sent and received, read
+    #: once the path is quiet; label -> {messages_out, bytes_out, messages_in, bytes_in}
+    frames: Callable[[], dict[str, dict[str, int]]] | None = None
 
     def cpu(self, label: str) -> float:
         pid = self.procs[label]
@@ -464,6 +478,20 @@ class Path_:
             st = _stat(pid)
             return _precise_cpu(pid, st[1]) if st is not None else 0.0
         return tree_cpu(pid)
+
+
+#: the daemon writes its carrier's message counters here (``BRIDGED_CARRIER_STATS``)
+STATS_FILE = "carrier-stats.json"
+
+
+def daemon_counts(path: Path) -> dict[str, int]:
+    """The daemon's carrier counters, once it has written the last of them (it writes them when
+    no message has passed for 50-100 ms; the caller has stopped moving bytes)."""
+    time.sleep(0.2)
+    try:
+        return dict(json.loads(path.read_text()))
+    except (OSError, ValueError):
+        return {"messages_out": 0, "bytes_out": 0, "messages_in": 0, "bytes_in": 0}
 
 
 def free_port() -> int:
@@ -586,7 +614,9 @@ class Bridged:
         token = secrets.token_hex(16) if self.carrier == "ws" else None
         self.relay = RelayProcess(self.dir / "relay", http_port=0 if token else None, token=token)
         await self.relay.start()
-        self.daemon = DaemonProcess(self.dir / "daemon")
+        stats = self.dir / STATS_FILE
+        self.daemon = DaemonProcess(self.dir / "daemon",
+                                    extra_env={"BRIDGED_CARRIER_STATS": str(stats)})
         await self.daemon.start()
         client = ControlClient(self.daemon.socket)
 
@@ -606,7 +636,9 @@ class Bridged:
             raise RuntimeError(f"bridged {self.carrier} forward does not echo")
         name = "bridged" if self.carrier == "tcp" else "bridged-ws"
         return Path_(name, port, {"daemon": self.daemon.pid, "relay": self.relay.pid},
-                     note=f"bridged, {self.carrier} carrier")
+                     note=f"bridged, {self.carrier} carrier",
+                     frames=None if self.carrier == "tcp" else
+                     lambda: {"daemon": daemon_counts(stats)})
 
     async def stop(self) -> None:
         for p in (self.daemon, self.relay):
@@ -654,6 +686,19 @@ class BridgedKube:
                                + (self.dir / "apiserver.log").read_text()[-500:])
         return dict(json.loads(line))
 
+    def frames(self) -> dict[str, dict[str, int]]:
+        """The daemon's carrier counters and the port-forward frames the API server saw, in the
+        daemon's terms (``out``: daemon to API server)."""
+        out = {"daemon": daemon_counts(self.dir / STATS_FILE)}
+        assert self.server is not None and self.server.stdin is not None
+        assert self.server.stdout is not None
+        self.server.stdin.write(b"stats\n")
+        self.server.stdin.flush()
+        seen = json.loads(self.server.stdout.readline())
+        out["apiserver"] = {"messages_out": seen["frames_in"], "bytes_out": seen["bytes_in"],
+                            "messages_in": seen["frames_out"], "bytes_in": seen["bytes_out"]}
+        return out
+
     def _relay_pid(self) -> int:
         """The relay pod's process: the server's child running ``bridged relay``."""
         assert self.server is not None
@@ -681,7 +726,9 @@ class BridgedKube:
             def env(self) -> dict[str, str]:
                 return {**super().env, "KUBECONFIG": kubeconfig}
 
-        self.daemon = KubeDaemon(self.dir / "daemon")
+        self.daemon = KubeDaemon(
+            self.dir / "daemon",
+            extra_env={"BRIDGED_CARRIER_STATS": str(self.dir / STATS_FILE)})
         await self.daemon.start()
         # deploying the relay (objects, a pod, the relay starting) takes a few seconds
         client = ControlClient(self.daemon.socket, timeout=120)
@@ -702,7 +749,7 @@ class BridgedKube:
         return Path_("bridged-kube", port,
                      {"daemon": self.daemon.pid, "relay": relay, "apiserver": self.server.pid},
                      note=f"bridged, kube carrier via the stand-in API server {info['url']}",
-                     solo=frozenset({"apiserver"}))
+                     solo=frozenset({"apiserver"}), frames=self.frames)
 
     async def stop(self) -> None:
         if self.daemon is not None:
@@ -759,6 +806,23 @@ async def measure(paths: list[Path_], plan: Plan, profile_dir: Path | None
     def add(p: Path_, key: str, value: float) -> None:
         samples[p.name].setdefault(key, []).append(value)
 
+    # websocket messages (frames) and payload bytes: the daemon's sends during the 1-stream
+    # uploads ("up") and its receives during the downloads ("down"), per counting side
+    frame_sums: dict[str, dict[str, list[int]]] = {p.name: {} for p in paths}
+
+    def count_frames(p: Path_, before: dict[str, dict[str, int]] | None, way: str
+                     ) -> dict[str, dict[str, int]] | None:
+        if p.frames is None:
+            return None
+        now = p.frames()
+        if before is not None:
+            field = "out" if way == "up" else "in"
+            for side, c in now.items():
+                acc = frame_sums[p.name].setdefault(f"{side}_{way}", [0, 0])
+                acc[0] += c[f"messages_{field}"] - before[side][f"messages_{field}"]
+                acc[1] += c[f"bytes_{field}"] - before[side][f"bytes_{field}"]
+        return now
+
     busy0, ours0, wall0 = machine_busy(), tree_cpu(os.getpid()), time.monotonic()
     for p in paths:
         res[p.name]["idle_rss_mib"] = {k: rss_mib(pid) for k, pid in p.procs.items()}
@@ -767,10 +831,13 @@ async def measure(paths: list[Path_], plan: Plan, profile_dir: Path | None
     for rep in range(plan.reps):
         for p in paths:
             before = {k: p.cpu(k) for k in p.procs}
+            f0 = await asyncio.to_thread(count_frames, p, None, "")
             t0, t1 = await asyncio.to_thread(upload, p.port, plan.upload_bytes)
             add(p, "upload_mbps", plan.upload_bytes / (t1 - t0) / 1e6)
+            f1 = await asyncio.to_thread(count_frames, p, f0, "up")
             secs = await asyncio.to_thread(download, p.port, plan.upload_bytes)
             add(p, "download_mbps", plan.upload_bytes / secs / 1e6)
+            await asyncio.to_thread(count_frames, p, f1, "down")
             total = plan.parallel_streams * plan.parallel_bytes_each
             secs = await asyncio.to_thread(upload_parallel, p.port, plan.parallel_streams,
                                            plan.parallel_bytes_each)
@@ -824,8 +891,18 @@ async def measure(paths: list[Path_], plan: Plan, profile_dir: Path | None
     for p in paths:
         for key, values in samples[p.name].items():
             res[p.name][key] = median(values)
+        if frame_sums[p.name]:
+            res[p.name]["frames"] = {
+                k: {"frames": n, "bytes_per_frame": round(b / n) if n else None}
+                for k, (n, b) in sorted(frame_sums[p.name].items())}
+            for way in ("up", "down"):
+                res[p.name][f"bytes_per_frame_{way}"] = (
+                    res[p.name]["frames"][f"daemon_{way}"]["bytes_per_frame"])
         gb = moved[p.name] / 1e9
         res[p.name]["cpu_seconds_per_gb"] = {k: round(v / gb, 3) for k, v in cpu[p.name].items()}
+        tunnel = [k for k in ("daemon", "relay", "ssh", "sshd") if k in p.procs]
+        if tunnel:
+            res[p.name]["tunnel_cpu_seconds_per_gb"] = sum(cpu[p.name][k] for k in tunnel) / gb
         res[p.name]["cpu_us_per_round_trip"] = {
             k: round(median(lat_cpu[p.name][f"rtt_{k}"]), 1) for k in p.procs}
         res[p.name]["cpu_us_per_stream"] = {
@@ -922,6 +999,10 @@ ROWS = [
     ("open_p99_us", "open stream p99, µs", "{:.0f}", "lower"),
     ("concurrent_seconds", "1000 concurrent: all open+echoed, s", "{:.3f}", "lower"),
     ("concurrent_p50_seconds", "1000 concurrent: half done by, s", "{:.3f}", "lower"),
+    ("tunnel_cpu_seconds_per_gb", "tunnel CPU s/GB (daemon+relay | ssh+sshd)", "{:.2f}", "lower"),
+    ("bytes_per_frame_up", "websocket bytes/frame up (1-stream upload)", "{:.0f}", "higher"),
+    ("bytes_per_frame_down", "websocket bytes/frame down (1-stream download)", "{:.0f}",
+     "higher"),
 ]
 
 
@@ -971,6 +1052,9 @@ def table(res: dict[str, dict[str, Any]]) -> str:
                      f"{fmt_procs(r.get('peak_rss_mib'))}"
                      + (f";  failed streams: {r['concurrent_failures']}"
                         if r.get("concurrent_failures") else ""))
+        if r.get("frames"):
+            lines.append(f"{'':<{w}} websocket frames (count, payload bytes/frame): " + ", ".join(
+                f"{k} {v['frames']} x {v['bytes_per_frame']}" for k, v in r["frames"].items()))
     drops = [f"{n} {r.get('concurrent_ListenOverflows', 0)}/{r.get('concurrent_TCPSynRetrans', 0)}"
              for n, r in res.items() if not n.startswith("_")]
     lines.append("1000 concurrent, kernel listen-queue overflows / SYN retransmits (all reps): "
@@ -999,7 +1083,13 @@ def summary(res: dict[str, dict[str, Any]], seconds: float, quick: bool,
         "download_ratio_vs_openssh": ratio("download_mbps"),
         "rtt_p99_ratio_vs_openssh": ratio("rtt_p99_us"),
         "open_p50_ratio_vs_openssh": ratio("open_p50_us"),
+        "open_stream_p50_ratio_vs_openssh": ratio("open_p50_us"),
+        "cpu_per_gb_ratio_vs_openssh": ratio("tunnel_cpu_seconds_per_gb"),
     }
+    idle = b.get("idle_rss_mib") or {}
+    for proc in ("daemon", "relay"):
+        v = idle.get(proc)
+        out[f"{proc}_rss_idle_mib"] = round(v, 1) if v is not None else None
     k, ws = res.get("bridged-kube", {}), res.get("bridged-ws", {})
 
     def vs_ws(key: str) -> float | None:
@@ -1013,8 +1103,18 @@ def summary(res: dict[str, dict[str, Any]], seconds: float, quick: bool,
     out["kube_rtt_p50_ratio_vs_ws"] = vs_ws("rtt_p50_us")
     out["kube_download_ratio_vs_ws"] = vs_ws("download_mbps")
     out["kube_parallel_ratio_vs_ws"] = vs_ws("parallel_mbps")
+    out["kube_cpu_per_gb_ratio_vs_ws"] = vs_ws("tunnel_cpu_seconds_per_gb")
     out["kube_apiserver_cpu_seconds_per_gb"] = (
         k.get("cpu_seconds_per_gb") or {}).get("apiserver")
+    # mean payload bytes per websocket message (frame), daemon to relay during the 1-stream
+    # uploads and back during the downloads, as the daemon counts them; the API server's own
+    # count of the kube path beside them
+    for name, r in (("kube", k), ("ws", ws)):
+        for way in ("up", "down"):
+            out[f"{name}_bytes_per_frame_{way}"] = r.get(f"bytes_per_frame_{way}")
+    for way in ("up", "down"):
+        out[f"kube_apiserver_bytes_per_frame_{way}"] = (
+            (k.get("frames") or {}).get(f"apiserver_{way}") or {}).get("bytes_per_frame")
     tp, rt = out["throughput_ratio_vs_openssh"], out["rtt_p50_ratio_vs_openssh"]
     cs, dr = out["concurrent_1000_seconds"], out["daemon_rss_mib"]
     out["targets_met"] = {

@@ -12,11 +12,60 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import os
 from collections import deque
 from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
+
+
+class MessageCounts:
+    """Messages and payload bytes each way: what the carrier costs per byte depends on how
+    large its messages are (every message is a frame the peer, e.g. an API server and the node's
+    container runtime behind it, parses and forwards on its own)."""
+
+    __slots__ = ("bytes_in", "bytes_out", "messages_in", "messages_out")
+
+    def __init__(self) -> None:
+        self.messages_out = self.bytes_out = self.messages_in = self.bytes_in = 0
+
+    def to_dict(self) -> dict[str, int]:
+        return {k: getattr(self, k) for k in self.__slots__}
+
+
+#: every transport of this process, summed
+TOTALS = MessageCounts()
+#: ``BRIDGED_CARRIER_STATS=FILE``: the process's totals are written to FILE (JSON) once messages
+#: have stopped for :data:`_QUIET` seconds (for the benchmark, which reads it between transfers;
+#: nothing is written while bytes flow, so the figures it takes are not disturbed; off by default)
+_STATS_FILE = os.environ.get("BRIDGED_CARRIER_STATS")
+_QUIET = 0.05
+_dump_at: int | None = None  # the message count a pending check saw; None: no check pending
+
+
+def _dump_when_quiet() -> None:
+    global _dump_at
+    seen = TOTALS.messages_in + TOTALS.messages_out
+    if seen != _dump_at:  # messages still flow: look again later
+        _dump_at = seen
+        asyncio.get_running_loop().call_later(_QUIET, _dump_when_quiet)
+        return
+    _dump_at = None
+    assert _STATS_FILE is not None
+    tmp = f"{_STATS_FILE}.{os.getpid()}.tmp"
+    with contextlib.suppress(OSError):
+        with open(tmp, "w") as f:
+            json.dump(TOTALS.to_dict(), f)
+        os.replace(tmp, _STATS_FILE)
+
+
+def _counted() -> None:
+    global _dump_at
+    if _STATS_FILE is not None and _dump_at is None:
+        _dump_at = -1
+        asyncio.get_running_loop().call_later(_QUIET, _dump_when_quiet)
 
 
 class MessageStream(Protocol):
@@ -45,6 +94,8 @@ class StreamTransport(asyncio.Transport):
         self._stream = stream
         self._protocol = protocol
         self._extra = stream.extra_info()
+        self.counts = MessageCounts()
+        self._extra["carrier_counts"] = self.counts
         self._queue: deque[bytes] = deque()
         self._queued = 0
         self._wake_writer = asyncio.Event()
@@ -119,6 +170,12 @@ class StreamTransport(asyncio.Transport):
             if data is None:
                 return  # the peer closed
             if data:
+                counts = self.counts
+                counts.messages_in += 1
+                counts.bytes_in += len(data)
+                TOTALS.messages_in += 1
+                TOTALS.bytes_in += len(data)
+                _counted()
                 self._protocol.data_received(data)
 
     async def _write_loop(self) -> None:
@@ -127,6 +184,12 @@ class StreamTransport(asyncio.Transport):
             self._wake_writer.clear()
             while self._queue:
                 chunk = self._take()
+                counts = self.counts
+                counts.messages_out += 1
+                counts.bytes_out += len(chunk)
+                TOTALS.messages_out += 1
+                TOTALS.bytes_out += len(chunk)
+                _counted()
                 await self._stream.send(chunk)
                 if self._writing_paused and self._queued <= self.low_water:
                     self._writing_paused = False
@@ -147,6 +210,7 @@ class StreamTransport(asyncio.Transport):
         for task in done:
             if not task.cancelled() and task.exception() is not None:
                 exc = task.exception()
+        log.debug("carrier stream closed: %s", self.counts.to_dict())
         try:
             self._protocol.connection_lost(exc)  # type: ignore[arg-type]
         finally:
