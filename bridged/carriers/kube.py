@@ -16,12 +16,16 @@ import aiohttp
 
 from ..errors import CarrierError
 from .base import Carrier
-from .portforward import Data, PortForwardFraming, RemoteError
+from .portforward import CHANNEL_PREFIX, Data, PortForwardFraming, RemoteError
 from .stream import StreamTransport
+from .websocket import send_binary
 
 
 class PortForwardMessages:
     """A :class:`~bridged.carriers.stream.MessageStream` over a port-forward websocket."""
+
+    #: every message we send is on the data channel: StreamTransport puts its byte first
+    prefix = CHANNEL_PREFIX
 
     def __init__(self, ws: aiohttp.ClientWebSocketResponse, port: int, pod: str,
                  on_close: Callable[[], Any]) -> None:
@@ -30,7 +34,7 @@ class PortForwardMessages:
         self.framing = PortForwardFraming(port)
         self._on_close = on_close
 
-    async def recv(self) -> bytes | None:
+    async def recv(self) -> bytes | memoryview | None:
         while True:
             msg = await self.ws.receive()
             if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING,
@@ -47,8 +51,9 @@ class PortForwardMessages:
             if isinstance(event, RemoteError):
                 raise CarrierError(f"port-forward to pod {self.pod}: {event.message}")
 
-    async def send(self, data: bytes) -> None:
-        await self.ws.send_bytes(self.framing.data(data))
+    async def send(self, data: bytes | bytearray) -> None:
+        """``data`` starts with the channel byte (:attr:`prefix`)."""
+        await send_binary(self.ws, data)
 
     async def close(self) -> None:
         result = self._on_close()

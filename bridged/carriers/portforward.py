@@ -21,11 +21,14 @@ from ..errors import CarrierError
 
 SUBPROTOCOL = "v4.channel.k8s.io"
 DATA, ERROR = 0, 1
+#: what every message to the pod starts with: the data channel of the first (only) port
+CHANNEL_PREFIX = bytes([DATA])
 
 
 @dataclass(frozen=True)
 class Data:
-    payload: bytes
+    #: a view into the server's message (past the channel byte), not a copy of it
+    payload: bytes | memoryview
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,7 @@ class PortForwardFraming:
         """The event one server message carries (None: nothing for the caller yet)."""
         if not message:
             return None
-        channel, body = message[0], message[1:]
+        channel, body = message[0], memoryview(message)[1:]
         if channel not in (DATA, ERROR):
             raise CarrierError(f"port-forward: message on unexpected channel {channel}")
         if self._pending_port[channel]:
@@ -70,4 +73,4 @@ class PortForwardFraming:
     @staticmethod
     def data(payload: bytes) -> bytes:
         """The message that carries ``payload`` to the pod."""
-        return b"\x00" + payload
+        return CHANNEL_PREFIX + payload

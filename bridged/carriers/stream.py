@@ -69,12 +69,16 @@ def _counted() -> None:
 
 
 class MessageStream(Protocol):
-    """What a carrier adapts: whole binary messages in and out."""
+    """What a carrier adapts: whole binary messages in and out.
 
-    async def recv(self) -> bytes | None:
+    ``prefix`` (optional attribute, default empty): bytes every message starts with (the
+    port-forward channel byte), put in place when the message is assembled, not by a copy later.
+    ``send`` owns what it is given: a bytearray may be changed in place (masked)."""
+
+    async def recv(self) -> bytes | memoryview | None:
         """The next message, or None once the peer has closed."""
 
-    async def send(self, data: bytes) -> None: ...
+    async def send(self, data: bytes | bytearray) -> None: ...
 
     async def close(self) -> None: ...
 
@@ -92,6 +96,7 @@ class StreamTransport(asyncio.Transport):
     def __init__(self, stream: MessageStream, protocol: asyncio.Protocol) -> None:
         super().__init__()
         self._stream = stream
+        self._prefix: bytes = getattr(stream, "prefix", b"")
         self._protocol = protocol
         self._extra = stream.extra_info()
         self.counts = MessageCounts()
@@ -176,21 +181,23 @@ class StreamTransport(asyncio.Transport):
                 TOTALS.messages_in += 1
                 TOTALS.bytes_in += len(data)
                 _counted()
-                self._protocol.data_received(data)
+                # a memoryview (the port-forward's payload past its channel byte) is read like
+                # bytes by asyncssh: no copy to make it one
+                self._protocol.data_received(data)  # type: ignore[arg-type]
 
     async def _write_loop(self) -> None:
         while True:
             await self._wake_writer.wait()
             self._wake_writer.clear()
             while self._queue:
-                chunk = self._take()
+                message, size = self._take()
                 counts = self.counts
                 counts.messages_out += 1
-                counts.bytes_out += len(chunk)
+                counts.bytes_out += size
                 TOTALS.messages_out += 1
-                TOTALS.bytes_out += len(chunk)
+                TOTALS.bytes_out += size
                 _counted()
-                await self._stream.send(chunk)
+                await self._stream.send(message)
                 if self._writing_paused and self._queued <= self.low_water:
                     self._writing_paused = False
                     self._protocol.resume_writing()
@@ -219,13 +226,17 @@ class StreamTransport(asyncio.Transport):
             if not self.closed.done():
                 self.closed.set_result(None)
 
-    def _take(self) -> bytes:
-        """Up to ``max_message`` bytes from the queue, as one message."""
-        queue = self._queue
-        if len(queue) == 1 and len(queue[0]) <= self.max_message:
-            chunk = queue.pop()
+    def _take(self) -> tuple[bytes | bytearray, int]:
+        """Up to ``max_message`` bytes from the queue as one message (after the stream's
+        prefix), and how many of the queue's bytes it holds. Copied once at most: a lone part
+        without a prefix is sent as it is; else one bytearray is assembled, which a client
+        websocket then masks in place."""
+        queue, prefix = self._queue, self._prefix
+        if not prefix and len(queue) == 1 and len(queue[0]) <= self.max_message:
+            message: bytes | bytearray = queue.pop()
+            size = len(message)
         else:
-            parts, size = [], 0
+            parts, size = [prefix] if prefix else [], 0
             while queue and size < self.max_message:
                 part = queue[0]
                 room = self.max_message - size
@@ -236,6 +247,6 @@ class StreamTransport(asyncio.Transport):
                     break
                 parts.append(queue.popleft())
                 size += len(part)
-            chunk = b"".join(parts)
-        self._queued -= len(chunk)
-        return chunk
+            message = bytearray().join(parts)
+        self._queued -= size
+        return message, size
