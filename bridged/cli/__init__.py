@@ -12,25 +12,54 @@
 
 from __future__ import annotations
 
+import sys
+from typing import Any
+
 import typer
 
-from . import commands, image, project, proxy, run, servers, service
+#: commands that are long-lived processes: run as the first argument, the CLI is only these
+#: (``servers``), so the daemon and the relay do not carry every other command's imports
+#: (jsonschema, yaml, the project and image code...) in their RSS for their whole life
+SERVER_COMMANDS = frozenset({"daemon", "relay"})
 
-app = typer.Typer(
-    name="bridged",
-    help="Run one service of a Kubernetes application on your laptop, as if in the cluster.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,
-    add_completion=True,
-)
-commands.register(app)
-servers.register(app)
-service.register(app)
-project.register(app)
-image.register(app)
-proxy.register(app)
-run.register(app)
+
+def build_app(*, servers_only: bool = False) -> typer.Typer:
+    from . import servers
+
+    app = typer.Typer(
+        name="bridged",
+        help="Run one service of a Kubernetes application on your laptop, as if in the cluster.",
+        no_args_is_help=True,
+        pretty_exceptions_enable=False,
+        rich_markup_mode=None,
+        add_completion=not servers_only,
+    )
+    if servers_only:
+        servers.register(app)
+        return app
+    from . import commands, image, project, proxy, run, service
+
+    commands.register(app)
+    servers.register(app)
+    service.register(app)
+    project.register(app)
+    image.register(app)
+    proxy.register(app)
+    run.register(app)
+    return app
+
+
+_app: typer.Typer | None = None
+
+
+def __getattr__(name: str) -> Any:
+    """``app``, the whole CLI (tests run it), built on first use."""
+    global _app
+    if name != "app":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if _app is None:
+        _app = build_app()
+    return _app
 
 
 def main() -> None:
@@ -39,11 +68,10 @@ def main() -> None:
     Typer's click (vendored or not) is met by duck typing: a usage error is an exception with
     ``format_message`` and an ``exit_code`` of 2.
     """
-    import sys
-
     from ..errors import ConfigError
     from .output import fail
 
+    app = build_app(servers_only=len(sys.argv) > 1 and sys.argv[1] in SERVER_COMMANDS)
     try:
         code = app(prog_name="bridged", standalone_mode=False)
     except Exception as exc:
