@@ -32,11 +32,14 @@ from typing import Any
 from ..config import format_host_port
 from ..errors import RefusedError
 from ..kube import manifests as m
-from ..kube import redirects as ops
 from ..protocol import InterceptClaim
 from ..redirect import RouteRefused, cilium, gateway
 from ..redirect.takeover import Record, shadow_service
 from .probe import NotLive, Probes, ProbeSettings, connects, connects_within, until_live
+
+# The methods import ..kube.redirects (as ``ops``) themselves: it brings the Kubernetes client,
+# ≈ 35 MiB of RSS that a relay without Kubernetes access (local runs, the tests) would carry for
+# nothing. A Redirector is made only with that access.
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +160,7 @@ class Redirector:
             raise
 
     async def _until_live(self, claim: InterceptClaim) -> None:
+        from ..kube import redirects as ops
         state = self.redirected.get(claim.service)
         if state is None or state.via != "takeover" or not state.cluster_ip:
             return  # routes: their acceptance was awaited as they were written
@@ -220,6 +224,7 @@ class Redirector:
 
     async def restore_stale(self) -> None:
         """At start-up no lease is live: every redirect found was left by a relay that died."""
+        from ..kube import redirects as ops
         for restored in await ops.restore_stale(self.kube):
             log.warning("stale takeover: %s", restored.describe())
         for removed in await ops.remove_routes(self.kube):
@@ -250,6 +255,7 @@ class Redirector:
                 self._closed(stale)
 
     async def _take_over(self, service: str) -> Redirected:
+        from ..kube import redirects as ops
         current = await ops.read_service(self.kube, service)
         for p in (current.get("spec") or {}).get("ports") or []:
             await self._listen(self.port_for(service, p["port"]), "")
@@ -289,6 +295,7 @@ class Redirector:
         meanwhile the relay's ports pass them on to the original pods through the shadow,
         so the team's requests in that moment are not refused. Bounded: a restore waits
         ``live.drain_seconds`` at most, then goes on."""
+        from ..kube import redirects as ops
         settings = self.live
         for (svc, service_port), port in list(self.ports.items()):
             if svc != service:
@@ -309,6 +316,7 @@ class Redirector:
         ClusterIP may be redirected for the relay too: Cilium's BPF, ambient meshes). Routes
         the matchers cannot be said in are refused before anything is written; a first
         redirect that fails midway is removed whole."""
+        from ..kube import redirects as ops
         found = await ops.read_service(self.kube, service)
         ns, ip = self.kube.namespace, found["spec"].get("clusterIP")
         if not ip or ip == "None":
@@ -367,6 +375,7 @@ class Redirector:
                             backends: list[dict[str, Any]],
                             objects: list[dict[str, Any]]) -> dict[str, Any]:
         """Write what :meth:`_route` made; the shadow Service as written."""
+        from ..kube import redirects as ops
         shadow = await ops.ensure_shadow(self.kube, shadow_service(found))
         for backend in backends:  # first the backends, then what routes to them
             await ops.apply_object(self.kube, ops.SERVICES, backend)
@@ -385,6 +394,7 @@ class Redirector:
         return shadow
 
     async def _undo(self, service: str) -> str:
+        from ..kube import redirects as ops
         state = self.redirected[service]
         if state.via == "takeover":
             note = (await ops.restore(self.kube, service, state.record,
