@@ -9,11 +9,19 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from .bodies import Exchange
 from .model import Captured, CaptureSettings
-from .tap_h2 import PREFACE, H2Tap
 from .tap_http1 import Http1Tap
+
+if TYPE_CHECKING:
+    from .tap_h2 import H2Tap
+
+#: h2c's connection preface (RFC 9113 §3.4): a connection that starts with it is HTTP/2. Here,
+#: not in :mod:`.tap_h2`, which is imported only for such a connection: it brings h2's hpack
+#: and hyperframe, memory that a daemon whose intercepts speak HTTP/1 need not carry
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +59,12 @@ class ConnectionTap:
         first = bytes(self._first)
         if len(first) < len(PREFACE) and PREFACE.startswith(first):
             return  # may still be h2c's preface
-        self._choose(H2Tap if first.startswith(PREFACE) else Http1Tap)
+        if first.startswith(PREFACE):
+            from .tap_h2 import H2Tap
+
+            self._choose(H2Tap)
+        else:
+            self._choose(Http1Tap)
 
     def socket_data(self, data: bytes) -> None:
         if self.parser is not None:

@@ -26,8 +26,8 @@ from hyperframe.frame import (
 )
 
 from .bodies import Exchange
+from .tap import PREFACE
 
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 #: bytes of a frame other than DATA that is held to be parsed: past it, stop (16 KiB frames
 #: are the default; peers may agree on up to 16 MiB)
 MAX_FRAME_BYTES = 1024 * 1024

@@ -39,7 +39,6 @@ from ..errors import ConfigError, Conflict, KubeError, NotFound, RefusedError
 from ..keys import PinnedHostKeys, fingerprint, load_or_create_key, public_line
 from ..tasks import TaskSet
 from .bridge import Bridge, Forward, Intercept, KeyRefused
-from .h2check import speaks_h2c
 from .hosts import HostsFile, HostsSettings
 from .notify import Notifier
 from .proxy import Proxies
@@ -722,6 +721,8 @@ class Daemon:
     async def _check_h2c(self, spec: InterceptSpec, proto: str) -> None:
         """An HTTP/2 intercept's local server must speak h2c: an HTTP/1.1 one is an error
         now rather than a failed call each time (one not listening yet is not)."""
+        from .h2check import speaks_h2c  # h2: only for an HTTP/2 intercept
+
         self.intercepting[spec.name] = (f"checking that {spec.local_host}:{spec.local_port} "
                                         "speaks HTTP/2", time.time())
         try:
