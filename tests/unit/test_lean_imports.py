@@ -1,0 +1,64 @@
+"""The long-lived processes import only what they use: what a module imports stays in the
+process's RSS for its whole life (issue 14; bench/idle_rss.py measures it).
+
+Each case runs in a fresh interpreter what ``bridged relay`` / ``bridged daemon`` import before
+they serve (the CLI of the server commands, then the modules their command imports) and lists
+what is loaded that their idle process does not use.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+#: what neither a relay without Kubernetes access nor a daemon without a kube bridge uses
+NOT_IDLE = ("kubernetes_asyncio", "yaml", "jsonschema", "bridged.project", "bridged.cli.commands",
+            "bridged.kube.client", "bridged.kube.redirects", "bridged.inspector.server")
+
+CASES = {
+    "relay": ("bridged.relay.server", "bridged.relay.policy", "bridged.keys", "bridged.runtime"),
+    "daemon": ("bridged.daemon.app", "bridged.runtime"),
+}
+#: what the one but not the other leaves out: the relay's router speaks HTTP/2 on any port, so
+#: it has h2; the daemon needs it for an HTTP/2 intercept only. The relay keeps no capture.
+NOT_IDLE_IN = {
+    "relay": ("bridged.capture.store", "sqlite3", "bridged.daemon"),
+    "daemon": ("h2", "hpack", "hyperframe", "bridged.capture.tap_h2", "bridged.daemon.h2check",
+               "bridged.relay.server"),
+}
+
+_PROBE = """
+import json, sys
+command, body = sys.argv[1], sys.argv[2:]
+sys.argv = ["bridged", command, "--help"]
+import bridged.cli
+try:
+    bridged.cli.main()  # what the command line loads before the command runs
+except SystemExit:
+    pass
+for name in body:
+    __import__(name)  # what the command's body imports
+print(json.dumps(sorted(sys.modules)))
+"""
+
+
+def loaded(command: str) -> set[str]:
+    out = subprocess.run([sys.executable, "-c", _PROBE, command, *CASES[command]], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60, check=True)
+    return set(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+@pytest.mark.parametrize("command", sorted(CASES))
+def test_server_processes_do_not_import_what_they_do_not_use(command: str) -> None:
+    modules = loaded(command)
+    assert CASES[command][0] in modules  # (the probe did load the process's code)
+    unwanted = NOT_IDLE + NOT_IDLE_IN[command]
+    found = sorted(u for u in unwanted
+                   if u in modules or any(m.startswith(u + ".") for m in modules))
+    assert not found, f"bridged {command} imports {found} at start: import them where used"
