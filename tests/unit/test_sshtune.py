@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import os
+import sys
+from pathlib import Path
 
 import asyncssh
 import pytest
@@ -11,6 +15,7 @@ from asyncssh.crypto.cipher import GCMCipher
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from bridged import sshtune
+from tests import stock_ssh_peer
 
 VERSION = tuple(int(p) for p in asyncssh.__version__.split(".")[:2])
 
@@ -124,3 +129,112 @@ async def test_an_eof_written_just_before_close_reaches_a_paused_reader_before_t
         await server.wait_closed()
     assert bytes(recorder.data) == payload
     assert recorder.events == ["eof", "lost"]
+
+
+# --- the fast data path against asyncssh as shipped, in a process of its own ---
+
+PEER = Path(__file__).resolve().parent.parent / "stock_ssh_peer.py"
+CIPHERS = ["aes128-gcm@openssh.com", "chacha20-poly1305@openssh.com"]
+#: small enough that every run rekeys several times, mid-stream, in both directions
+REKEY_BYTES = 4 * 1024 * 1024
+
+
+async def _echo_through(conn: asyncssh.SSHClientConnection, seed: int) -> list[str]:
+    """What the stock peer's echo-through does, from this (patched) process."""
+
+    async def one(i: int, plan: list[int]) -> str:
+        # bridged's channel settings: packets of up to 256 KiB, a 2 MiB window
+        reader, writer = await conn.open_connection("x", 1, encoding=None,
+                                                    window=2 * 1024 * 1024,
+                                                    max_pktsize=256 * 1024)
+        sent, got = hashlib.sha256(), hashlib.sha256()
+
+        async def write() -> None:
+            for n, size in enumerate(plan):
+                data = stock_ssh_peer.payload(seed, i, n, size)
+                sent.update(data)
+                writer.write(data)
+                await writer.drain()
+            writer.write_eof()
+
+        task = asyncio.ensure_future(write())
+        while data := await reader.read(1 << 20):
+            got.update(data)
+        await task
+        writer.close()
+        assert got.hexdigest() == sent.hexdigest(), f"channel {i}: the echo differs"
+        return got.hexdigest()
+
+    return list(await asyncio.gather(*(one(i, p) for i, p in
+                                       enumerate(stock_ssh_peer.sizes(seed)))))
+
+
+def _expected(seed: int) -> list[str]:
+    out = []
+    for i, plan in enumerate(stock_ssh_peer.sizes(seed)):
+        h = hashlib.sha256()
+        for n, size in enumerate(plan):
+            h.update(stock_ssh_peer.payload(seed, i, n, size))
+        out.append(h.hexdigest())
+    return out
+
+
+@pytest.mark.parametrize("cipher", CIPHERS)
+async def test_patched_client_and_stock_server_move_every_byte_through_rekeys(
+        cipher: str) -> None:
+    seed = 11
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(PEER), "serve", cipher, str(REKEY_BYTES),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        info = json.loads(await asyncio.wait_for(proc.stdout.readline(), 30))
+        known = asyncssh.import_known_hosts(f"[127.0.0.1]:{info['port']} {info['host_key']}")
+        async with asyncssh.connect(
+                "127.0.0.1", info["port"], username="t", known_hosts=known, agent_path=None,
+                config=None, client_keys=[asyncssh.import_private_key(info["client_key"])],
+                encryption_algs=[cipher], compression_algs=None,
+                rekey_bytes=REKEY_BYTES) as conn:
+            hashes = await asyncio.wait_for(_echo_through(conn, seed), 120)
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        await proc.wait()
+    assert hashes == _expected(seed)
+
+
+@pytest.mark.parametrize("cipher", CIPHERS)
+async def test_stock_client_and_patched_server_move_every_byte_through_rekeys(
+        cipher: str) -> None:
+    seed = 12
+    host_key = asyncssh.generate_private_key("ssh-ed25519")
+    client_key = asyncssh.generate_private_key("ssh-ed25519")
+
+    async def echo(reader: asyncssh.SSHReader[bytes], writer: asyncssh.SSHWriter[bytes]) -> None:
+        while data := await reader.read(1 << 20):
+            writer.write(data)
+        writer.write_eof()
+        await writer.drain()
+        writer.close()
+
+    class Server(asyncssh.SSHServer):  # type: ignore[misc]
+        def connection_requested(self, *args: object) -> object:
+            return echo
+
+    server = await asyncssh.listen(
+        "127.0.0.1", 0, server_factory=Server, server_host_keys=[host_key],
+        authorized_client_keys=asyncssh.import_authorized_keys(
+            client_key.export_public_key().decode()),
+        encryption_algs=[cipher], compression_algs=None, rekey_bytes=REKEY_BYTES,
+        encoding=None)
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, str(PEER), "echo-through", str(server.get_port()),
+            host_key.export_public_key().decode(), client_key.export_private_key().decode(),
+            cipher, str(REKEY_BYTES), str(seed), stdout=asyncio.subprocess.PIPE)
+        out, _ = await asyncio.wait_for(proc.communicate(), 120)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert proc.returncode == 0
+    assert json.loads(out)["sha256"] == _expected(seed)
