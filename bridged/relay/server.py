@@ -290,9 +290,12 @@ class HttpPortListener(PortListener):
             backlog=self.relay.settings.tunnel.listen_backlog)
 
     def _decide(self, head: RequestHead) -> Route:
-        now = asyncio.get_running_loop().time()
+        holdings = self.relay.table.at_port(self.port)
+        if not holdings:
+            return decide(head, ())
+        now = (self.router.loop or asyncio.get_running_loop()).time()
         # a mirror routes nothing: it takes copies (_mirror_targets)
-        return decide(head, [h.rule for h in self.relay.table.on_port(self.port)
+        return decide(head, [h.rule for h in holdings
                              if h.rule is not None and h.expires_at > now
                              and not h.claim.mirror])
 
@@ -303,8 +306,11 @@ class HttpPortListener(PortListener):
 
     def _mirror_targets(self, head: RequestHead) -> list[str]:
         """The live mirror intercepts of this port that want a copy of this request."""
-        now = asyncio.get_running_loop().time()
-        return [h.claim.id for h in self.relay.table.on_port(self.intercepted)
+        holdings = self.relay.table.at_port(self.intercepted)
+        if not holdings:
+            return []
+        now = (self.router.loop or asyncio.get_running_loop()).time()
+        return [h.claim.id for h in holdings
                 if h.claim.mirror and self._copies_here(h.claim) and h.rule is not None
                 and h.expires_at > now and h.rule.matches(head)]
 

@@ -8,22 +8,12 @@ registered first: the same request always goes to the same place.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 
-from .rules import RequestHead, Rule
+# Route and ORIGIN live beside the rules (a rule keeps its route); they are imported from here
+from .rules import ORIGIN, RequestHead, Route, Rule
 
-ORIGIN = "origin"
-
-
-@dataclass(frozen=True)
-class Route:
-    """Where a request goes: an intercept id, or :data:`ORIGIN` (the Service's own pods)."""
-
-    target: str
-
-    @property
-    def to_origin(self) -> bool:
-        return self.target == ORIGIN
+#: the route of every request no rule matches (one object: a Route is immutable)
+TO_ORIGIN = Route(ORIGIN)
 
 
 def decide(head: RequestHead, rules: Iterable[Rule]) -> Route:
@@ -33,4 +23,4 @@ def decide(head: RequestHead, rules: Iterable[Rule]) -> Route:
             continue
         if best is None or (len(rule.tests), -rule.order) > (len(best.tests), -best.order):
             best = rule
-    return Route(best.intercept_id if best is not None else ORIGIN)
+    return best.route if best is not None else TO_ORIGIN

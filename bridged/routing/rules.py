@@ -31,6 +31,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from urllib.parse import unquote
 
 from ..protocol import Matcher
@@ -165,6 +166,20 @@ def _grpc_method_test(matcher: Matcher) -> Test:
     return lambda head: pattern.fullmatch(head.path) is not None
 
 
+ORIGIN = "origin"
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where a request goes: an intercept id, or :data:`ORIGIN` (the Service's own pods)."""
+
+    target: str
+
+    @property
+    def to_origin(self) -> bool:
+        return self.target == ORIGIN
+
+
 @dataclass(frozen=True)
 class Rule:
     """One intercept's rule, compiled; ``order`` breaks ties (earlier registration wins)."""
@@ -180,4 +195,12 @@ class Rule:
         return cls(intercept_id, ms, tuple(compile_matcher(m) for m in ms), order)
 
     def matches(self, head: RequestHead) -> bool:
-        return all(test(head) for test in self.tests)
+        for test in self.tests:  # (a loop: all() of a generator costs a frame per request)
+            if not test(head):
+                return False
+        return True
+
+    @cached_property
+    def route(self) -> Route:
+        """Where the requests it matches go (made once, not per request)."""
+        return Route(self.intercept_id)

@@ -49,6 +49,9 @@ class InterceptTable:
     def __init__(self) -> None:
         self._by_id: dict[str, Holding] = {}
         self._next_order = 0  # registration order, for rules equally specific
+        #: each port's holdings, kept until a holding comes or goes: the router asks for
+        #: them on every request, the table changes when a developer comes or goes
+        self._ports: dict[int, tuple[Holding, ...]] = {}
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -60,7 +63,14 @@ class InterceptTable:
         return self._by_id.get(intercept_id)
 
     def on_port(self, port: int) -> list[Holding]:
-        return [h for h in self._by_id.values() if h.port == port]
+        return list(self.at_port(port))
+
+    def at_port(self, port: int) -> tuple[Holding, ...]:
+        """:meth:`on_port`, without a copy: what the router reads per request."""
+        held = self._ports.get(port)
+        if held is None:
+            held = self._ports[port] = tuple(h for h in self._by_id.values() if h.port == port)
+        return held
 
     def claim(
         self, session: str, claim: InterceptClaim, *, now: float, ttl: float,
@@ -102,12 +112,14 @@ class InterceptTable:
             self._next_order += 1
         holding = Holding(claim, session, now + ttl, owner, rule, resume)
         self._by_id[claim.id] = holding
+        self._ports.clear()
         return holding, displaced
 
     def release(self, session: str, intercept_id: str) -> Holding | None:
         holding = self._by_id.get(intercept_id)
         if holding is None or holding.session != session:
             return None
+        self._ports.clear()
         return self._by_id.pop(intercept_id)
 
     def renew(self, session: str, ids: tuple[str, ...], *, now: float, ttl: float) -> list[str]:
@@ -133,6 +145,7 @@ class InterceptTable:
                 h.expires_at = min(h.expires_at, now)
             else:
                 del self._by_id[h.claim.id]
+                self._ports.clear()
         return gone
 
     def expire(self, now: float) -> list[Holding]:
@@ -140,6 +153,7 @@ class InterceptTable:
         gone = [h for h in self._by_id.values() if h.released_at <= now]
         for h in gone:
             del self._by_id[h.claim.id]
+            self._ports.clear()
         return gone
 
     def rules(self, port: int, now: float) -> list[Rule]:

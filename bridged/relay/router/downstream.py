@@ -57,6 +57,9 @@ log = logging.getLogger("bridged.relay.router")
 SNIFFING, HTTP, HELD, PASSING, SPLICED, H2, CLOSING = (
     "sniffing", "http", "held", "passing", "spliced", "h2", "closing")
 #: hop-by-hop fields of an HTTP/1.1 request that HTTP/2 does not carry (RFC 9113 §8.2.2)
+#: the lengths of the request fields the router reads itself
+_FRAMING_LENGTHS = frozenset(len(n) for n in (b"content-length", b"transfer-encoding",
+                                              PROBE_HEADER))
 _HOP_BY_HOP = frozenset((b"connection", b"upgrade", b"http2-settings", b"host", b"keep-alive",
                          b"proxy-connection", b"transfer-encoding"))
 
@@ -64,6 +67,7 @@ _HOP_BY_HOP = frozenset((b"connection", b"upgrade", b"http2-settings", b"host", 
 class Downstream(asyncio.Protocol):
     def __init__(self, router: HttpRouter) -> None:
         self.router = router
+        self.loop = router.loop or asyncio.get_running_loop()
         self.state = SNIFFING
         self.parser = httptools.HttpRequestParser(self)
         self.transport: Any = None
@@ -290,7 +294,7 @@ class Downstream(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         # the client reads slower than we write: the upstream waits, and so does a deadline
-        self.send_deadline = asyncio.get_running_loop().time() + \
+        self.send_deadline = self.loop.time() + \
             self.router.settings.send_timeout_seconds
         if self.h2 is not None:
             self.h2.pause_writing()
@@ -324,7 +328,7 @@ class Downstream(asyncio.Protocol):
         """Close the connection unless a request arrives within ``seconds`` (None: never)."""
         self.waiting_for = what
         self.deadline = 0.0 if seconds is None else \
-            asyncio.get_running_loop().time() + seconds
+            self.loop.time() + seconds
 
     def expired(self, now: float) -> None:
         """A deadline passed (the router's sweep calls this)."""
@@ -355,7 +359,10 @@ class Downstream(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self.current = Request()
-        self._wait("head", self.router.settings.header_timeout_seconds)
+        # (_wait, inlined: this runs for every request)
+        seconds = self.router.settings.header_timeout_seconds
+        self.waiting_for = "head"
+        self.deadline = 0.0 if seconds is None else self.loop.time() + seconds
 
     def on_url(self, url: bytes) -> None:
         r = self.current
@@ -385,6 +392,8 @@ class Downstream(asyncio.Protocol):
         lengths = 0
         length = codings = b""
         for name, value in r.headers:
+            if len(name) not in _FRAMING_LENGTHS:
+                continue  # (most fields: no lower() of their name)
             lname = name.lower()
             if lname == b"content-length":
                 lengths += 1
@@ -490,9 +499,10 @@ class Downstream(asyncio.Protocol):
             self.transport.close()
             return
         r.route = self.router.decide(r.head)
-        r.started = asyncio.get_running_loop().time()
+        r.started = self.loop.time()
         up = self.idle.pop(r.route.target, None)
-        if up is not None and up.usable():  # the usual case: no task, no waiting
+        if up is not None and not up.closed and not up.transport.is_closing():
+            # (up.usable()) the usual case: no task, no waiting
             up.reused = True
             self._attach(r, up)
             return
@@ -529,22 +539,25 @@ class Downstream(asyncio.Protocol):
     def _attach(self, r: Request, up: Upstream) -> None:
         assert r.head is not None
         up.begin(self, r.head.method == "HEAD")
-        up.pause_reading(self.send_deadline > 0)  # the client reads nothing now
+        if up.paused is not (self.send_deadline > 0):
+            up.pause_reading(not up.paused)  # the client reads nothing now
         r.upstream = up
         up.transport.write(b"".join(r.out) if len(r.out) > 1 else r.out[0])
         r.out.clear()
         if r.complete:
             self._start_timer(r)
-        self.resume("connecting")  # its body (or the next request) flows on
+        if self.paused_for:
+            self.resume("connecting")  # its body (or the next request) flows on
 
     def _keep(self, up: Upstream) -> None:
         """Keep an upstream connection for this client's next request to the same place."""
         up.down = None
-        up.pause_reading(False)
+        if up.paused:
+            up.pause_reading(False)
         old = self.idle.get(up.key)
         if old is not None and old is not up:
             old.close()
-        if up.usable():
+        if not up.closed and not up.transport.is_closing():  # (up.usable())
             self.idle[up.key] = up
         else:
             up.close()
@@ -557,7 +570,7 @@ class Downstream(asyncio.Protocol):
     def _start_timer(self, r: Request) -> None:
         timeout = self.router.settings.response_timeout_seconds
         if timeout is not None and r.timer is None:
-            r.timer = asyncio.get_running_loop().call_later(timeout, self._timed_out, r)
+            r.timer = self.loop.call_later(timeout, self._timed_out, r)
 
     def _timed_out(self, r: Request) -> None:
         if self.active is r and not r.status:
@@ -603,13 +616,15 @@ class Downstream(asyncio.Protocol):
             if held:
                 self._feed(b"".join(held))
             return
-        self._next()
+        if self.queue:
+            self._next()
         if self.active is None and self.refusal is not None:
             self.refuse(*self.refusal)  # the bad request's turn
         elif self.active is None or not self.active.complete:
             if self.active is None and not self.queue and self.current is None:
                 self._wait("idle", self.router.settings.idle_timeout_seconds)
-            self.resume("pipelined")
+            if self.paused_for:
+                self.resume("pipelined")
 
     def switched(self, up: Upstream, data: bytes) -> None:
         """The upstream answered 101: from now on both ways are raw bytes — if the request
@@ -778,7 +793,7 @@ class Downstream(asyncio.Protocol):
         if self.paused_for:
             self.paused_for.clear()
             self.transport.resume_reading()
-        asyncio.get_running_loop().call_later(REFUSAL_LINGER_SECONDS, self.transport.close)
+        self.loop.call_later(REFUSAL_LINGER_SECONDS, self.transport.close)
 
     def _report(self, r: Request, status: int) -> None:
         if r.head is None or r.route is None or r.reported:

@@ -62,8 +62,12 @@ class HttpRouter:
         self.mirror = mirror
         self.downstreams: set[Downstream] = set()
         self._sweeping: asyncio.TimerHandle | None = None
+        #: the loop serving the connections, kept: asyncio.get_running_loop() costs a getpid
+        #: system call each time, and a request needs the time several times
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     def protocol(self) -> asyncio.Protocol:
+        self.loop = asyncio.get_running_loop()  # (the factory runs in the loop)
         return Downstream(self)
 
     def admit(self, down: Downstream) -> bool:
@@ -90,7 +94,8 @@ class HttpRouter:
         some carry (``http_version``, ``grpc_status``)."""
         if self.on_request is None:
             return
-        elapsed = asyncio.get_running_loop().time() - started if started else 0.0
+        loop = self.loop or asyncio.get_running_loop()
+        elapsed = loop.time() - started if started else 0.0
         try:
             self.on_request(head, route, status, elapsed, peer, **extra)
         except Exception:  # runs in transport callbacks: must never break the proxying

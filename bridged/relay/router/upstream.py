@@ -58,8 +58,11 @@ class Upstream(asyncio.Protocol):
         self.received = 0
         self.final_at = -1
         self.final_sent = False
-        if self.head_request:  # its parser waited for the body the HEAD's answer announced
-            self.parser = httptools.HttpResponseParser(self)
+        if self.head_request or head_request:
+            # after a HEAD its parser waited for the body the answer announced; a HEAD's own
+            # parser also reports the header fields (only its answer needs Connection)
+            self.parser = httptools.HttpResponseParser(
+                _HeadAnswer(self) if head_request else self)
         self.head_request = head_request
 
     # transport events
@@ -172,10 +175,6 @@ class Upstream(asyncio.Protocol):
         self.in_head = True
         self.connection = b""
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if name.lower() == b"connection":
-            self.connection += value.lower()
-
     def on_headers_complete(self) -> None:
         self.in_head = False
         status = self.parser.get_status_code()
@@ -212,6 +211,22 @@ class Upstream(asyncio.Protocol):
         self.closed = True
         if self.transport is not None:
             self.transport.close()
+
+
+class _HeadAnswer:
+    """Parser events of a HEAD's answer: the upstream's, and its Connection field too. Other
+    answers are parsed without ``on_header``: llhttp then calls into Python once per answer,
+    not once per field."""
+
+    def __init__(self, up: Upstream) -> None:
+        self.up = up
+        self.on_message_begin = up.on_message_begin
+        self.on_headers_complete = up.on_headers_complete
+        self.on_message_complete = up.on_message_complete
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if name.lower() == b"connection":
+            self.up.connection += value.lower()
 
 
 def head_keeps_alive(parser: Any, connection: bytes) -> bool:
