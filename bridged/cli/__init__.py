@@ -13,18 +13,22 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import typer
+if TYPE_CHECKING:
+    import typer
 
-#: commands that are long-lived processes: run as the first argument, the CLI is only these
-#: (``servers``), so the daemon and the relay do not carry every other command's imports
-#: (jsonschema, yaml, the project and image code...) in their RSS for their whole life
+#: commands that are long-lived processes: run as the first argument, they are parsed by
+#: :func:`.servers.serve` (argparse) and no typer CLI is built, so the daemon and the relay do
+#: not carry typer, click, pydantic or every other command's imports (jsonschema, yaml, the
+#: project and image code...) in their RSS for their whole life
 SERVER_COMMANDS = frozenset({"daemon", "relay"})
 
 
-def build_app(*, servers_only: bool = False) -> typer.Typer:
-    from . import servers
+def build_app() -> typer.Typer:
+    import typer
+
+    from . import commands, image, project, proxy, run, servers, service
 
     app = typer.Typer(
         name="bridged",
@@ -32,13 +36,7 @@ def build_app(*, servers_only: bool = False) -> typer.Typer:
         no_args_is_help=True,
         pretty_exceptions_enable=False,
         rich_markup_mode=None,
-        add_completion=not servers_only,
     )
-    if servers_only:
-        servers.register(app)
-        return app
-    from . import commands, image, project, proxy, run, service
-
     commands.register(app)
     servers.register(app)
     service.register(app)
@@ -68,10 +66,16 @@ def main() -> None:
     Typer's click (vendored or not) is met by duck typing: a usage error is an exception with
     ``format_message`` and an ``exit_code`` of 2.
     """
+    if len(sys.argv) > 1 and sys.argv[1] in SERVER_COMMANDS:
+        from .servers import serve
+
+        serve(sys.argv[1], sys.argv[2:])
+    import typer
+
     from ..errors import ConfigError
     from .output import fail
 
-    app = build_app(servers_only=len(sys.argv) > 1 and sys.argv[1] in SERVER_COMMANDS)
+    app = build_app()
     try:
         code = app(prog_name="bridged", standalone_mode=False)
     except Exception as exc:
