@@ -16,14 +16,16 @@ import base64
 import dataclasses
 import json
 import logging
-import sqlite3
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..routing.redact import DEFAULT_REDACTED, REDACTED
 from .model import Captured, CaptureSettings, Headers, Message
+
+if TYPE_CHECKING:
+    import sqlite3
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,10 @@ class CaptureStore:
         self.path = path
         self.settings = settings or CaptureSettings()
         self._secret = {n.lower() for n in (*DEFAULT_REDACTED, *self.settings.redact_headers)}
+        # imported here: the daemon's API imports to_json, and sqlite3 is ~1.5 MiB of RSS an
+        # idle daemon, which opens its store on first use, need not hold (issue 14)
+        import sqlite3
+
         self._db = sqlite3.connect(path, isolation_level=None)  # autocommit; explicit BEGINs
         path.chmod(0o600)  # bodies may hold personal data: this user's only
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -299,7 +305,9 @@ def _headers(pairs: Iterable[Any]) -> Headers:
 
 def open_store(path: Path, settings: CaptureSettings | None = None) -> CaptureStore:
     """The store at ``path``; a file SQLite cannot read (a crash mid-write on a disk that lied,
-    another program's file) is set aside, not fatal: the daemon starts with an empty one."""
+    another program's file) is set aside, not fatal: the daemon goes on with an empty one."""
+    import sqlite3
+
     try:
         return CaptureStore(path, settings)
     except sqlite3.DatabaseError as exc:

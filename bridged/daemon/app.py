@@ -11,7 +11,6 @@ import logging
 import os
 import secrets
 import signal
-import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ import aiohttp
 
 from .. import __version__, paths
 from ..capture.model import Captured, CaptureSettings
-from ..capture.store import open_store
+from ..capture.store import CaptureStore, open_store
 from ..carriers import carrier_for
 from ..config import (
     CarrierSpec,
@@ -129,9 +128,10 @@ class Daemon:
         #: what ``bridged up`` applied, so that ``down`` undoes exactly that
         self.applied: dict[str, Any] | None = None
         capture = self.settings.capture
-        #: what reached the developer through the intercepts (see bridged.capture)
-        self.store = open_store(self.settings.capture_db, dataclasses.replace(
-            capture, redact_headers=(*capture.redact_headers, *self.settings.redact_headers)))
+        #: what the capture keeps: the store's settings, known before it is opened
+        self.capture_settings = dataclasses.replace(
+            capture, redact_headers=(*capture.redact_headers, *self.settings.redact_headers))
+        self._store: CaptureStore | None = None
         self._inspector: Inspector | None = None
         self._inspector_lock = asyncio.Lock()
         #: the SOCKS5 and HTTP proxies of each bridge that was asked for them (POST /v1/proxy)
@@ -309,7 +309,8 @@ class Daemon:
         self.proxies.clear()
         if self._inspector is not None:
             await self._inspector.close()
-        self.store.close()
+        if self._store is not None:
+            self._store.close()
         # stage 2: the API goes last, so status answers until the end
         await self._api.close()
         self.notify.close()
@@ -344,7 +345,7 @@ class Daemon:
                             client_key=self.client_key, pins=self.pins,
                             tunnel=self.settings.tunnel, target=target,
                             redact_headers=self.settings.redact_headers,
-                            on_capture=self.captured, capture_settings=self.store.settings,
+                            on_capture=self.captured, capture_settings=self.capture_settings,
                             on_capture_update=self.capture_updated)
             bridge.hosts = self.hosts
             bridge.made_with = {"url": spec.url, "token": token}
@@ -399,7 +400,7 @@ class Daemon:
                 client_key=self.client_key, pins=self.pins,
                 published_host_key=info.host_key, tunnel=self.settings.tunnel,
                 target=target, redact_headers=self.settings.redact_headers,
-                on_capture=self.captured, capture_settings=self.store.settings,
+                on_capture=self.captured, capture_settings=self.capture_settings,
                 on_capture_update=self.capture_updated,
             )
             bridge.kube = kube
@@ -789,9 +790,20 @@ class Daemon:
 
     # --- capture and the inspector ---
 
+    @property
+    def store(self) -> CaptureStore:
+        """What reached the developer through the intercepts (see bridged.capture), opened on
+        first use (a capture, a read of the API or the inspector): an idle daemon holds
+        neither sqlite3 nor the database's pages (issue 14)."""
+        if self._store is None:
+            self._store = open_store(self.settings.capture_db, self.capture_settings)
+        return self._store
+
     def captured(self, record: Captured) -> Captured | None:
         """A bridge's tap saw an exchange (on the loop; one small insert): stored, with its
         id."""
+        import sqlite3  # (loaded with the store)
+
         try:
             return self.store.add(record)
         except sqlite3.Error as exc:  # a full disk loses a record, never the traffic
@@ -800,6 +812,8 @@ class Daemon:
 
     def capture_updated(self, record_id: int, fields: dict[str, Any]) -> None:
         """A stored record learnt more (a mirrored request's cluster answer)."""
+        import sqlite3
+
         try:
             self.store.update(record_id, **fields)
         except sqlite3.Error as exc:

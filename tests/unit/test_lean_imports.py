@@ -30,7 +30,7 @@ CASES = {
 NOT_IDLE_IN = {
     "relay": ("bridged.capture.store", "sqlite3", "bridged.daemon"),
     "daemon": ("h2", "hpack", "hyperframe", "bridged.capture.tap_h2", "bridged.daemon.h2check",
-               "bridged.relay.server"),
+               "bridged.relay.server", "sqlite3"),  # (the capture store opens on first use)
 }
 
 _PROBE = """
@@ -62,3 +62,39 @@ def test_server_processes_do_not_import_what_they_do_not_use(command: str) -> No
     found = sorted(u for u in unwanted
                    if u in modules or any(m.startswith(u + ".") for m in modules))
     assert not found, f"bridged {command} imports {found} at start: import them where used"
+
+
+#: what the relay in its pod (the key watch, redirects, host key: the Kubernetes API) does not
+#: load: the full client's package loads every API and model (≈ 40 MiB); the relay's own
+#: small one (bridged.kube.lite) does what it needs
+NOT_IN_POD = ("kubernetes_asyncio", "bridged.inspector.server", "bridged.capture.store",
+              "bridged.daemon", "bridged.cli.commands", "bridged.project")
+
+
+async def test_the_relay_as_its_pod_runs_it_does_not_import_the_full_kube_client(
+        tmp_path: Path) -> None:
+    """``bridged relay`` with the Deployment's own arguments (host key from a Secret, the keys'
+    Secret watched, ``--redirect-services``), against the stand-in API server: every module
+    it imported, from the interpreter's own account (``-X importtime``), once it has read
+    the keys through the API and undone what a previous relay left (its start-up)."""
+    from tests.helpers import eventually
+    from tests.kube.apiserver import KubeApiServer
+    from tests.pod_relay import NS, start_pod_relay, stop
+
+    async with KubeApiServer(namespaces=[NS]) as api:
+        proc, _ = await start_pod_relay(api, tmp_path, {"PYTHONPROFILEIMPORTTIME": "1"})
+        try:
+            async def watching() -> bool:  # the keys listed, then watched
+                return any(m == "GET" and "watch=true" in p for m, p in api.requests)
+
+            await eventually(watching, within=30, what="the relay's watch of the keys")
+        finally:
+            await stop(proc)
+    text = (tmp_path / "relay.log").read_text(errors="replace")
+    modules = {line.rsplit("|", 1)[1].strip() for line in text.splitlines()
+               if line.startswith("import time:") and line.count("|") == 2}
+    assert {"bridged.kube.lite", "bridged.kube.keywatch", "bridged.kube.hostkey",
+            "bridged.kube.redirects"} <= modules  # (it did use the API)
+    found = sorted(u for u in NOT_IN_POD
+                   if u in modules or any(m.startswith(u + ".") for m in modules))
+    assert not found, f"the relay in its pod imports {found}"
