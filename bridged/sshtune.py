@@ -109,6 +109,7 @@ def apply() -> bool:
     gcm.encrypt_and_sign = encrypt_and_sign  # type: ignore[method-assign]
     gcm.verify_and_decrypt = verify_and_decrypt  # type: ignore[method-assign]
     _fast_channel_data(_aead)
+    _less_per_packet()
     _keep_eof_before_close()
     _applied = True
     return True
@@ -129,7 +130,8 @@ def _fast_channel_data(aead_of: Any) -> None:
     gcm_encryption = encryption.GCMEncryption
     invalid_tag = cipher.InvalidTag
     data_type = bytes((MSG_CHANNEL_DATA,))
-    GCM_BLOCK = GCM_TAG = 16  # bytes: AES's block, and the tag asyncssh's GCM sends as MAC
+    GCM_TAG = 16  # bytes: the tag asyncssh's AES-GCM sends in place of a MAC
+    JOIN_BELOW = 16 * 1024  # bytes of data below which copying the header on is cheapest
 
     def send_data(conn: Any, chan: Any, data: bytearray) -> bool:
         """Send ``data`` as one MSG_CHANNEL_DATA packet the fast way; False when this
@@ -154,7 +156,10 @@ def _fast_channel_data(aead_of: Any) -> None:
         gcm = enc._cipher
         sealed = aead_of(gcm).encrypt(gcm._iv, plain, header)
         gcm._update_iv()
-        conn._transport.writelines((header, sealed))
+        if n < JOIN_BELOW:
+            conn._transport.write(header + sealed)  # one small write, not a two-part writev
+        else:
+            conn._transport.writelines((header, sealed))
         seq = conn._send_seq
         conn._send_seq = (seq + 1) & 0xFFFFFFFF
         conn._rekey_bytes_sent += pktlen
@@ -237,49 +242,113 @@ def _fast_channel_data(aead_of: Any) -> None:
         pktlen = int.from_bytes(buf[:4], "big")
         if pktlen > self._max_recv_pktlen:
             raise connection.ProtocolError("Max packet size exceeded")
-        if len(buf) < 4 + pktlen + GCM_TAG:
+        end = 4 + pktlen + GCM_TAG
+        if len(buf) < end:
             return False  # wait for the whole packet, so it is decrypted from one buffer
-        # AES-GCM's length is in the clear: the "first block" handed on is the view from the
-        # packet's start, which decrypt_packet below reads the whole packet from in place
+        enc = self._recv_encryption
+        gcm = enc._cipher
+        try:
+            plain = aead_of(gcm).decrypt(gcm._iv, buf[4:end], buf[:4])
+        except invalid_tag:
+            raise connection.MACError("MAC verification failed") from None
+        gcm._update_iv()
+        if plain[1] == MSG_CHANNEL_DATA and self._auth_complete \
+                and SSHLogger._debug_level < 3:  # (packet logging wants asyncssh's path)
+            self._inpbuf = buf[end:]
+            _channel_data(self, plain)
+            return True
+        # any other packet goes through asyncssh's _recv_packet, which gets this plaintext
+        # from decrypt_packet below; the "first block" it was cut from is the whole view
+        enc._bridged_plain = plain  # type: ignore[attr-defined]
         self._packet = buf
         self._inpbuf = buf[self._recv_blocksize:]
         self._pktlen = pktlen
         self._recv_handler = self._recv_packet
         return True
 
+    def _channel_data(self: Any, plain: bytes) -> None:
+        """What asyncssh's _recv_packet, the channel's _process_data and _finish_recv_packet
+        do with an SSH_MSG_CHANNEL_DATA packet, without building a packet reader for it."""
+        seq = self._recv_seq
+        end = len(plain) - plain[0]  # the padding's length comes first
+        recv_chan = int.from_bytes(plain[2:6], "big")
+        datalen = int.from_bytes(plain[6:10], "big")
+        if end < 10 or 10 + datalen != end:
+            raise connection.ProtocolError("Invalid channel data packet")
+        chan = self._channels.get(recv_chan)
+        if chan is None:
+            raise connection.ProtocolError(f"Invalid channel number {recv_chan} received")
+        if chan._recv_state != "open":
+            raise connection.ProtocolError("Channel not open for sending")
+        if datalen > chan._recv_window:
+            raise connection.ProtocolError("Window exceeded")
+        chan._accept_data(plain[10:end])
+        self._auth_final = True
+        if self._transport:
+            self._recv_seq = (seq + 1) & 0xFFFFFFFF
+
     decrypt_packet = gcm_encryption.decrypt_packet
 
     def _decrypt_packet(self: Any, seq: int, first: Any, rest: Any, header_len: int,
                         mac: Any) -> bytes | None:
-        if type(first) is not memoryview:
+        plain: bytes | None = self.__dict__.pop("_bridged_plain", None)
+        if plain is None:
             return decrypt_packet(self, seq, first, rest, header_len, mac)
-        # the packet is first[:header_len] (its length, authenticated), then the ciphertext
-        # and the tag: the one AES block the header was cut from, ``rest`` and ``mac``
-        end = GCM_BLOCK + len(rest) + len(mac)
-        gcm = self._cipher
-        try:
-            plain: bytes | None = aead_of(gcm).decrypt(gcm._iv, first[header_len:end],
-                                                       first[:header_len])
-        except invalid_tag:
-            plain = None
-        gcm._update_iv()
-        if plain is not None and plain[1] == MSG_CHANNEL_DATA:
-            # asyncssh slices the payload out, then the data out of the payload: as views of
-            # the plaintext, with the one copy made by DataPacket.get_bytes
-            return memoryview(plain)  # type: ignore[return-value]
         return plain
 
-    class DataPacket(connection.SSHPacket):  # type: ignore[misc]
-        """asyncssh's packet reader; what it reads out of a view is handed on as bytes."""
-
-        def get_bytes(self, size: int) -> bytes:
-            value = super().get_bytes(size)
-            return bytes(value) if type(value) is memoryview else value
-
-    connection.SSHPacket = DataPacket  # type: ignore[misc]  # the name _recv_packet uses
     conn_cls.data_received = _data_received  # type: ignore[method-assign]
     conn_cls._recv_pkthdr = _recv_pkthdr  # type: ignore[method-assign]
     gcm_encryption.decrypt_packet = _decrypt_packet  # type: ignore[method-assign]
+
+
+def _less_per_packet() -> None:
+    """Item 4: work asyncssh does for every packet whose result nobody reads."""
+    from asyncssh import connection, packet
+    from asyncssh import logging as ssh_logging
+
+    ssh_logger = ssh_logging.SSHLogger
+    log_packet = packet.SSHPacketLogger._log_packet
+
+    def _log_packet(self: Any, *args: Any) -> None:
+        # it formats a packet's name and size, then hands them to logger.packet, which
+        # drops them below debug level 3
+        if ssh_logger._debug_level >= 3:
+            log_packet(self, *args)
+
+    ssh_log = ssh_logger.log
+
+    def _log(self: Any, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        # it turns every argument into text before the logger is asked whether the level is
+        # on (asyncssh's INFO lines per channel, which bridged's logging does not show)
+        if self.isEnabledFor(level):
+            ssh_log(self, level, msg, *args, **kwargs)
+
+    # The keepalive timer is due ``keepalive_interval`` after the last packet received;
+    # asyncssh cancels it and makes a new one for every read. Instead the read time is noted,
+    # and a timer that fires early is set again for the rest.
+    conn_cls = connection.SSHConnection
+    keepalive_callback = conn_cls._keepalive_timer_callback
+
+    def _reset_keepalive_timer(self: Any) -> None:
+        if self._auth_complete:
+            self._bridged_read_at = self._loop.time()
+            if self._keepalive_timer is None:
+                self._set_keepalive_timer()
+
+    def _keepalive_timer_callback(self: Any) -> None:
+        interval = self._keepalive_interval
+        if interval:
+            rest = self.__dict__.get("_bridged_read_at", 0.0) + interval - self._loop.time()
+            if rest > 0:
+                self._keepalive_timer = self._loop.call_later(
+                    rest, self._keepalive_timer_callback)
+                return
+        keepalive_callback(self)
+
+    packet.SSHPacketLogger._log_packet = _log_packet  # type: ignore[method-assign, assignment]
+    ssh_logger.log = _log  # type: ignore[method-assign]
+    conn_cls._reset_keepalive_timer = _reset_keepalive_timer  # type: ignore[method-assign]
+    conn_cls._keepalive_timer_callback = _keepalive_timer_callback  # type: ignore[method-assign]
 
 
 def _keep_eof_before_close() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -238,3 +239,61 @@ async def test_stock_client_and_patched_server_move_every_byte_through_rekeys(
         await server.wait_closed()
     assert proc.returncode == 0
     assert json.loads(out)["sha256"] == _expected(seed)
+
+
+async def test_keepalives_wait_for_a_quiet_connection_and_then_come(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The keepalive timer is noted, not remade, per packet read: while packets arrive no
+    keepalive is sent; once they stop, one goes out an interval after the last read."""
+    interval = 0.25
+    caplog.set_level(logging.DEBUG, logger="asyncssh")
+    sent: list[float] = []
+    loop = asyncio.get_running_loop()
+    quiet_keepalive = asyncio.Event()
+
+    class Seen(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "Sending keepalive request" in record.getMessage():
+                sent.append(loop.time())
+                quiet_keepalive.set()
+
+    host_key = asyncssh.generate_private_key("ssh-ed25519")
+    client_key = asyncssh.generate_private_key("ssh-ed25519")
+
+    async def echo(reader: asyncssh.SSHReader[bytes], writer: asyncssh.SSHWriter[bytes]) -> None:
+        while data := await reader.read(1 << 16):
+            writer.write(data)
+        writer.close()
+
+    class Server(asyncssh.SSHServer):  # type: ignore[misc]
+        def connection_requested(self, *args: object) -> object:
+            return echo
+
+    handler = Seen()
+    logging.getLogger("asyncssh").addHandler(handler)
+    server = await asyncssh.listen(
+        "127.0.0.1", 0, server_factory=Server, server_host_keys=[host_key],
+        authorized_client_keys=asyncssh.import_authorized_keys(
+            client_key.export_public_key().decode()), encoding=None)
+    try:
+        async with asyncssh.connect(
+                "127.0.0.1", server.get_port(), username="t", client_keys=[client_key],
+                known_hosts=None, agent_path=None, config=None,
+                keepalive_interval=interval, keepalive_count_max=3) as conn:
+            reader, writer = await conn.open_connection("x", 1, encoding=None)
+            busy_until = loop.time() + 6 * interval
+            while True:  # a packet read every fifth of the interval
+                writer.write(b"ping")
+                assert await reader.readexactly(4) == b"ping"
+                last_read = loop.time()
+                if last_read > busy_until:
+                    break
+                await asyncio.sleep(interval / 5)
+            assert sent == [], "a keepalive went out while packets were arriving"
+            await asyncio.wait_for(quiet_keepalive.wait(), 10 * interval)
+            assert sent[0] >= last_read + interval * 0.9
+            writer.close()
+    finally:
+        logging.getLogger("asyncssh").removeHandler(handler)
+        server.close()
+        await server.wait_closed()
