@@ -306,12 +306,12 @@ class HttpPortListener(PortListener):
 
     def _mirror_targets(self, head: RequestHead) -> list[str]:
         """The live mirror intercepts of this port that want a copy of this request."""
-        holdings = self.relay.table.at_port(self.intercepted)
+        holdings = self.relay.table.mirrors_at(self.intercepted)
         if not holdings:
             return []
         now = (self.router.loop or asyncio.get_running_loop()).time()
         return [h.claim.id for h in holdings
-                if h.claim.mirror and self._copies_here(h.claim) and h.rule is not None
+                if self._copies_here(h.claim) and h.rule is not None
                 and h.expires_at > now and h.rule.matches(head)]
 
     def _control_of(self, intercept_id: str) -> Any:

@@ -64,7 +64,8 @@ class RequestHead:
 
     def value(self, name: str) -> str | None:
         """What a header matcher sees: the values joined by ``,`` (None: not sent)."""
-        values = self.values(name)
+        lname = name.lower()  # (values(), inlined: routing calls this for every request)
+        values = [v.strip(OWS) for n, v in self.headers if n.lower() == lname]
         if not values:
             return None
         return values[0] if len(values) == 1 else ",".join(values)

@@ -52,6 +52,7 @@ class InterceptTable:
         #: each port's holdings, kept until a holding comes or goes: the router asks for
         #: them on every request, the table changes when a developer comes or goes
         self._ports: dict[int, tuple[Holding, ...]] = {}
+        self._mirrors: dict[int, tuple[Holding, ...]] = {}  # the same, mirrors only
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -71,6 +72,18 @@ class InterceptTable:
         if held is None:
             held = self._ports[port] = tuple(h for h in self._by_id.values() if h.port == port)
         return held
+
+    def mirrors_at(self, port: int) -> tuple[Holding, ...]:
+        """The mirror intercepts of ``port`` (usually none: the router asks per request)."""
+        held = self._mirrors.get(port)
+        if held is None:
+            held = self._mirrors[port] = tuple(h for h in self.at_port(port) if h.claim.mirror)
+        return held
+
+    def _changed(self) -> None:
+        """A holding came or went: the ports' lists are made again when next asked for."""
+        self._ports.clear()
+        self._mirrors.clear()
 
     def claim(
         self, session: str, claim: InterceptClaim, *, now: float, ttl: float,
@@ -112,14 +125,14 @@ class InterceptTable:
             self._next_order += 1
         holding = Holding(claim, session, now + ttl, owner, rule, resume)
         self._by_id[claim.id] = holding
-        self._ports.clear()
+        self._changed()
         return holding, displaced
 
     def release(self, session: str, intercept_id: str) -> Holding | None:
         holding = self._by_id.get(intercept_id)
         if holding is None or holding.session != session:
             return None
-        self._ports.clear()
+        self._changed()
         return self._by_id.pop(intercept_id)
 
     def renew(self, session: str, ids: tuple[str, ...], *, now: float, ttl: float) -> list[str]:
@@ -145,7 +158,7 @@ class InterceptTable:
                 h.expires_at = min(h.expires_at, now)
             else:
                 del self._by_id[h.claim.id]
-                self._ports.clear()
+                self._changed()
         return gone
 
     def expire(self, now: float) -> list[Holding]:
@@ -153,7 +166,7 @@ class InterceptTable:
         gone = [h for h in self._by_id.values() if h.released_at <= now]
         for h in gone:
             del self._by_id[h.claim.id]
-            self._ports.clear()
+            self._changed()
         return gone
 
     def rules(self, port: int, now: float) -> list[Rule]:

@@ -261,6 +261,15 @@ def test_intercept_table(script):
     for number, (action, args, expected) in enumerate(script, 1):
         got = ACTIONS[action](table, *args)
         assert got == expected, f"step {number}: {action} {args}: got {got!r}"
+        _ports_agree(table)
+
+
+def _ports_agree(table: InterceptTable) -> None:
+    """What the table keeps per port (read by the router per request) is what it holds."""
+    for port in {80, 81, 443, *(h.port for h in table.holdings())}:
+        assert table.at_port(port) == tuple(h for h in table.holdings() if h.port == port)
+        assert table.mirrors_at(port) == tuple(h for h in table.holdings()
+                                               if h.port == port and h.claim.mirror)
 
 
 def test_claim_returns_the_new_holding():
@@ -332,3 +341,23 @@ def test_a_renewal_after_the_lease_lapsed_reports_the_intercept_lost_and_it_is_t
     holding, _ = table.claim("s1", tcp("a", 80), now=lapsed, ttl=TTL, owner="SHA256:alice",
                              resume=3600.0)
     assert table.route_port(80, lapsed) is holding
+
+
+def test_the_ports_lists_follow_every_change():
+    """The router reads a port's holdings (and its mirrors) per request from what the table
+    keeps; every claim, release, drop and expiry changes them at once."""
+    table = InterceptTable()
+    assert table.at_port(80) == () and table.mirrors_at(80) == ()
+    table.claim("s1", InterceptClaim("m1", 80, mode="http", mirror=True), now=0, ttl=TTL)
+    table.claim("s2", http("bob", 80), now=0, ttl=TTL)
+    assert [h.claim.id for h in table.at_port(80)] == ["m1", "bob"]
+    assert [h.claim.id for h in table.mirrors_at(80)] == ["m1"]
+    table.release("s1", "m1")
+    assert [h.claim.id for h in table.at_port(80)] == ["bob"] and table.mirrors_at(80) == ()
+    table.claim("s3", InterceptClaim("m2", 80, mode="http", mirror=True), now=1, ttl=TTL)
+    assert [h.claim.id for h in table.mirrors_at(80)] == ["m2"]
+    table.drop_session("s3")
+    assert table.mirrors_at(80) == ()
+    table.expire(TTL + 1)
+    assert table.at_port(80) == ()
+    _ports_agree(table)

@@ -60,6 +60,9 @@ SNIFFING, HTTP, HELD, PASSING, SPLICED, H2, CLOSING = (
 #: the lengths of the request fields the router reads itself
 _FRAMING_LENGTHS = frozenset(len(n) for n in (b"content-length", b"transfer-encoding",
                                               PROBE_HEADER))
+#: the usual methods' names as text, made once
+_METHODS = {m: m.decode() for m in (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"PATCH",
+                                    b"OPTIONS")}
 _HOP_BY_HOP = frozenset((b"connection", b"upgrade", b"http2-settings", b"host", b"keep-alive",
                          b"proxy-connection", b"transfer-encoding"))
 
@@ -425,9 +428,12 @@ class Downstream(asyncio.Protocol):
             self._refuse_after(503, f"bridged: more than {MAX_PIPELINED} pipelined requests "
                                     "waiting; send the rest again")
             return
-        r.keep_alive = self.parser.should_keep_alive()
-        r.upgrade = self.parser.should_upgrade()
-        r.head = RequestHead(method.decode("latin-1"), origin_form(r.url).decode("latin-1"),
+        parser = self.parser
+        r.keep_alive = parser.should_keep_alive()
+        r.upgrade = parser.should_upgrade()
+        url = r.url
+        r.head = RequestHead(_METHODS.get(method) or method.decode("latin-1"),
+                             (url if url[:1] == b"/" else origin_form(url)).decode("latin-1"),
                              [(n.decode("latin-1"), v.decode("latin-1")) for n, v in r.headers])
         if r.upgrade:
             if r.chunked:
@@ -437,8 +443,8 @@ class Downstream(asyncio.Protocol):
                 return
             r.body_left = int(length) if lengths else 0  # (llhttp checked its digits)
             self.upgrading = r
-        version = self.parser.get_http_version()
-        r.head_bytes = serialize_head(method, r.url, version, r.headers)
+        version = parser.get_http_version()
+        r.head_bytes = serialize_head(method, url, version, r.headers)
         r.out.append(r.head_bytes)
         mirror = self.router.mirror
         if mirror is not None and not r.upgrade:
