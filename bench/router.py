@@ -8,7 +8,9 @@ Columns, all on 127.0.0.1, all hit with the same wrk load:
            request of the load is unmatched) → origin
 
 Prints a table; with ``--json`` one JSON object on the last line (``rps_ratio_vs_nginx``,
-``added_p50_ms``, ...). A benchmark, not a test: targets are reported, never asserted.
+``added_p50_ms``, ``relay_cpu_us_per_request``, ...). A benchmark, not a test: targets are
+reported, never asserted. One relay process reaches the target (bench/README.md says where its
+time goes, and how worker processes would be built for a pod given more cores).
 
     .venv/bin/python bench/router.py [--quick] [--json] [--profile DIR]
 """
