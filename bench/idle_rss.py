@@ -11,7 +11,11 @@ interpreter of their own, reading ``VmRSS`` after each: the RSS each package add
 in with it counts for it), and its cumulative import time. (The traced run's own RSS is not the
 figure: tracing costs nothing in RSS, but the numbers printed first come from an untraced run.)
 
-    .venv/bin/python bench/idle_rss.py [--json] [--imports [--top N]]
+``--pod``: the relay alone, started as its pod starts it (``tests/pod_relay.py``: the
+Deployment's arguments — host key in a Secret, the keys' Secret watched, ``--redirect-services``
+— as its service account, against the stand-in API server), idle once its key watch is open.
+
+    .venv/bin/python bench/idle_rss.py [--json] [--pod] [--imports [--top N]]
 
 ``--json`` prints one JSON object on the last line:
 ``{"daemon_rss_idle_mib": ..., "relay_rss_idle_mib": ...}`` (and ``imports`` with ``--imports``).
@@ -107,6 +111,28 @@ async def measure(workdir: Path, env: dict[str, str]) -> dict[str, Any]:
         os.environ.clear()
         os.environ.update(saved)
     return {"rss": rss, "logs": {"daemon": daemon.log_path, "relay": relay.log_path}}
+
+
+async def measure_pod(workdir: Path, env: dict[str, str]) -> dict[str, Any]:
+    """The relay as its pod runs it (see ``--pod``), at rest: RSS and the log path."""
+    from tests.kube.apiserver import KubeApiServer
+    from tests.pod_relay import NS, start_pod_relay, stop
+
+    async with KubeApiServer(namespaces=[NS]) as api:
+        proc, _ = await start_pod_relay(api, workdir, env)
+        try:
+            log_path = workdir / "relay.log"
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 30
+            while "(list" not in log_path.read_text(errors="replace"):  # the keys were read
+                if loop.time() > deadline:
+                    raise RuntimeError("the relay's key watch did not start")
+                await asyncio.sleep(0.1)
+            await until_idle([proc.pid])
+            rss = {"relay": rss_mib(proc.pid)}
+        finally:
+            await stop(proc)
+    return {"rss": rss, "logs": {"relay": log_path}}
 
 
 def imported(log: Path) -> list[tuple[str, int]]:
@@ -205,16 +231,20 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--imports", action="store_true",
                         help="also the RSS each top-level import adds, per process")
+    parser.add_argument("--pod", action="store_true",
+                        help="the relay alone, as its pod runs it (against a stand-in API)")
     parser.add_argument("--top", type=int, default=15)
     args = parser.parse_args()
+    run = measure_pod if args.pod else measure
     with tempfile.TemporaryDirectory() as tmp:
-        plain = asyncio.run(measure(Path(tmp) / "plain", {}))
+        plain = asyncio.run(run(Path(tmp) / "plain", {}))
         result: dict[str, Any] = {f"{k}_rss_idle_mib": round(v, 1)
                                   for k, v in plain["rss"].items()}
         for k, v in plain["rss"].items():
-            print(f"{k:<7} idle VmRSS {v:6.1f} MiB (goal ≤ {GOALS_MIB[k]:.0f})")
+            print(f"{k:<7} idle VmRSS {v:6.1f} MiB (goal ≤ {GOALS_MIB[k]:.0f})"
+                  + (" — as its pod runs it" if args.pod else ""))
         if args.imports:
-            traced = asyncio.run(measure(Path(tmp) / "traced", {"PYTHONPROFILEIMPORTTIME": "1"}))
+            traced = asyncio.run(run(Path(tmp) / "traced", {"PYTHONPROFILEIMPORTTIME": "1"}))
             costs = {k: import_costs(log) for k, log in traced["logs"].items()}
             for k, c in costs.items():
                 print_costs(k, c, args.top)

@@ -20,13 +20,12 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable
+from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any
 
 import aiohttp
-from kubernetes_asyncio.client.exceptions import ApiException
 
-from .client import Kube, rest
+from .client import KubeAPI, KubeApiError, rest, watch
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +51,7 @@ class Gone(Exception):
     """The watch's resourceVersion is older than the API server's event window (410)."""
 
 
-async def follow_secret(kube: Kube, name: str, apply: Apply, unavailable: Callable[[str], None],
+async def follow_secret(kube: KubeAPI, name: str, apply: Apply, unavailable: Callable[[str], None],
                         settings: KeyWatchSettings = KeyWatchSettings()) -> None:
     """List then watch Secret ``name`` forever, calling ``apply`` with each new state and
     ``unavailable`` (with the reason, one line) when it cannot be read. Cancel to stop."""
@@ -69,7 +68,7 @@ async def follow_secret(kube: Kube, name: str, apply: Apply, unavailable: Callab
         except Gone:
             log.info("watch of Secret %s expired (410 Gone): reading it again", name)
             continue
-        except ApiException as exc:
+        except KubeApiError as exc:
             unavailable(f"cannot read Secret {name} through the API: {_reason(exc)}")
         except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
             unavailable(f"lost the watch of Secret {name}: {exc or type(exc).__name__}")
@@ -81,7 +80,7 @@ def _selector(name: str) -> str:
     return f"metadata.name={name}"
 
 
-async def _list(kube: Kube, name: str, apply: Apply) -> str:
+async def _list(kube: KubeAPI, name: str, apply: Apply) -> str:
     found = await rest(kube, "GET", f"/api/v1/namespaces/{kube.namespace}/secrets",
                        query={"fieldSelector": _selector(name)})
     items = found.get("items") or []
@@ -90,44 +89,35 @@ async def _list(kube: Kube, name: str, apply: Apply) -> str:
     return version
 
 
-async def _watch(kube: Kube, name: str, version: str, apply: Apply,
+async def _watch(kube: KubeAPI, name: str, version: str, apply: Apply,
                  settings: KeyWatchSettings) -> str:
     """One watch stream, until the server ends it; returns the last resourceVersion seen."""
+    events = watch(kube, f"/api/v1/namespaces/{kube.namespace}/secrets",
+                   {"fieldSelector": _selector(name), "resourceVersion": version,
+                    "allowWatchBookmarks": "true",
+                    "timeoutSeconds": str(settings.watch_seconds)},
+                   settings.watch_seconds + settings.stream_grace_seconds)
     try:
-        response = await kube.api.call_api(
-            f"/api/v1/namespaces/{kube.namespace}/secrets", "GET",
-            query_params=[("fieldSelector", _selector(name)), ("watch", "true"),
-                          ("resourceVersion", version), ("allowWatchBookmarks", "true"),
-                          ("timeoutSeconds", str(settings.watch_seconds))],
-            header_params={"Accept": "application/json"}, auth_settings=["BearerToken"],
-            _preload_content=False,
-            _request_timeout=settings.watch_seconds + settings.stream_grace_seconds,
-        )
-    except ApiException as exc:
+        async with aclosing(events):  # (a stream left early is closed now, not when collected)
+            async for event in events:
+                kind, obj = event.get("type"), event.get("object") or {}
+                if kind == "ERROR":  # its object is a Status
+                    if obj.get("code") == 410:
+                        raise Gone()
+                    raise KubeApiError(int(obj.get("code") or 500), str(obj.get("reason") or ""),
+                                       json.dumps(obj))
+                # a BOOKMARK carries only the version: where to resume from
+                version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
+                if kind in ("ADDED", "MODIFIED"):
+                    apply(dict(obj.get("data") or {}), version, "watch")
+                elif kind == "DELETED":
+                    apply({}, version, "watch")
+    except KubeApiError as exc:
         if exc.status == 410:  # some servers refuse a too-old version before streaming
             raise Gone() from None
         raise
-    try:
-        while line := await response.content.readline():
-            event: dict[str, Any] = json.loads(line)
-            kind, obj = event.get("type"), event.get("object") or {}
-            if kind == "ERROR":
-                if obj.get("code") == 410:
-                    raise Gone()
-                raise ApiException(status=obj.get("code"), reason=obj.get("message"))
-            version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
-            if kind in ("ADDED", "MODIFIED"):
-                apply(dict(obj.get("data") or {}), version, "watch")
-            elif kind == "DELETED":
-                apply({}, version, "watch")
-        return version
-    finally:
-        response.release()
+    return version
 
 
-def _reason(exc: ApiException) -> str:
-    try:
-        message = json.loads(exc.body or "{}").get("message")
-    except (ValueError, AttributeError):
-        message = None
-    return f"{exc.status} {message or exc.reason}"
+def _reason(exc: KubeApiError) -> str:
+    return f"{exc.status} {exc.status_message or exc.reason}"

@@ -13,14 +13,12 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from kubernetes_asyncio.client.exceptions import ApiException
-
 from ..config import format_host_port
 from ..errors import KubeError, RefusedError
 from ..redirect import REDIRECT_OF, cilium, gateway
 from ..redirect import takeover as plan
 from . import manifests as m
-from .client import Kube, rest, translate
+from .client import KubeAPI, KubeApiError, rest, translate
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +32,12 @@ OWNER_ANNOTATION = "bridged.dev/taken-over-by"
 INSTANCE = secrets.token_hex(8)
 
 
-def _path(kube: Kube, group: str, version: str, plural: str, name: str = "") -> str:
+def _path(kube: KubeAPI, group: str, version: str, plural: str, name: str = "") -> str:
     base = f"/apis/{group}/{version}" if group else f"/api/{version}"
     return f"{base}/namespaces/{kube.namespace}/{plural}" + (f"/{name}" if name else "")
 
 
-def _services(kube: Kube, name: str = "") -> str:
+def _services(kube: KubeAPI, name: str = "") -> str:
     return _path(kube, "", "v1", "services", name)
 
 
@@ -59,7 +57,7 @@ MISSING_CRD = {
 }
 
 
-async def apply_object(kube: Kube, kind: tuple[str, str, str, str],
+async def apply_object(kube: KubeAPI, kind: tuple[str, str, str, str],
                        obj: dict[str, Any]) -> dict[str, Any]:
     """Create ``obj``, or replace the one of that name if it is bridged's."""
     group, version, plural, what = kind
@@ -67,14 +65,14 @@ async def apply_object(kube: Kube, kind: tuple[str, str, str, str],
     for _ in range(ATTEMPTS):
         try:
             return await rest(kube, "POST", _path(kube, group, version, plural), obj)
-        except ApiException as exc:
+        except KubeApiError as exc:
             if exc.status == 404 and what in MISSING_CRD:
                 raise RefusedError(f"{MISSING_CRD[what]}: use --via takeover") from None
             if exc.status != 409:
                 raise translate(exc, f"cannot create {what} {name}") from exc
         try:
             current = await rest(kube, "GET", _path(kube, group, version, plural, name))
-        except ApiException as exc:
+        except KubeApiError as exc:
             if exc.status == 404:
                 continue  # deleted meanwhile: create it again
             raise translate(exc, f"cannot read {what} {name}") from exc
@@ -87,13 +85,13 @@ async def apply_object(kube: Kube, kind: tuple[str, str, str, str],
                            "clusterIPs": current["spec"].get("clusterIPs")}
         try:
             return await rest(kube, "PUT", _path(kube, group, version, plural, name), new)
-        except ApiException as exc:
+        except KubeApiError as exc:
             if exc.status not in (404, 409):
                 raise translate(exc, f"cannot update {what} {name}") from exc
     raise KubeError(f"{what} {name} kept changing under us; try again")
 
 
-async def delete_owned(kube: Kube, kind: tuple[str, str, str, str], service: str | None,
+async def delete_owned(kube: KubeAPI, kind: tuple[str, str, str, str], service: str | None,
                        keep: frozenset[str] = frozenset()) -> list[str]:
     """Delete what bridged made of ``kind`` for ``service`` (every Service if None), but the
     names in ``keep``. A kind the cluster does not serve has nothing to delete, nor one we
@@ -104,7 +102,7 @@ async def delete_owned(kube: Kube, kind: tuple[str, str, str, str], service: str
     try:
         items = (await rest(kube, "GET", _path(kube, group, version, plural),
                             query={"labelSelector": selector}))["items"]
-    except ApiException as exc:
+    except KubeApiError as exc:
         if exc.status == 403:
             log.warning("may not list %ss (HTTP 403): none removed", what)
         if exc.status in (403, 404):
@@ -119,21 +117,21 @@ async def delete_owned(kube: Kube, kind: tuple[str, str, str, str], service: str
     return deleted
 
 
-async def read_service(kube: Kube, name: str) -> dict[str, Any]:
+async def read_service(kube: KubeAPI, name: str) -> dict[str, Any]:
     try:
         return await rest(kube, "GET", _services(kube, name))
-    except ApiException as exc:
+    except KubeApiError as exc:
         if exc.status == 404:
             raise KubeError(f"Service {name} not found in namespace {kube.namespace}",
                             hint="bridged services lists them") from None
         raise translate(exc, f"cannot read Service {name}") from exc
 
 
-async def _delete(kube: Kube, path: str, what: str) -> bool:
+async def _delete(kube: KubeAPI, path: str, what: str) -> bool:
     try:
         await rest(kube, "DELETE", path)
         return True
-    except ApiException as exc:
+    except KubeApiError as exc:
         if exc.status == 404:
             return False
         raise translate(exc, f"cannot delete {what}") from exc
@@ -145,7 +143,7 @@ class InterceptTarget(NamedTuple):
     app_protocol: str  # the port's appProtocol ("" if none)
 
 
-async def resolve_intercept(kube: Kube, service: str, port: str, via: str,
+async def resolve_intercept(kube: KubeAPI, service: str, port: str, via: str,
                             protocol: str = "") -> InterceptTarget:
     """The Service port an intercept names by number, by name or, for a Service with one
     port, not at all; the strategy ``auto`` stands for (``protocol``: what the intercept says
@@ -176,12 +174,12 @@ async def resolve_intercept(kube: Kube, service: str, port: str, via: str,
     return InterceptTarget(int(chosen[0]["port"]), via, str(chosen[0].get("appProtocol") or ""))
 
 
-async def gateway_api_present(kube: Kube, plural: str = gateway.PLURAL) -> bool:
+async def gateway_api_present(kube: KubeAPI, plural: str = gateway.PLURAL) -> bool:
     """Whether the cluster serves that route kind (HTTPRoutes, GRPCRoutes: the Gateway API's
     CRDs are installed)."""
     try:
         found = await rest(kube, "GET", "/apis/gateway.networking.k8s.io/v1")
-    except ApiException as exc:
+    except KubeApiError as exc:
         if exc.status in (404, 403):
             return False
         raise translate(exc, "cannot ask whether the Gateway API is installed") from exc
@@ -216,7 +214,7 @@ class Restored:
         return f"Service {self.service} restored"
 
 
-async def take_over(kube: Kube, name: str, relay_selector: Mapping[str, str],
+async def take_over(kube: KubeAPI, name: str, relay_selector: Mapping[str, str],
                     relay_ports: Any, shadow_ready: Any = None) -> TakenOver:
     """Point Service ``name`` at the relay. ``relay_ports(service)`` gives the relay port for
     every port of the Service as read (the relay starts its listeners there);
@@ -244,7 +242,7 @@ async def take_over(kube: Kube, name: str, relay_selector: Mapping[str, str],
             raise
         try:
             await rest(kube, "PUT", _services(kube, name), new)
-        except ApiException as exc:
+        except KubeApiError as exc:
             if exc.status == 409:
                 continue  # changed since we read it: plan again
             await _delete(kube, _services(kube, record.shadow), f"Service {record.shadow}")
@@ -256,11 +254,11 @@ async def take_over(kube: Kube, name: str, relay_selector: Mapping[str, str],
     raise KubeError(f"Service {name} kept changing under us; try again")
 
 
-async def ensure_shadow(kube: Kube, shadow: dict[str, Any]) -> dict[str, Any]:
+async def ensure_shadow(kube: KubeAPI, shadow: dict[str, Any]) -> dict[str, Any]:
     name = shadow["metadata"]["name"]
     try:
         return await rest(kube, "POST", _services(kube), shadow)
-    except ApiException as exc:
+    except KubeApiError as exc:
         if exc.status != 409:
             raise translate(exc, f"cannot create the shadow Service {name}") from exc
     current = await rest(kube, "GET", _services(kube, name))
@@ -271,11 +269,11 @@ async def ensure_shadow(kube: Kube, shadow: dict[str, Any]) -> dict[str, Any]:
     current["spec"]["ports"] = shadow["spec"]["ports"]
     try:
         return await rest(kube, "PUT", _services(kube, name), current)
-    except ApiException as exc:
+    except KubeApiError as exc:
         raise translate(exc, f"cannot update the shadow Service {name}") from exc
 
 
-async def restore(kube: Kube, name: str, record: plan.Record | None = None,
+async def restore(kube: KubeAPI, name: str, record: plan.Record | None = None,
                   drained: Callable[[], Awaitable[None]] | None = None, *,
                   attempts: int = ATTEMPTS) -> Restored:
     """Undo the takeover of Service ``name``: from the record in its annotation, or ``record``
@@ -288,7 +286,7 @@ async def restore(kube: Kube, name: str, record: plan.Record | None = None,
     for _ in range(attempts):
         try:
             current = await rest(kube, "GET", _services(kube, name))
-        except ApiException as exc:
+        except KubeApiError as exc:
             if exc.status != 404:
                 raise translate(exc, f"cannot read Service {name}") from exc
             if record is not None:
@@ -313,7 +311,7 @@ async def restore(kube: Kube, name: str, record: plan.Record | None = None,
         if new != current:
             try:
                 await rest(kube, "PUT", _services(kube, name), new)
-            except ApiException as exc:
+            except KubeApiError as exc:
                 if exc.status == 409:
                     continue
                 raise translate(exc, f"cannot restore Service {name}") from exc
@@ -327,24 +325,24 @@ async def restore(kube: Kube, name: str, record: plan.Record | None = None,
     raise KubeError(f"Service {name} kept changing under us; try again")
 
 
-async def _taken_over_again(kube: Kube, name: str) -> bool:
+async def _taken_over_again(kube: KubeAPI, name: str) -> bool:
     """Whether Service ``name`` carries a takeover again (a new relay's, made while this one
     waited for the restore to take effect): its shadow, same name, is in use again."""
     try:
         current = await rest(kube, "GET", _services(kube, name))
-    except ApiException as exc:
+    except KubeApiError as exc:
         if exc.status == 404:
             return False
         raise translate(exc, f"cannot read Service {name}") from exc
     return plan.ANNOTATION in (current["metadata"].get("annotations") or {})
 
 
-async def restore_stale(kube: Kube) -> list[Restored]:
+async def restore_stale(kube: KubeAPI) -> list[Restored]:
     """Undo every takeover in the namespace, and remove shadows whose takeover is gone: what a
     relay does when it starts (it holds no lease yet) and ``bridged clean`` does."""
     try:
         items = (await rest(kube, "GET", _services(kube)))["items"]
-    except ApiException as exc:
+    except KubeApiError as exc:
         raise translate(exc, "cannot list Services") from exc
     done = []
     for service in items:
@@ -369,7 +367,7 @@ async def restore_stale(kube: Kube) -> list[Restored]:
 NOT_ACCEPTED = "no mesh accepted"
 
 
-async def wait_accepted(kube: Kube, route: dict[str, Any], within: float) -> None:
+async def wait_accepted(kube: KubeAPI, route: dict[str, Any], within: float) -> None:
     """Wait until some controller (a GAMMA mesh) accepted ``route`` (an HTTPRoute or a
     GRPCRoute) for its parent Service; :class:`RefusedError` if none did within ``within``
     seconds — a cluster may serve routes for ingress only, and then nothing would ever send
@@ -383,7 +381,7 @@ async def wait_accepted(kube: Kube, route: dict[str, Any], within: float) -> Non
     while True:
         try:
             current = await rest(kube, "GET", path)
-        except ApiException as exc:
+        except KubeApiError as exc:
             raise translate(exc, f"cannot read {what} {name}") from exc
         for parent in (current.get("status") or {}).get("parents") or []:
             ref = parent.get("parentRef") or {}
@@ -399,7 +397,7 @@ async def wait_accepted(kube: Kube, route: dict[str, Any], within: float) -> Non
         await asyncio.sleep(0.5)
 
 
-async def remove_routes(kube: Kube, service: str | None = None) -> list[str]:
+async def remove_routes(kube: KubeAPI, service: str | None = None) -> list[str]:
     """Undo the gateway and cilium strategies for ``service`` (every Service if None): their
     routes first (traffic goes back to the Service's pods), then the backend Services."""
     removed = []
@@ -411,7 +409,7 @@ async def remove_routes(kube: Kube, service: str | None = None) -> list[str]:
     if service is not None:  # its shadow, unless a takeover uses it
         try:
             current = await rest(kube, "GET", _services(kube, service))
-        except ApiException:
+        except KubeApiError:
             current = {"metadata": {}}
         if plan.ANNOTATION not in (current["metadata"].get("annotations") or {}):
             shadow = plan.shadow_name(service)
@@ -420,18 +418,18 @@ async def remove_routes(kube: Kube, service: str | None = None) -> list[str]:
     return removed
 
 
-async def _owned_backends(kube: Kube, service: str | None) -> list[str]:
+async def _owned_backends(kube: KubeAPI, service: str | None) -> list[str]:
     selector = f"{m.MANAGED_BY}=bridged,{gateway.INTERCEPT_LABEL}" + \
         (f",{REDIRECT_OF}={service}" if service else "")
     try:
         items = (await rest(kube, "GET", _services(kube),
                             query={"labelSelector": selector}))["items"]
-    except ApiException as exc:
+    except KubeApiError as exc:
         raise translate(exc, "cannot list Services") from exc
     return [o["metadata"]["name"] for o in items]
 
 
-async def sync_backends(kube: Kube, service: str, wanted: list[dict[str, Any]]) -> None:
+async def sync_backends(kube: KubeAPI, service: str, wanted: list[dict[str, Any]]) -> None:
     """Make the backend Services of ``service`` exactly ``wanted``."""
     for backend in wanted:
         await apply_object(kube, SERVICES, backend)
@@ -445,7 +443,7 @@ async def sync_backends(kube: Kube, service: str, wanted: list[dict[str, Any]]) 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 
 
-async def wait_endpoints(kube: Kube, service: str, service_port: int, relay_port: int,
+async def wait_endpoints(kube: KubeAPI, service: str, service_port: int, relay_port: int,
                          within: float, *, gone: bool = False) -> str | None:
     """Wait until the EndpointSlices of ``service`` send its port ``service_port`` to the
     relay's port only — what kube-proxy programs from (a whole-port TCP intercept's signal:
@@ -466,7 +464,7 @@ async def wait_endpoints(kube: Kube, service: str, service_port: int, relay_port
         try:
             slices = (await rest(kube, "GET", path, query={
                 "labelSelector": f"{SERVICE_NAME_LABEL}={service}"}))["items"]
-        except ApiException as exc:
+        except KubeApiError as exc:
             if exc.status in (403, 404):
                 log.warning("cannot read the EndpointSlices of Service %s (HTTP %d): its "
                             "redirect is answered without waiting for kube-proxy",

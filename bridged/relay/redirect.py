@@ -37,9 +37,9 @@ from ..redirect import RouteRefused, cilium, gateway
 from ..redirect.takeover import Record, shadow_service
 from .probe import NotLive, Probes, ProbeSettings, connects, connects_within, until_live
 
-# The methods import ..kube.redirects (as ``ops``) themselves: it brings the Kubernetes client,
-# ≈ 35 MiB of RSS that a relay without Kubernetes access (local runs, the tests) would carry for
-# nothing. A Redirector is made only with that access.
+# The methods import ..kube.redirects (as ``ops``) themselves: a relay without Kubernetes access
+# (local runs, the tests) needs none of it. A Redirector is made only with that access, and its
+# client is the relay's small one (..kube.lite), not kubernetes-asyncio (≈ 40 MiB of RSS).
 
 log = logging.getLogger(__name__)
 
