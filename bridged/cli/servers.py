@@ -176,7 +176,7 @@ def daemon(*, ready_fd: int | None, keepalive_seconds: float, redact_header: lis
            capture_mib: int, log_level: str, log_format: str) -> None:
     """Run the daemon in the foreground (other commands start it when needed)."""
     from ..daemon.app import Daemon, DaemonSettings
-    from ..runtime import run, setup_logging
+    from ..runtime import run, settle, setup_logging
 
     setup_logging(log_level, log_format)
 
@@ -184,6 +184,7 @@ def daemon(*, ready_fd: int | None, keepalive_seconds: float, redact_header: lis
         if ready_fd is not None:
             os.write(ready_fd, b"ready\n")
             os.close(ready_fd)
+        settle()  # (what starting took is not held while idle)
 
     tunnel = replace(TunnelSettings(), keepalive_seconds=_positive(keepalive_seconds))
 
