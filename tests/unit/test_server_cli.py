@@ -100,3 +100,18 @@ def test_server_commands_do_not_import_typer(command: str) -> None:
     out = subprocess.run([sys.executable, "-c", _PROBE, command], cwd=ROOT, capture_output=True,
                          text=True, timeout=60, check=True)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def test_the_shipped_command_lines_parse() -> None:
+    """The Deployment's args and the image's default CMD are relay command lines."""
+    import re
+
+    from bridged.kube import manifests
+
+    (container,) = manifests.deployment("ns")["spec"]["template"]["spec"]["containers"]
+    args = servers.parser("relay").parse_args(container["args"])
+    assert args.redirect_services is True and args.host_key_secret
+    cmd = re.search(r"CMD \[(.*?)\]", (ROOT / "Dockerfile").read_text(), re.S)
+    assert cmd is not None
+    default = json.loads("[" + cmd.group(1).replace("\\\n", "") + "]")
+    assert servers.parser("relay").parse_args(default).http_listen == "0.0.0.0:8080"
