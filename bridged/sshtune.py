@@ -121,7 +121,7 @@ def _fast_channel_data(aead_of: Any) -> None:
     import os
 
     from asyncssh import channel, connection, encryption
-    from asyncssh.constants import MSG_CHANNEL_DATA
+    from asyncssh.constants import MSG_CHANNEL_DATA, MSG_KEX_LAST
     from asyncssh.crypto import cipher
     from asyncssh.logging import SSHLogger
     from asyncssh.packet import String, UInt32
@@ -129,34 +129,32 @@ def _fast_channel_data(aead_of: Any) -> None:
     conn_cls, chan_cls = connection.SSHConnection, channel.SSHChannel
     gcm_encryption = encryption.GCMEncryption
     invalid_tag = cipher.InvalidTag
-    data_type = bytes((MSG_CHANNEL_DATA,))
     GCM_TAG = 16  # bytes: the tag asyncssh's AES-GCM sends in place of a MAC
     JOIN_BELOW = 16 * 1024  # bytes of data below which copying the header on is cheapest
 
-    def send_data(conn: Any, chan: Any, data: bytearray) -> bool:
-        """Send ``data`` as one MSG_CHANNEL_DATA packet the fast way; False when this
-        connection's state needs asyncssh's own send_packet (before or during key exchange,
-        a rekey due, compression, another cipher)."""
+    def fast_send(conn: Any, pkttype: int, parts: tuple[Any, ...], handler: Any) -> bool:
+        """Send one packet of ``pkttype`` whose payload is ``parts`` joined, the fast way;
+        False when this connection's state needs asyncssh's own send_packet (before or
+        during key exchange, a rekey due, compression, another cipher, a kex packet)."""
         enc = conn._send_encryption
-        if type(enc) is not gcm_encryption or conn._compressor is not None \
+        if type(enc) is not gcm_encryption or pkttype <= MSG_KEX_LAST \
+                or conn._compressor is not None \
                 or not (conn._auth_complete and conn._kex_complete) \
                 or conn._rekey_bytes_sent >= conn._rekey_bytes \
                 or (conn._rekey_seconds and time.monotonic() >= conn._rekey_time) \
-                or conn._transport is None or chan._send_chan is None:
+                or conn._transport is None:
             return False
-        n = len(data)
-        payload_len = 9 + n  # type, recipient channel, length, data
+        payload_len = 1 + sum(map(len, parts))
         padlen = -(conn._send_enchdrlen + payload_len) % conn._send_blocksize
         if padlen < 4:
             padlen += conn._send_blocksize
         pktlen = 1 + payload_len + padlen
         header = pktlen.to_bytes(4, "big")
-        plain = b"".join((bytes((padlen,)), data_type, chan._send_chan.to_bytes(4, "big"),
-                          n.to_bytes(4, "big"), data, os.urandom(padlen)))
+        plain = b"".join((bytes((padlen, pkttype)), *parts, os.urandom(padlen)))
         gcm = enc._cipher
         sealed = aead_of(gcm).encrypt(gcm._iv, plain, header)
         gcm._update_iv()
-        if n < JOIN_BELOW:
+        if pktlen < JOIN_BELOW:
             conn._transport.write(header + sealed)  # one small write, not a two-part writev
         else:
             conn._transport.writelines((header, sealed))
@@ -164,8 +162,20 @@ def _fast_channel_data(aead_of: Any) -> None:
         conn._send_seq = (seq + 1) & 0xFFFFFFFF
         conn._rekey_bytes_sent += pktlen
         if SSHLogger._debug_level >= 3:  # packet logging, as asyncssh does it
-            chan.log_sent_packet(MSG_CHANNEL_DATA, seq, plain[1:1 + payload_len])
+            handler.log_sent_packet(pkttype, seq, plain[1:1 + payload_len])
         return True
+
+    send_packet = conn_cls.send_packet
+
+    def _send_packet(self: Any, pkttype: int, *args: bytes, handler: Any = None) -> None:
+        if not fast_send(self, pkttype, args, handler or self):
+            send_packet(self, pkttype, *args, handler=handler)
+
+    def send_data(conn: Any, chan: Any, data: bytearray) -> bool:
+        """One MSG_CHANNEL_DATA packet, its data joined in as it is (no String() copy)."""
+        return chan._send_chan is not None and fast_send(
+            conn, MSG_CHANNEL_DATA,
+            (chan._send_chan.to_bytes(4, "big"), len(data).to_bytes(4, "big"), data), chan)
 
     def _flush_send_buf(self: Any) -> None:
         # asyncssh's loop, with the data packet sent by send_data when it can be
@@ -296,6 +306,7 @@ def _fast_channel_data(aead_of: Any) -> None:
             return decrypt_packet(self, seq, first, rest, header_len, mac)
         return plain
 
+    conn_cls.send_packet = _send_packet  # type: ignore[method-assign]
     conn_cls.data_received = _data_received  # type: ignore[method-assign]
     conn_cls._recv_pkthdr = _recv_pkthdr  # type: ignore[method-assign]
     gcm_encryption.decrypt_packet = _decrypt_packet  # type: ignore[method-assign]
