@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -99,10 +98,9 @@ class Pipe(asyncio.Protocol):
     # --- socket events ---
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # (no TCP_NODELAY here: asyncio and uvloop set it on every TCP transport, and asking
+        # for the transport's socket object costs a socket() wrapper and two system calls)
         self.transport = transport  # type: ignore[assignment]
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.chan is None:
             self.transport.pause_reading()  # type: ignore[union-attr]
         if self._on_made is not None:
@@ -163,11 +161,11 @@ class Pipe(asyncio.Protocol):
         else:
             self.transport.resume_reading()
 
-    def channel_data(self, data: bytes) -> None:
+    def channel_data(self, data: bytes | memoryview) -> None:
         self.counters.bytes_received += len(data)
         self.transport.write(data)  # type: ignore[union-attr]
         if self.observer is not None:
-            self._observe(self.observer.channel_data, data)
+            self._observe(self.observer.channel_data, bytes(data))
 
     def channel_eof(self) -> bool:
         self._chan_eof = True
@@ -236,6 +234,10 @@ class Pipe(asyncio.Protocol):
 
 class ChannelSide(asyncssh.SSHTCPSession):
     """The channel side of a splice: a thin forwarder into :class:`Pipe`."""
+
+    #: large data may arrive as a memoryview of the decrypted packet (bridged.sshtune): the
+    #: socket's transport takes it as it is, saving a copy per packet
+    accepts_views = True
 
     def __init__(self, pipe: Pipe) -> None:
         self.pipe = pipe

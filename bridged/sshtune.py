@@ -132,6 +132,17 @@ def _fast_channel_data(aead_of: Any) -> None:
     GCM_TAG = 16  # bytes: the tag asyncssh's AES-GCM sends in place of a MAC
     JOIN_BELOW = 16 * 1024  # bytes of data below which copying the header on is cheapest
 
+    # Padding is taken from a buffer of the kernel's random bytes, each byte used once (as
+    # OpenSSH takes it from arc4random_buf), not from a getrandom() call per packet.
+    random_bytes = bytearray()
+
+    def padding(n: int) -> bytes:
+        if len(random_bytes) < n:
+            random_bytes[:] = os.urandom(4096)
+        out = bytes(random_bytes[:n])
+        del random_bytes[:n]
+        return out
+
     def fast_send(conn: Any, pkttype: int, parts: tuple[Any, ...], handler: Any) -> bool:
         """Send one packet of ``pkttype`` whose payload is ``parts`` joined, the fast way;
         False when this connection's state needs asyncssh's own send_packet (before or
@@ -150,7 +161,7 @@ def _fast_channel_data(aead_of: Any) -> None:
             padlen += conn._send_blocksize
         pktlen = 1 + payload_len + padlen
         header = pktlen.to_bytes(4, "big")
-        plain = b"".join((bytes((padlen, pkttype)), *parts, os.urandom(padlen)))
+        plain = b"".join((bytes((padlen, pkttype)), *parts, padding(padlen)))
         gcm = enc._cipher
         sealed = aead_of(gcm).encrypt(gcm._iv, plain, header)
         gcm._update_iv()
@@ -292,7 +303,10 @@ def _fast_channel_data(aead_of: Any) -> None:
             raise connection.ProtocolError("Channel not open for sending")
         if datalen > chan._recv_window:
             raise connection.ProtocolError("Window exceeded")
-        chan._accept_data(plain[10:end])
+        if datalen >= JOIN_BELOW and getattr(chan._session, "accepts_views", False):
+            chan._accept_data(memoryview(plain)[10:end])  # a session that only writes it on
+        else:
+            chan._accept_data(plain[10:end])
         self._auth_final = True
         if self._transport:
             self._recv_seq = (seq + 1) & 0xFFFFFFFF
