@@ -238,7 +238,10 @@ def _fast_channel_data(aead_of: Any) -> None:
     data_received, recv_pkthdr = conn_cls.data_received, conn_cls._recv_pkthdr
 
     def _data_received(self: Any, data: bytes, datatype: Any = None) -> None:
+        held: list[Any] | None = self.__dict__.get("_bridged_held")
         if type(self._recv_encryption) is not gcm_encryption:
+            if held:  # (the cipher cannot change inside a packet: not reached in practice)
+                self._inpbuf, held[:] = b"".join(held), []
             if type(self._inpbuf) is memoryview:
                 self._inpbuf = bytes(self._inpbuf)
             data_received(self, data, datatype)
@@ -246,10 +249,28 @@ def _fast_channel_data(aead_of: Any) -> None:
         if type(data) is not bytes and not (type(data) is memoryview
                                             and type(data.obj) is bytes):
             data = bytes(data)  # a view may outlive this call: only of bytes, which stay put
-        buf = self._inpbuf
-        # what is left of the last read (a packet's start) is copied once, with the new bytes
-        self._inpbuf = memoryview(b"".join((buf, data)) if buf else data)
+        if held:
+            # the rest of a packet that came in pieces (a port-forward's 32 KiB frames): the
+            # pieces are joined once, when the whole packet is here, not at every piece
+            held.append(data)
+            self._bridged_have += len(data)
+            if self._bridged_have < self._bridged_need:
+                return
+            self._inpbuf, held[:] = memoryview(b"".join(held)), []
+        else:
+            buf = self._inpbuf
+            self._inpbuf = memoryview(b"".join((buf, data)) if buf else data)
         self._recv_data()
+        buf = self._inpbuf
+        if type(buf) is memoryview and len(buf) >= 4 \
+                and getattr(self._recv_handler, "__func__", None) is _recv_pkthdr:
+            need = 4 + int.from_bytes(buf[:4], "big") + GCM_TAG
+            if len(buf) < need:  # hold the start of the packet until the rest is here
+                if held is None:
+                    held = self._bridged_held = []
+                held.append(buf)
+                self._bridged_have, self._bridged_need = len(buf), need
+                self._inpbuf = memoryview(b"")
 
     def _recv_pkthdr(self: Any) -> bool:
         buf = self._inpbuf
