@@ -35,7 +35,10 @@ def payload(seed: int, channel: int, n: int, size: int) -> bytes:
     return random.Random(f"{seed}/{channel}/{n}").randbytes(size)
 
 
-async def serve(cipher: str, rekey_bytes: int) -> None:
+async def echo_server(**options: Any) -> tuple[Any, Any, Any]:
+    """An SSH server on 127.0.0.1 port 0 whose every direct-tcpip channel echoes what it
+    reads, EOF included: (server, host key, client key). ``options`` go to asyncssh.listen.
+    (The interop tests run it in their own, patched, process too.)"""
     host_key = asyncssh.generate_private_key("ssh-ed25519")
     client_key = asyncssh.generate_private_key("ssh-ed25519")
 
@@ -54,8 +57,13 @@ async def serve(cipher: str, rekey_bytes: int) -> None:
         "127.0.0.1", 0, server_factory=Server, server_host_keys=[host_key],
         authorized_client_keys=asyncssh.import_authorized_keys(
             client_key.export_public_key().decode()),
-        encryption_algs=[cipher], compression_algs=None, rekey_bytes=rekey_bytes,
-        encoding=None)
+        compression_algs=None, encoding=None, **options)
+    return server, host_key, client_key
+
+
+async def serve(cipher: str, rekey_bytes: int) -> None:
+    server, host_key, client_key = await echo_server(encryption_algs=[cipher],
+                                                     rekey_bytes=rekey_bytes)
     print(json.dumps({"port": server.get_port(),
                       "host_key": host_key.export_public_key().decode(),
                       "client_key": client_key.export_private_key().decode()}), flush=True)

@@ -208,26 +208,8 @@ async def test_patched_client_and_stock_server_move_every_byte_through_rekeys(
 async def test_stock_client_and_patched_server_move_every_byte_through_rekeys(
         cipher: str) -> None:
     seed = 12
-    host_key = asyncssh.generate_private_key("ssh-ed25519")
-    client_key = asyncssh.generate_private_key("ssh-ed25519")
-
-    async def echo(reader: asyncssh.SSHReader[bytes], writer: asyncssh.SSHWriter[bytes]) -> None:
-        while data := await reader.read(1 << 20):
-            writer.write(data)
-        writer.write_eof()
-        await writer.drain()
-        writer.close()
-
-    class Server(asyncssh.SSHServer):  # type: ignore[misc]
-        def connection_requested(self, *args: object) -> object:
-            return echo
-
-    server = await asyncssh.listen(
-        "127.0.0.1", 0, server_factory=Server, server_host_keys=[host_key],
-        authorized_client_keys=asyncssh.import_authorized_keys(
-            client_key.export_public_key().decode()),
-        encryption_algs=[cipher], compression_algs=None, rekey_bytes=REKEY_BYTES,
-        encoding=None)
+    server, host_key, client_key = await stock_ssh_peer.echo_server(
+        encryption_algs=[cipher], rekey_bytes=REKEY_BYTES)
     try:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, str(PEER), "echo-through", str(server.get_port()),
@@ -257,24 +239,9 @@ async def test_keepalives_wait_for_a_quiet_connection_and_then_come(
                 sent.append(loop.time())
                 quiet_keepalive.set()
 
-    host_key = asyncssh.generate_private_key("ssh-ed25519")
-    client_key = asyncssh.generate_private_key("ssh-ed25519")
-
-    async def echo(reader: asyncssh.SSHReader[bytes], writer: asyncssh.SSHWriter[bytes]) -> None:
-        while data := await reader.read(1 << 16):
-            writer.write(data)
-        writer.close()
-
-    class Server(asyncssh.SSHServer):  # type: ignore[misc]
-        def connection_requested(self, *args: object) -> object:
-            return echo
-
     handler = Seen()
     logging.getLogger("asyncssh").addHandler(handler)
-    server = await asyncssh.listen(
-        "127.0.0.1", 0, server_factory=Server, server_host_keys=[host_key],
-        authorized_client_keys=asyncssh.import_authorized_keys(
-            client_key.export_public_key().decode()), encoding=None)
+    server, _, client_key = await stock_ssh_peer.echo_server()
     try:
         async with asyncssh.connect(
                 "127.0.0.1", server.get_port(), username="t", client_keys=[client_key],
