@@ -23,6 +23,20 @@ class ProcessFailed(BridgedError):
     pass
 
 
+async def stop_process(proc: asyncio.subprocess.Process, sig: int = signal.SIGTERM,
+                       grace_seconds: float = 10.0) -> int:
+    """Send ``sig``, wait up to ``grace_seconds``, then SIGKILL and wait; the exit code."""
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(sig)
+        try:
+            await asyncio.wait_for(proc.wait(), grace_seconds)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+    return proc.returncode or 0
+
+
 class _Process:
     name = "process"
     proc: asyncio.subprocess.Process | None = None
@@ -35,18 +49,9 @@ class _Process:
 
     async def stop(self, sig: int = signal.SIGTERM) -> int:
         """Stop and wait; returns the exit code."""
-        proc = self.proc
-        if proc is None:
+        if self.proc is None:
             return 0
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(sig)
-            try:
-                await asyncio.wait_for(proc.wait(), self.grace_seconds)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
-        return proc.returncode or 0
+        return await stop_process(self.proc, sig, self.grace_seconds)
 
     def kill(self) -> None:
         """SIGKILL, like a crash: nothing gets to clean up."""

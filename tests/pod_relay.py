@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bridged.kube import manifests as m
+from bridged.localrun import stop_process
 
 from .kube.apiserver import Context, KubeApiServer
 from .kube.relay_kubelet import _map
@@ -53,10 +54,4 @@ async def start_pod_relay(api: KubeApiServer, home: Path, env: dict[str, str] | 
 
 
 async def stop(proc: asyncio.subprocess.Process) -> None:
-    if proc.returncode is None:
-        proc.terminate()
-        try:
-            await asyncio.wait_for(proc.wait(), 10)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
+    await stop_process(proc)

@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bridged.localrun import stop_process
+
 from ..resolver import Resolver
 from .apiserver import Context, KubeApiServer, PodHandle, PodSandbox
 from .cluster_dns import hosts_for
@@ -135,13 +137,7 @@ class RelayKubelet:
             sync.cancel()
             if unlisten is not None:
                 unlisten()
-            if proc.returncode is None:
-                proc.terminate()
-                try:
-                    await asyncio.wait_for(proc.wait(), 10)
-                except TimeoutError:
-                    proc.kill()
-                    await proc.wait()
+            await stop_process(proc)
 
         return PodHandle(ports={2222: int(ready["ssh_port"]), 8080: int(ready["http_port"])},
                          stop=stop, logs=lambda: (home / "relay.log").read_text())
