@@ -264,3 +264,13 @@ async def test_keepalives_wait_for_a_quiet_connection_and_then_come(
         logging.getLogger("asyncssh").removeHandler(handler)
         server.close()
         await server.wait_closed()
+
+
+def test_the_fast_packet_path_is_in_place_where_it_was_read() -> None:
+    """On the asyncssh versions item 3 was read against, the patched packet path is the one
+    that runs (the interop tests above then check its bytes); elsewhere asyncssh's own."""
+    from asyncssh import channel, connection
+
+    patched = channel.SSHChannel._flush_send_buf.__module__ == sshtune.__name__
+    assert patched == (VERSION in sshtune._FAST_CHECKED)
+    assert (connection.SSHConnection.data_received.__module__ == sshtune.__name__) == patched
