@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
 import stat
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-from aiohttp import web
 
 from ..capture.har import to_har
 from ..capture.store import to_json
 from ..errors import BridgedError, ConfigError, ControlError
+from .httpserver import Answer, HttpServer, Request, Response, Routes, json_response
 from .models import (
     API,
     ConnectRequest,
@@ -31,22 +30,21 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+#: the largest request body the API reads (a project's up request is the largest by far)
+MAX_BODY = 1024 * 1024
 
 
-@web.middleware
-async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def _errors(routes: Routes, request: Request) -> Response:
+    """Errors as JSON bodies the client turns back into the same class (models.error_body)."""
     try:
-        return await handler(request)
+        return await routes.dispatch(request)
     except BridgedError as exc:
-        return web.json_response(error_body(exc), status=status_for(exc))
-    except web.HTTPException:
-        raise
+        return json_response(status_for(exc), error_body(exc))
     except Exception as exc:  # a bug: say so, keep serving
         log.exception("control API %s %s failed", request.method, request.path)
         error = ControlError(f"internal error in the daemon: {exc}",
                              hint="see the daemon log (bridged logs)")
-        return web.json_response(error_body(error), status=500)
+        return json_response(500, error_body(error))
 
 
 def _strings(body: dict[str, Any], *names: str) -> list[str | None]:
@@ -54,9 +52,9 @@ def _strings(body: dict[str, Any], *names: str) -> list[str | None]:
     return [field(body, name, str) for name in names]
 
 
-async def _body(request: web.Request) -> dict[str, Any]:
+def _body(request: Request) -> dict[str, Any]:
     try:
-        body = await request.json()
+        body = request.json()
     except (ValueError, UnicodeDecodeError):
         raise ConfigError("the request body is not JSON") from None
     if not isinstance(body, dict):
@@ -64,7 +62,7 @@ async def _body(request: web.Request) -> dict[str, Any]:
     return body
 
 
-def _capture_filters(request: web.Request) -> dict[str, Any]:
+def _capture_filters(request: Request) -> dict[str, Any]:
     """The store's list filters from a query (as the inspector's): all records by default."""
     q = request.query
     numbers = {}
@@ -77,102 +75,99 @@ def _capture_filters(request: web.Request) -> dict[str, Any]:
             "path": q.get("path", ""), "text": q.get("text", ""), **numbers}
 
 
-def make_app(daemon: Daemon) -> web.Application:
-    routes = web.RouteTableDef()
+def make_routes(daemon: Daemon) -> Routes:
+    routes = Routes()
 
     @routes.get(f"{API}/status")
-    async def status(request: web.Request) -> web.Response:
-        return web.json_response(daemon.status())
+    async def status(request: Request) -> Answer:
+        return 200, daemon.status()
 
     @routes.get(f"{API}/bridges")
-    async def bridges(request: web.Request) -> web.Response:
-        return web.json_response(daemon.status()["bridges"])
+    async def bridges(request: Request) -> Answer:
+        return 200, daemon.status()["bridges"]
 
     @routes.get(f"{API}/forwards")
-    async def forwards(request: web.Request) -> web.Response:
-        return web.json_response(daemon.status()["forwards"])
+    async def forwards(request: Request) -> Answer:
+        return 200, daemon.status()["forwards"]
 
     @routes.get(f"{API}/traffic")
-    async def traffic(request: web.Request) -> web.Response:
+    async def traffic(request: Request) -> Answer:
         try:
             since = float(request.query.get("since", "0"))
         except ValueError:
             raise ConfigError("since must be a time in seconds") from None
-        return web.json_response(daemon.traffic(since))
+        return 200, daemon.traffic(since)
 
     @routes.get(f"{API}/services")
-    async def services(request: web.Request) -> web.Response:
-        return web.json_response(await daemon.services(request.query.get("bridge")))
+    async def services(request: Request) -> Answer:
+        return 200, await daemon.services(request.query.get("bridge"))
 
     @routes.get(f"{API}/intercepts")
-    async def intercepts(request: web.Request) -> web.Response:
-        return web.json_response(daemon.status()["intercepts"])
+    async def intercepts(request: Request) -> Answer:
+        return 200, daemon.status()["intercepts"]
 
     @routes.post(f"{API}/bridges")
-    async def connect(request: web.Request) -> web.Response:
-        req = ConnectRequest.parse(await _body(request))
+    async def connect(request: Request) -> Answer:
+        req = ConnectRequest.parse(_body(request))
         if req.spec is not None:
             bridge = await daemon.connect(req.spec, name=req.name, token=req.token)
         else:
             bridge = await daemon.connect_kube(req.context, req.namespace, name=req.name,
                                                image=req.relay_image,
                                                kubeconfig=req.kubeconfig)
-        return web.json_response(bridge.to_dict(), status=201)
+        return 201, bridge.to_dict()
 
     @routes.delete(f"{API}/bridges/{{name}}")
-    async def disconnect(request: web.Request) -> web.Response:
-        await daemon.disconnect(request.match_info["name"])
-        return web.json_response({"disconnected": request.match_info["name"]})
+    async def disconnect(request: Request) -> Answer:
+        await daemon.disconnect(request.params["name"])
+        return 200, {"disconnected": request.params["name"]}
 
     @routes.post(f"{API}/forwards")
-    async def expose(request: web.Request) -> web.Response:
-        req = ForwardRequest.parse(await _body(request))
+    async def expose(request: Request) -> Answer:
+        req = ForwardRequest.parse(_body(request))
         forwards = await daemon.expose(req)
-        return web.json_response({"forwards": [f.to_dict() for f in forwards]}, status=201)
+        return 201, {"forwards": [f.to_dict() for f in forwards]}
 
     @routes.delete(f"{API}/forwards/{{name}}")
-    async def unexpose(request: web.Request) -> web.Response:
-        await daemon.unexpose(request.match_info["name"])
-        return web.json_response({"removed": request.match_info["name"]})
+    async def unexpose(request: Request) -> Answer:
+        await daemon.unexpose(request.params["name"])
+        return 200, {"removed": request.params["name"]}
 
     @routes.post(f"{API}/intercepts")
-    async def intercept(request: web.Request) -> web.Response:
-        req = InterceptRequest.parse(await _body(request))
+    async def intercept(request: Request) -> Answer:
+        req = InterceptRequest.parse(_body(request))
         intercept = await daemon.intercept(req.bridge, req.spec, overwrite=req.overwrite)
-        return web.json_response(intercept.to_dict(), status=201)
+        return 201, intercept.to_dict()
 
     @routes.delete(f"{API}/intercepts/{{name}}")
-    async def leave(request: web.Request) -> web.Response:
-        notes = await daemon.leave(request.match_info["name"])
-        return web.json_response({"left": request.match_info["name"], "notes": notes})
+    async def leave(request: Request) -> Answer:
+        notes = await daemon.leave(request.params["name"])
+        return 200, {"left": request.params["name"], "notes": notes}
 
     @routes.post(f"{API}/env")
-    async def env(request: web.Request) -> web.Response:
-        body = await _body(request)
+    async def env(request: Request) -> Answer:
+        body = _body(request)
         ref, container, fmt = _strings(body, "ref", "container", "format")
         if not ref:
             raise ConfigError("missing workload: give deploy/NAME, statefulset/NAME or pod/NAME")
-        return web.json_response(await daemon.env(body.get("bridge"), ref, container,
-                                                  fmt or "dotenv"))
+        return 200, await daemon.env(body.get("bridge"), ref, container, fmt or "dotenv")
 
     @routes.post(f"{API}/files")
-    async def files(request: web.Request) -> web.Response:
-        body = await _body(request)
+    async def files(request: Request) -> Answer:
+        body = _body(request)
         ref, container, out_dir = _strings(body, "ref", "container", "out_dir")
         if not ref or not out_dir:
             raise ConfigError("files needs a workload and an output folder")
-        return web.json_response(await daemon.files(body.get("bridge"), ref, container,
-                                                    out_dir))
+        return 200, await daemon.files(body.get("bridge"), ref, container, out_dir)
 
     def on_kube_target(path: str, action: str) -> None:
         """A route whose body names a kube context, namespace and kubeconfig (the CLI's)."""
 
-        async def handler(request: web.Request) -> web.Response:
-            body = await _body(request)
+        async def handler(request: Request) -> Answer:
+            body = _body(request)
             context, namespace, kubeconfig = _strings(body, "context", "namespace",
                                                       "kubeconfig")
-            return web.json_response(await getattr(daemon, action)(context, namespace,
-                                                                   kubeconfig))
+            return 200, await getattr(daemon, action)(context, namespace, kubeconfig)
 
         routes.post(f"{API}/{path}")(handler)
 
@@ -181,50 +176,47 @@ def make_app(daemon: Daemon) -> web.Application:
     on_kube_target("doctor", "doctor")
 
     @routes.post(f"{API}/up")
-    async def up(request: web.Request) -> web.Response:
+    async def up(request: Request) -> Answer:
         from ..daemon.up import up as apply
 
-        req, kubeconfig = UpRequest.parse(await _body(request))
-        return web.json_response(await apply(daemon, req, kubeconfig))
+        req, kubeconfig = UpRequest.parse(_body(request))
+        return 200, await apply(daemon, req, kubeconfig)
 
     @routes.post(f"{API}/down")
-    async def down(request: web.Request) -> web.Response:
+    async def down(request: Request) -> Answer:
         from ..daemon.up import down as undo
 
-        return web.json_response(await undo(daemon))
+        return 200, await undo(daemon)
 
     @routes.post(f"{API}/proxy")
-    async def proxy(request: web.Request) -> web.Response:
-        body = await _body(request) if request.can_read_body else {}
+    async def proxy(request: Request) -> Answer:
+        body = _body(request) if request.body else {}
         (bridge,) = _strings(body, "bridge")
-        return web.json_response(await daemon.proxy(bridge or None))
+        return 200, await daemon.proxy(bridge or None)
 
     @routes.post(f"{API}/inspector")
-    async def inspect(request: web.Request) -> web.Response:
-        return web.json_response(await daemon.inspect())
+    async def inspect(request: Request) -> Answer:
+        return 200, await daemon.inspect()
 
     @routes.get(f"{API}/capture")
-    async def capture(request: web.Request) -> web.Response:
+    async def capture(request: Request) -> Answer:
         found = daemon.store.list(**_capture_filters(request))
-        return web.json_response({"records": [to_json(c) for c in found],
-                                  "stats": daemon.store.stats()})
+        return 200, {"records": [to_json(c) for c in found], "stats": daemon.store.stats()}
 
     @routes.get(f"{API}/capture/har")
-    async def capture_har(request: web.Request) -> web.Response:
-        return web.json_response(to_har(daemon.store.list(**_capture_filters(request))))
+    async def capture_har(request: Request) -> Answer:
+        return 200, to_har(daemon.store.list(**_capture_filters(request)))
 
     @routes.delete(f"{API}/capture")
-    async def capture_clear(request: web.Request) -> web.Response:
-        return web.json_response({"cleared": daemon.store.clear()})
+    async def capture_clear(request: Request) -> Answer:
+        return 200, {"cleared": daemon.store.clear()}
 
     @routes.post(f"{API}/shutdown")
-    async def shutdown(request: web.Request) -> web.Response:
+    async def shutdown(request: Request) -> Answer:
         daemon.request_stop()
-        return web.json_response({"stopping": True})
+        return 200, {"stopping": True}
 
-    app = web.Application(middlewares=[_errors], client_max_size=1024 * 1024)
-    app.add_routes(routes)
-    return app
+    return routes
 
 
 class ControlServer:
@@ -234,23 +226,20 @@ class ControlServer:
     def __init__(self, daemon: Daemon, path: Path) -> None:
         self.daemon = daemon
         self.path = path
-        self._runner: web.AppRunner | None = None
+        routes = make_routes(daemon)
+        self._server = HttpServer(functools.partial(_errors, routes), max_body=MAX_BODY)
 
     async def start(self) -> None:
         _prepare_socket_path(self.path)
-        self._runner = web.AppRunner(make_app(self.daemon), access_log=None)
-        await self._runner.setup()
         old_umask = os.umask(0o177)  # the socket is born 0600: no window with wider rights
         try:
-            await web.UnixSite(self._runner, str(self.path)).start()
+            await self._server.start_unix(str(self.path))
         finally:
             os.umask(old_umask)
         os.chmod(self.path, 0o600)
 
     async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        await self._server.close()
         self.path.unlink(missing_ok=True)
 
 

@@ -17,8 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import aiohttp
-
 from .. import __version__, paths
 from ..capture.model import Captured, CaptureSettings
 from ..capture.store import CaptureStore, open_store
@@ -37,7 +35,7 @@ from ..control.models import ForwardRequest
 from ..errors import ConfigError, Conflict, KubeError, NotFound, RefusedError
 from ..keys import PinnedHostKeys, fingerprint, load_or_create_key, public_line
 from ..tasks import TaskSet
-from .bridge import Bridge, Forward, Intercept, KeyRefused
+from .bridge import Bridge, Forward, Intercept, KeyRefused, http_client_error
 from .hosts import HostsFile, HostsSettings
 from .notify import Notifier
 from .proxy import Proxies
@@ -59,7 +57,9 @@ def _reaching_the_api(method: _Method) -> _Method:
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return await method(*args, **kwargs)
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        except Exception as exc:
+            if not isinstance(exc, OSError | TimeoutError) and not http_client_error(exc):
+                raise
             reason = str(exc).strip() or type(exc).__name__
             raise KubeError(f"cannot reach the Kubernetes API server: {reason}",
                             hint="check that the cluster is up and the kubeconfig's server "

@@ -18,12 +18,12 @@ import dataclasses
 import errno
 import logging
 import random
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 import asyncssh
 
 from .. import protocol
@@ -805,12 +805,21 @@ class Bridge:
 
 #: what a network, a relay or an API server may do to a connection: logged in one line (a
 #: traceback per retry would bury the log), never a traceback
-_EXPECTED_TYPES = (BridgedError, OSError, TimeoutError, asyncssh.Error, aiohttp.ClientError)
+_EXPECTED_TYPES = (BridgedError, OSError, TimeoutError, asyncssh.Error)
+
+
+def http_client_error(exc: BaseException) -> bool:
+    """An aiohttp client error (a websocket carrier's, a Kubernetes client's). Looked up, not
+    imported: importing aiohttp would cost every daemon ~12 MiB, and what raises its errors
+    has imported it."""
+    aiohttp = sys.modules.get("aiohttp")
+    return aiohttp is not None and isinstance(exc, aiohttp.ClientError)
 
 
 def _expected(exc: BaseException) -> bool:
     # the API client's errors by name: importing it here would cost every daemon its memory
-    return isinstance(exc, _EXPECTED_TYPES) or type(exc).__name__ == "ApiException"
+    return (isinstance(exc, _EXPECTED_TYPES) or http_client_error(exc)
+            or type(exc).__name__ == "ApiException")
 
 
 def _one_line(exc: BaseException) -> str:

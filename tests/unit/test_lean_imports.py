@@ -27,10 +27,14 @@ CASES = {
 }
 #: what the one but not the other leaves out: the relay's router speaks HTTP/2 on any port, so
 #: it has h2; the daemon needs it for an HTTP/2 intercept only. The relay keeps no capture.
+#: The daemon's control API is served without aiohttp (≈ 12 MiB with yarl, multidict and the
+#: rest): only a websocket or kube carrier, a Kubernetes client or the inspector load it.
 NOT_IDLE_IN = {
     "relay": ("bridged.capture.store", "sqlite3", "bridged.daemon"),
     "daemon": ("h2", "hpack", "hyperframe", "bridged.capture.tap_h2", "bridged.daemon.h2check",
-               "bridged.relay.server", "sqlite3"),  # (the capture store opens on first use)
+               "bridged.relay.server", "sqlite3",  # (the capture store opens on first use)
+               "aiohttp", "yarl", "multidict", "frozenlist", "aiosignal",
+               "bridged.carriers.websocket", "bridged.carriers.kube"),
 }
 
 _PROBE = """
