@@ -133,7 +133,7 @@ def _proxies(client: Any, bridge: str | None) -> dict[str, str]:
     try:
         answer = client.post("proxy", {"bridge": bridge})
     except ControlError as exc:
-        # a daemon older than the proxies has no such route: aiohttp's plain 404
+        # a daemon older than the proxies has no such route: a plain 404
         if "HTTP 404" not in exc.message:
             raise
         typer.echo("bridged: warning: this daemon serves no proxy (POST /v1/proxy: 404): "
