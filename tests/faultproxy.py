@@ -8,6 +8,8 @@ breaks the carrier on demand, the ways real networks and clusters do.
   gone dark (only keepalives can tell);
 - :meth:`FaultProxy.half_open`: the relay's side is reset while the daemon's side stays open and
   its bytes vanish, a laptop whose network went away under it;
+- :meth:`FaultProxy.flip_after`: once N more bytes have passed, one bit of the next byte is
+  flipped and the bytes flow on: a carrier that corrupts data (only the SSH MAC can tell);
 - ``delay_seconds``: each chunk waits that long before it is passed on.
 
 New connections always pass (the daemon's reconnection goes through the proxy too).
@@ -66,6 +68,10 @@ class FaultProxy:
         self._budget: int | None = None  # bytes left before an armed cut
         self._how = "reset"
         self._cut = asyncio.Event()
+        #: bits flipped so far, and the bytes left before an armed flip
+        self.flips = 0
+        self._flip_at: int | None = None
+        self._flipped = asyncio.Event()
 
     async def __aenter__(self) -> FaultProxy:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
@@ -97,6 +103,27 @@ class FaultProxy:
             link.end(how)
         self.cuts += 1
         self._cut.set()
+
+    def flip_after(self, nbytes: int) -> None:
+        """Flip one bit of the byte that comes once ``nbytes`` more bytes have passed (either
+        direction); :meth:`wait_flipped` returns when it happened."""
+        self._flip_at = nbytes
+        self._flipped.clear()
+
+    async def wait_flipped(self) -> None:
+        await self._flipped.wait()
+
+    def _maybe_flip(self, data: bytes) -> bytes:
+        at = self._flip_at
+        if at is None:
+            return data
+        if at >= len(data):
+            self._flip_at = at - len(data)
+            return data
+        self._flip_at = None
+        self.flips += 1
+        self._flipped.set()
+        return data[:at] + bytes([data[at] ^ 0x10]) + data[at + 1:]
 
     def stall(self) -> int:
         """Stop the current connections dead (open, silent); returns how many."""
@@ -149,7 +176,7 @@ class FaultProxy:
                 if budget is not None:
                     self._budget = budget - len(data)
                 self.passed += len(data)
-                dst.write(data)
+                dst.write(self._maybe_flip(data))
                 await dst.drain()
             if not link.swallowing:  # the daemon's side of a half-open link hears nothing
                 dst.write_eof()
