@@ -53,11 +53,12 @@ async def echo_server(**options: Any) -> tuple[Any, Any, Any]:
         def connection_requested(self, *args: Any) -> Any:
             return echo
 
+    options.setdefault("compression_algs", None)
     server = await asyncssh.listen(
         "127.0.0.1", 0, server_factory=Server, server_host_keys=[host_key],
         authorized_client_keys=asyncssh.import_authorized_keys(
             client_key.export_public_key().decode()),
-        compression_algs=None, encoding=None, **options)
+        encoding=None, **options)
     return server, host_key, client_key
 
 

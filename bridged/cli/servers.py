@@ -265,7 +265,7 @@ def relay(*, ssh_listen: str, http_listen: str | None, token_file: Path | None, 
             from ..kube.lite import LiteKube  # not kubernetes-asyncio: ~40 MiB less RSS
 
             async with await LiteKube.connect() as api:
-                await load_or_publish(api, host_key_secret,  # type: ignore[arg-type]
+                await load_or_publish(api, host_key_secret,
                                       publish_configmap, host_key)
         async with contextlib.AsyncExitStack() as stack:
             kube: Any = None

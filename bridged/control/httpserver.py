@@ -245,13 +245,16 @@ class HttpServer:
         if not length_text.isdigit():  # (llhttp refuses most; this is ours to be sure)
             raise _Refused(text_response(400, "400: bad Content-Length"))
         length = int(length_text)
+        expects = head.headers.get("expect", "").lower() == "100-continue"
         if length > self.max_body:  # said before it is read: none of it is kept
-            if length <= 16 * self.max_body:  # read and dropped, so that a client that sends
-                await _discard(reader, length)  # it all before reading gets the answer
+            # read and dropped, so that a client that sends it all before reading gets the
+            # answer; one that waits for "100 Continue" sends nothing: it gets the 413 at once
+            if length <= 16 * self.max_body and not expects:
+                await _discard(reader, length)
             raise _Refused(text_response(
                 413, f"Maximum request body size {self.max_body} exceeded, "
                      f"actual body size {length}"))
-        if length and head.headers.get("expect", "").lower() == "100-continue":
+        if length and expects:
             writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         body = await reader.readexactly(length) if length else b""
         try:

@@ -17,13 +17,13 @@ import asyncssh
 
 from ..errors import KubeError
 from ..keys import public_line, write_private
-from .client import Kube, update_data
+from .client import KubeAPI, update_data
 
 log = logging.getLogger(__name__)
 FIELD = "ssh_host_ed25519_key"
 
 
-async def load_or_publish(kube: Kube, secret: str, configmap: str, path: Path) -> None:
+async def load_or_publish(kube: KubeAPI, secret: str, configmap: str, path: Path) -> None:
     """Leave the shared host key at ``path`` and publish its public half."""
 
     def keep_or_make(data: dict[str, str]) -> dict[str, str] | None:

@@ -123,6 +123,12 @@ async def test_a_body_over_the_limit_is_refused_with_413(server: Path) -> None:
         closed=True)
     assert status == 413
     assert b"1048576" in body
+    # a client that waits for "100 Continue" before sending its too big body gets the 413
+    # at once (not after the request time-out)
+    status, _, _ = await _exchange(
+        server, b"POST /v1/echo HTTP/1.1\r\nHost: b\r\nContent-Length: 2000000\r\n"
+                b"Expect: 100-continue\r\n\r\n", closed=True)
+    assert status == 413
 
 
 @pytest.mark.parametrize("raw", [

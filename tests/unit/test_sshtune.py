@@ -223,6 +223,24 @@ async def test_stock_client_and_patched_server_move_every_byte_through_rekeys(
     assert json.loads(out)["sha256"] == _expected(seed)
 
 
+async def test_a_compressed_connection_moves_every_byte() -> None:
+    """A peer that asks for zlib gets it (the relay's server offers it): compressed packets
+    are not mistaken for channel data by the fast path, whatever their first byte."""
+    seed = 13
+    zlib = ["zlib@openssh.com"]
+    server, _, client_key = await stock_ssh_peer.echo_server(compression_algs=zlib)
+    try:
+        async with asyncssh.connect(
+                "127.0.0.1", server.get_port(), username="t", client_keys=[client_key],
+                known_hosts=None, agent_path=None, config=None,
+                compression_algs=zlib) as conn:
+            hashes = await asyncio.wait_for(_echo_through(conn, seed), 120)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert hashes == _expected(seed)
+
+
 async def test_keepalives_wait_for_a_quiet_connection_and_then_come(
         caplog: pytest.LogCaptureFixture) -> None:
     """The keepalive timer is noted, not remade, per packet read: while packets arrive no
