@@ -180,6 +180,10 @@ class Kube:
             raise api_error(exc) from None
         import json
 
+        if response.status >= 300:  # (unread answers are not raised by the library)
+            body = await response.text()
+            response.release()
+            raise _full_api_error()(response.status, str(response.reason or ""), body)
         try:
             while line := await response.content.readline():
                 yield json.loads(line)

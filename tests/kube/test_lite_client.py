@@ -259,3 +259,21 @@ async def test_the_keys_watch_on_the_lite_client_resumes_and_relists_after_410(
         finally:
             follower.cancel()
             await asyncio.gather(follower, return_exceptions=True)
+
+
+@pytest.mark.parametrize("client", ["lite", "full"])
+async def test_a_refused_watch_is_our_error_with_either_client(
+        api: KubeApiServer, tmp_path: Path, client: str) -> None:
+    """A watch the server refuses (403) raises KubeApiError with the Status's reason from
+    both clients, not an event made of the Status object."""
+    from bridged.kube.client import Kube, KubeTarget
+
+    stranger = api.add_user("jane")
+    kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig", [Context("jane", stranger, NS)])
+    kube: Any = (LiteKube(from_kubeconfig([str(kubeconfig)])) if client == "lite" else
+                 await Kube.connect(KubeTarget(kubeconfig=str(kubeconfig))))
+    async with kube:
+        with pytest.raises(KubeApiError) as refused:
+            async for _event in watch(kube, f"/api/v1/namespaces/{NS}/secrets", {}, 10):
+                pass
+    assert (refused.value.status, refused.value.status_reason) == (403, "Forbidden")
