@@ -69,8 +69,3 @@ class PortForwardFraming:
             self._error += body
             return RemoteError(self._error.decode(errors="replace").strip())
         return Data(body)
-
-    @staticmethod
-    def data(payload: bytes) -> bytes:
-        """The message that carries ``payload`` to the pod."""
-        return CHANNEL_PREFIX + payload

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bridged.carriers.portforward import Data, PortForwardFraming, RemoteError
+from bridged.carriers.portforward import CHANNEL_PREFIX, Data, PortForwardFraming, RemoteError
 from bridged.errors import CarrierError
 
 PORT = 2222
@@ -40,4 +40,5 @@ def test_protocol_errors(message: bytes, needle: str) -> None:
 
 
 def test_outgoing_data_is_on_channel_zero() -> None:
-    assert PortForwardFraming.data(b"abc") == b"\x00abc"
+    # (StreamTransport puts this before every message it assembles for the pod)
+    assert CHANNEL_PREFIX == b"\x00"
