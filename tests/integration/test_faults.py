@@ -216,6 +216,38 @@ def _assert_no_silent_loss(outcomes: list[Outcome]) -> Counter[str]:
 # --- the carrier cut at random points -----------------------------------------------------
 
 
+async def _transfers_under_faults(
+    daemon: Daemon, relay: RelayProcess, proxy: FaultProxy, carrier: str,
+    servers: tuple[int, int, int], rng: random.Random, count: int,
+    fault: Callable[[], Awaitable[None]],
+) -> list[Outcome]:
+    """``count`` random uploads, echoes and downloads (1 KiB to 1.4 MiB) on 8 connections at a
+    time, through ``proxy``, while ``fault()`` runs again and again: their outcomes."""
+    await _connect(daemon, relay, proxy, carrier)
+    ports = {kind: await _expose(daemon, port, name) for kind, port, name in
+             zip(("upload", "echo", "download"), servers, ("digest", "echo", "source"),
+                 strict=True)}
+    do = {"upload": _upload, "echo": _echo, "download": _download}
+    queue = [(rng.choice(list(do)), int(2 ** rng.uniform(10, 20.5))) for _ in range(count)]
+    outcomes: list[Outcome] = []
+
+    async def worker() -> None:
+        while queue:
+            kind, size = queue.pop()
+            outcomes.append(await _bounded(do[kind](ports[kind], size), kind, size))
+
+    async def faults() -> None:
+        while True:
+            await fault()
+
+    faulting = asyncio.create_task(faults())
+    try:
+        await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(8))), 80)
+    finally:
+        faulting.cancel()
+    return outcomes
+
+
 @pytest.mark.parametrize(("carrier", "how"), [("tcp", "reset"), ("ws", "close")])
 async def test_cut_carrier_never_ends_a_transfer_cleanly(
     relay: RelayProcess, daemon: Daemon, digest_server: int, echo_server: int,
@@ -227,37 +259,20 @@ async def test_cut_carrier_never_ends_a_transfer_cleanly(
     target = relay.ssh_port if carrier == "tcp" else relay.http_port
     assert target
     async with FaultProxy(target) as proxy:
-        await _connect(daemon, relay, proxy, carrier)
-        ports = {"upload": await _expose(daemon, digest_server, "digest"),
-                 "echo": await _expose(daemon, echo_server, "echo"),
-                 "download": await _expose(daemon, source_server, "source")}
-        do = {"upload": _upload, "echo": _echo, "download": _download}
-        jobs = [(rng.choice(list(do)), int(2 ** rng.uniform(10, 20.5))) for _ in range(400)]
-        queue = list(jobs)
-        outcomes: list[Outcome] = []
+        async def cut() -> None:
+            # past a reconnection's handshake (a few KiB), so the daemon does not back off
+            proxy.cut_after(rng.randint(256 * KiB, 12 * MiB), how)
+            await proxy.wait_cut()
 
-        async def worker() -> None:
-            while queue:
-                kind, size = queue.pop()
-                outcomes.append(await _bounded(do[kind](ports[kind], size), kind, size))
-
-        async def cutter() -> None:
-            while True:
-                # past a reconnection's handshake (a few KiB), so the daemon does not back off
-                proxy.cut_after(rng.randint(256 * KiB, 12 * MiB), how)
-                await proxy.wait_cut()
-
-        cutting = asyncio.create_task(cutter())
-        try:
-            await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(8))), 80)
-        finally:
-            cutting.cancel()
+        outcomes = await _transfers_under_faults(
+            daemon, relay, proxy, carrier, (digest_server, echo_server, source_server), rng,
+            400, cut)
         tally = _assert_no_silent_loss(outcomes)
         cut_mid_stream = [o for o in outcomes if o.result == "error" and o.received]
         # the faults did happen, and hit transfers in the middle, and the tunnel healed
         assert proxy.cuts >= 5, f"only {proxy.cuts} cuts: the test did not test much"
         assert cut_mid_stream, f"no transfer was cut after its first bytes ({dict(tally)})"
-        assert tally["ok"] >= len(jobs) // 2, f"too few transfers got through: {dict(tally)}"
+        assert tally["ok"] >= 400 // 2, f"too few transfers got through: {dict(tally)}"
 
 
 @pytest.mark.parametrize("carrier", ["tcp", "ws"])
@@ -273,35 +288,18 @@ async def test_a_corrupted_carrier_is_an_error_never_changed_bytes(
     target = relay.ssh_port if carrier == "tcp" else relay.http_port
     assert target
     async with FaultProxy(target) as proxy:
-        await _connect(daemon, relay, proxy, carrier)
-        ports = {"upload": await _expose(daemon, digest_server, "digest"),
-                 "echo": await _expose(daemon, echo_server, "echo"),
-                 "download": await _expose(daemon, source_server, "source")}
-        do = {"upload": _upload, "echo": _echo, "download": _download}
-        queue = [(rng.choice(list(do)), int(2 ** rng.uniform(10, 20.5))) for _ in range(240)]
-        total = len(queue)
-        outcomes: list[Outcome] = []
+        async def flip() -> None:
+            proxy.flip_after(rng.randint(256 * KiB, 12 * MiB))
+            await proxy.wait_flipped()
 
-        async def worker() -> None:
-            while queue:
-                kind, size = queue.pop()
-                outcomes.append(await _bounded(do[kind](ports[kind], size), kind, size))
-
-        async def flipper() -> None:
-            while True:
-                proxy.flip_after(rng.randint(256 * KiB, 12 * MiB))
-                await proxy.wait_flipped()
-
-        flipping = asyncio.create_task(flipper())
-        try:
-            await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(8))), 80)
-        finally:
-            flipping.cancel()
+        outcomes = await _transfers_under_faults(
+            daemon, relay, proxy, carrier, (digest_server, echo_server, source_server), rng,
+            240, flip)
         tally = _assert_no_silent_loss(outcomes)
         assert proxy.flips >= 3, f"only {proxy.flips} bits flipped: the test did not test much"
         assert tally["error"], f"no transfer saw a flipped bit ({dict(tally)})"
         assert proxy.accepted > 1, "the daemon never reconnected after a corrupted packet"
-        assert tally["ok"] >= total // 2, f"too few transfers got through: {dict(tally)}"
+        assert tally["ok"] >= 240 // 2, f"too few transfers got through: {dict(tally)}"
 
 
 # --- a carrier that goes dark, or half-open -----------------------------------------------
