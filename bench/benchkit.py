@@ -103,3 +103,19 @@ async def run_wrk(port: int, seconds: int, conns: int, cpus: str | None, *,
     if proc.returncode:
         raise RuntimeError(f"wrk failed ({proc.returncode}): {out.decode(errors='replace')}")
     return parse_wrk(out.decode())
+
+
+async def tcp_bridge(relay: Any, daemon: Any) -> Any:
+    """Authorize ``daemon`` at ``relay`` (bridged.localrun processes) and connect them over
+    the tcp carrier; returns the daemon's control API as ``await call(method, path, body)``."""
+    from bridged.control.client import ControlClient
+
+    client = ControlClient(daemon.socket)
+
+    async def call(method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        return await asyncio.to_thread(client.request, method, path, body)
+
+    status = await call("GET", "status")
+    relay.authorize(status["daemon"]["client_key"])
+    await call("POST", "bridges", {"url": relay.url})
+    return call

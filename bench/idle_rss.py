@@ -34,7 +34,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchkit import REPO
+from benchkit import REPO, tcp_bridge
 
 GOALS_MIB = {"daemon": 45.0, "relay": 60.0}
 
@@ -76,7 +76,6 @@ async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> No
 
 async def measure(workdir: Path, env: dict[str, str]) -> dict[str, Any]:
     """Start both, connect, forward, echo once, wait for idle: RSS and the log paths."""
-    from bridged.control.client import ControlClient
     from bridged.localrun import DaemonProcess, RelayProcess
 
     saved = dict(os.environ)
@@ -89,14 +88,7 @@ async def measure(workdir: Path, env: dict[str, str]) -> dict[str, Any]:
         async with relay, daemon:
             os.environ.clear()
             os.environ.update(saved)
-            client = ControlClient(daemon.socket)
-
-            async def call(method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-                return await asyncio.to_thread(client.request, method, path, body)
-
-            status = await call("GET", "status")
-            relay.authorize(status["daemon"]["client_key"])
-            await call("POST", "bridges", {"url": relay.url})
+            call = await tcp_bridge(relay, daemon)
             fwd = await call("POST", "forwards", {"target": f"127.0.0.1:{target}",
                                                  "name": "bench"})
             port = int(fwd["forwards"][0]["local_port"])

@@ -24,14 +24,12 @@ import asyncio
 import contextlib
 import json
 import socket
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchkit import tcp_bridge  # (also puts the repository on sys.path)
 
-from bridged.control.client import ControlClient
 from bridged.kube import manifests
 from bridged.localrun import DaemonProcess, RelayProcess
 
@@ -92,14 +90,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         async with RelayProcess(Path(tmp) / "relay") as relay, \
                 DaemonProcess(Path(tmp) / "daemon") as daemon:
-            client = ControlClient(daemon.socket)
+            call = await tcp_bridge(relay, daemon)
 
-            async def call(method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-                return await asyncio.to_thread(client.request, method, path, body)
-
-            status = await call("GET", "status")
-            relay.authorize(status["daemon"]["client_key"])
-            await call("POST", "bridges", {"url": relay.url})
             async def expose(target_port: int) -> int:
                 made = await call("POST", "forwards", {"target": f"127.0.0.1:{target_port}"})
                 return int(made["forwards"][0]["local_port"])
