@@ -22,14 +22,12 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncssh
 
 from .. import protocol
-from ..capture.mirror import MirrorPairs
 from ..capture.model import Captured, CaptureSettings
-from ..capture.tap import ConnectionTap, OnCapture
 from ..carriers import Carrier
 from ..config import Backoff, ForwardSpec, InterceptSpec, TunnelSettings
 from ..errors import (
@@ -47,6 +45,10 @@ from ..splice import Counters, Pipe, channel_then_socket, socket_then_channel
 from ..tasks import TaskSet
 from .control_channel import ControlChannel
 from .hosts import HostsFile, names_of
+
+if TYPE_CHECKING:
+    from ..capture.mirror import MirrorPairs
+    from ..capture.tap import ConnectionTap, OnCapture
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +190,7 @@ class Bridge:
         #: given (record id, new fields) when a stored record learns more: a mirrored
         #: request's cluster answer, which the relay sends after the laptop's was recorded
         self.on_capture_update = on_capture_update
-        self._mirrors = MirrorPairs(self.capture_settings)
+        self._mirror_pairs: MirrorPairs | None = None
         #: how this bridge was asked for (url and token, or kube context...), to save it
         self.made_with: dict[str, Any] = {}
         #: who the relay is, for pins, status and messages: a URL, or kube://CONTEXT/NAMESPACE
@@ -727,7 +729,17 @@ class Bridge:
         """What watches one connection of ``intercept`` for the capture, if anyone listens."""
         if self.on_capture is None:
             return None
+        # imported with the first tapped connection: an idle daemon does not carry the HTTP
+        # parsers' and the mirror pairing's memory (issue 14)
+        from ..capture.tap import ConnectionTap
         return ConnectionTap(intercept, self.capture_settings, self._captured)
+
+    @property
+    def _mirrors(self) -> MirrorPairs:
+        if self._mirror_pairs is None:
+            from ..capture.mirror import MirrorPairs
+            self._mirror_pairs = MirrorPairs(self.capture_settings)
+        return self._mirror_pairs
 
     def _captured(self, record: Captured) -> None:
         """The tap's record: a mirrored copy is marked and paired with the cluster's answer."""

@@ -17,21 +17,24 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
-#: what neither a relay without Kubernetes access nor a daemon without a kube bridge uses
+#: what neither a relay without Kubernetes access nor a daemon without a kube bridge uses; nor
+#: the HTTP/2 stack (h2, hpack, hyperframe: ≈ 1.1 MiB), loaded by the first HTTP/2 connection
+#: a relay routes or the first HTTP/2 intercept a daemon checks
 NOT_IDLE = ("kubernetes_asyncio", "yaml", "jsonschema", "bridged.project", "bridged.cli.commands",
-            "bridged.kube.client", "bridged.kube.redirects", "bridged.inspector.server")
+            "bridged.kube.client", "bridged.kube.redirects", "bridged.inspector.server",
+            "h2", "hpack", "hyperframe")
 
 CASES = {
     "relay": ("bridged.relay.server", "bridged.relay.policy", "bridged.keys", "bridged.runtime"),
     "daemon": ("bridged.daemon.app", "bridged.runtime"),
 }
-#: what the one but not the other leaves out: the relay's router speaks HTTP/2 on any port, so
-#: it has h2; the daemon needs it for an HTTP/2 intercept only. The relay keeps no capture.
+#: what the one but not the other leaves out. The relay keeps no capture; the daemon taps
+#: connections only once an intercept carries one.
 #: The daemon's control API is served without aiohttp (≈ 12 MiB with yarl, multidict and the
 #: rest): only a websocket or kube carrier, a Kubernetes client or the inspector load it.
 NOT_IDLE_IN = {
     "relay": ("bridged.capture.store", "sqlite3", "bridged.daemon"),
-    "daemon": ("h2", "hpack", "hyperframe", "bridged.capture.tap_h2", "bridged.daemon.h2check",
+    "daemon": ("bridged.capture.tap", "bridged.capture.mirror", "bridged.daemon.h2check",
                "bridged.relay.server", "sqlite3",  # (the capture store opens on first use)
                "aiohttp", "yarl", "multidict", "frozenlist", "aiosignal",
                "bridged.carriers.websocket", "bridged.carriers.kube"),
@@ -72,7 +75,7 @@ def test_server_processes_do_not_import_what_they_do_not_use(command: str) -> No
 #: load: the full client's package loads every API and model (≈ 40 MiB); the relay's own
 #: small one (bridged.kube.lite) does what it needs
 NOT_IN_POD = ("kubernetes_asyncio", "bridged.inspector.server", "bridged.capture.store",
-              "bridged.daemon", "bridged.cli.commands", "bridged.project")
+              "bridged.daemon", "bridged.cli.commands", "bridged.project", "h2", "hpack")
 
 
 async def test_the_relay_as_its_pod_runs_it_does_not_import_the_full_kube_client(

@@ -24,7 +24,6 @@ import logging
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-import h2.exceptions
 import httptools
 
 from ...routing.decide import ORIGIN, Route
@@ -46,10 +45,10 @@ from .framing import (
     origin_form,
     serialize_head,
 )
-from .h2downstream import H2Downstream
 from .upstream import Upstream
 
 if TYPE_CHECKING:
+    from .h2downstream import H2Downstream
     from .router import HttpRouter
 
 log = logging.getLogger("bridged.relay.router")
@@ -157,7 +156,7 @@ class Downstream(asyncio.Protocol):
         if verdict == sniff.H2C:
             self.state = H2
             self.sniffed = bytearray()
-            self.h2 = H2Downstream(self)
+            self.h2 = _h2_downstream()(self)
             self.h2.start(bytes(sniffed))
             return
         if verdict != sniff.HTTP1:
@@ -681,8 +680,10 @@ class Downstream(asyncio.Protocol):
                              b"Upgrade: h2c\r\n\r\n")
         self.state = H2
         self.current = None
-        self.h2 = H2Downstream(self)
+        self.h2 = _h2_downstream()(self)
         assert r.head is not None
+        import h2.exceptions  # (loaded with the HTTP/2 side above)
+
         try:
             self.h2.start_upgraded(settings, headers, r.head, rest)
         except (h2.exceptions.ProtocolError, ValueError) as exc:  # bad HTTP2-Settings
@@ -808,3 +809,11 @@ class Downstream(asyncio.Protocol):
         if r.mirror is not None:
             r.mirror.cluster_done(status)
         self.router.report(r.head, r.route, status, r.started, self.peer)
+
+
+def _h2_downstream() -> type[H2Downstream]:
+    """The HTTP/2 side's class, imported with a port's first HTTP/2 connection: h2, hpack and
+    hyperframe cost a relay ~1.1 MiB it need not carry while nobody speaks HTTP/2 (issue 14)."""
+    from .h2downstream import H2Downstream
+
+    return H2Downstream
