@@ -10,7 +10,6 @@ import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..capture.har import to_har
 from ..capture.store import to_json
 from ..errors import BridgedError, ConfigError, ControlError
 from .httpserver import Answer, HttpServer, Request, Response, Routes, json_response
@@ -205,6 +204,8 @@ def make_routes(daemon: Daemon) -> Routes:
 
     @routes.get(f"{API}/capture/har")
     async def capture_har(request: Request) -> Answer:
+        from ..capture.har import to_har  # (and datetime: not kept by an idle daemon)
+
         return 200, to_har(daemon.store.list(**_capture_filters(request)))
 
     @routes.delete(f"{API}/capture")

@@ -38,11 +38,11 @@ from ..tasks import TaskSet
 from .bridge import Bridge, Forward, Intercept, KeyRefused, http_client_error
 from .hosts import HostsFile, HostsSettings
 from .notify import Notifier
-from .proxy import Proxies
 from .state import StateFile
 
 if TYPE_CHECKING:
     from ..inspector.server import Inspector
+    from .proxy import Proxies
 
 log = logging.getLogger(__name__)
 
@@ -592,6 +592,8 @@ class Daemon:
                 proxies = None
             if proxies is None:
                 namespace = str(getattr(bridge.kube, "namespace", "") or "")
+                from .proxy import Proxies  # (with its name rules: not kept by an idle daemon)
+
                 proxies = Proxies(bridge, namespace)
                 await proxies.start()
                 self.proxies[bridge.name] = proxies

@@ -34,7 +34,8 @@ CASES = {
 #: rest): only a websocket or kube carrier, a Kubernetes client or the inspector load it.
 NOT_IDLE_IN = {
     "relay": ("bridged.capture.store", "sqlite3", "bridged.daemon"),
-    "daemon": ("bridged.capture.tap", "bridged.capture.mirror", "bridged.daemon.h2check",
+    "daemon": ("bridged.capture.tap", "bridged.capture.mirror", "bridged.capture.har",
+               "bridged.daemon.proxy", "bridged.daemon.h2check",
                "bridged.relay.server", "sqlite3",  # (the capture store opens on first use)
                "aiohttp", "yarl", "multidict", "frozenlist", "aiosignal",
                "bridged.carriers.websocket", "bridged.carriers.kube"),
