@@ -33,6 +33,11 @@ packet, and asyncssh spends it twice where it need not:
    reads a close without EOF as a lost stream (the far socket was reset), so a complete 64 MiB
    echo ended with a reset about 1 time in 10. We keep the EOF in both cases: sent before the
    CLOSE once the data is out; delivered after the buffered data.
+6. A TCP socket's reads (:class:`BufferedReads`, asyncio's BufferedProtocol): uvloop copied
+   every read into a new bytes object, and a packet cut by a read was joined with the next;
+   now reads land in the connection's own buffer and stop at a large packet's end, and
+   packets are decrypted where they lie. Same-run A/B: the receiving side's CPU per GB
+   0.54 -> 0.45-0.47 s, one stream 950-1060 -> 1040-1150 MB/s.
 
 All are applied only to the asyncssh versions they were checked against (see ``_CHECKED``),
 and only if the patched attributes look as expected; otherwise asyncssh runs as shipped and a
@@ -41,6 +46,7 @@ debug line says so. Nothing here touches key exchange, MACs, sequence numbers or
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -343,6 +349,42 @@ def _fast_channel_data(aead_of: Any) -> None:
         if self._transport:
             self._recv_seq = (seq + 1) & 0xFFFFFFFF
 
+    empty = memoryview(b"")
+
+    def _bridged_received(self: Any, view: memoryview) -> tuple[memoryview, int]:
+        """What a :class:`BufferedReads` read into its buffer (``view``, valid during this
+        call only): every whole packet in it is handled; returns what is left (the start of
+        the next packet, to be given again with more) and the size that packet will have
+        (0: not known yet). ``_inpbuf`` is left empty: nothing keeps a view of the buffer."""
+        if type(self._recv_encryption) is not gcm_encryption:
+            _data_received(self, bytes(view))  # key exchange, another cipher: as shipped
+            return empty, 0
+        held = self.__dict__.get("_bridged_held")
+        if held:  # a packet begun through data_received (the cipher just changed): finish it
+            more = self._bridged_need - self._bridged_have
+            if len(view) < more:
+                _data_received(self, bytes(view))
+                return empty, 0
+            _data_received(self, bytes(view[:more]))
+            view = view[more:]
+        inp = self._inpbuf
+        self._inpbuf = memoryview(b"".join((inp, view))) if inp else view
+        self._recv_data()
+        rest = self._inpbuf
+        if type(rest) is not memoryview:  # (asyncssh's own reader took over: a rekey)
+            return empty, 0
+        if getattr(self._recv_handler, "__func__", None) is not _recv_pkthdr:
+            # a packet is being handled by a task (authentication): asyncssh reads what came
+            # after it from _inpbuf once the task is done, so it keeps it there (a copy)
+            self._inpbuf = memoryview(bytes(rest))
+            return empty, 0
+        self._inpbuf = empty
+        if len(rest) >= 4 and type(self._recv_encryption) is gcm_encryption:
+            return rest, 4 + int.from_bytes(rest[:4], "big") + GCM_TAG
+        return rest, 0
+
+    conn_cls._bridged_received = _bridged_received  # type: ignore[attr-defined]
+
     decrypt_packet = gcm_encryption.decrypt_packet
 
     def _decrypt_packet(self: Any, seq: int, first: Any, rest: Any, header_len: int,
@@ -356,6 +398,106 @@ def _fast_channel_data(aead_of: Any) -> None:
     conn_cls.data_received = _data_received  # type: ignore[method-assign]
     conn_cls._recv_pkthdr = _recv_pkthdr  # type: ignore[method-assign]
     gcm_encryption.decrypt_packet = _decrypt_packet  # type: ignore[method-assign]
+
+
+class BufferedReads(asyncio.BufferedProtocol):
+    """An SSH connection's socket, read straight into a buffer of ours (item 6).
+
+    As an ``asyncio.Protocol`` the connection is given a new bytes object per read (uvloop
+    copies what it read into it), and a packet cut by a read was joined with the next read
+    (a second copy): at 256 KiB packets, both copies of nearly every byte. Here uvloop reads
+    into this buffer; whole packets are decrypted from it where they lie; a packet of known
+    size is read no further than its end, so reads stop at packet boundaries; what a read
+    left of the next packet stays in place, and moves to the front only when the rest would
+    not fit. The connection keeps no view of the buffer after each call
+    (``_bridged_received``). Used for TCP sockets, with the fast packet path only
+    (:func:`buffered`); message carriers (websocket, kube) call ``data_received`` as before.
+    """
+
+    #: bytes: the first buffer (what an idle connection's handshake needs), and the one a
+    #: read that filled all the room it was given grows it to (over two 256 KiB packets)
+    SMALL, LARGE = 64 * 1024, 1024 * 1024
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self._buf = bytearray(self.SMALL)
+        self._view = memoryview(self._buf)
+        self._start = self._end = 0  # the bytes read and not yet handled
+        self._need = 0  # the size of the packet they begin, if known
+        self._offered = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.conn.connection_made(transport)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        start, end, need = self._start, self._end, self._need
+        size = len(self._buf)
+        if self._grow or start + need > size or (not need and size - end < size // 4):
+            self._make_room(need)
+            start, end = self._start, self._end
+        # a packet of known size: read up to its end, not into the next one
+        view = self._view[end:start + need] if need else self._view[end:]
+        self._offered = len(view)
+        return view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        conn = self.conn
+        self._end += nbytes
+        if self._need:
+            if self._end - self._start < self._need:  # the packet is not whole yet
+                if conn._auth_complete:  # (a slow link's pieces put keepalives off)
+                    conn._bridged_read_at = conn._loop.time()
+                return
+        elif nbytes == self._offered and len(self._buf) < self.LARGE:
+            self._grow = True
+        rest, need = conn._bridged_received(self._view[self._start:self._end])
+        self._need = need if need > len(rest) else 0
+        if not rest:
+            self._start = self._end = 0
+        elif rest.obj is self._buf:  # the start of the next packet, where it lies
+            self._start = self._end - len(rest)
+        else:
+            self._start = self._end = 0
+            if len(rest) > len(self._buf):
+                self._make_room(len(rest))
+            self._view[:len(rest)] = rest
+            self._end = len(rest)
+
+    _grow = False
+
+    def _make_room(self, need: int) -> None:
+        """Move the pending bytes to the front, into a larger buffer if they (or the packet
+        they begin) would not fit or the reads fill what they are given."""
+        pending = self._view[self._start:self._end]
+        size = len(self._buf)
+        if need > size or self._grow:
+            size = max(size, self.LARGE if self._grow else 0, need)
+            self._grow = False
+        if size != len(self._buf):
+            self._buf = bytearray(size)
+            self._view = memoryview(self._buf)
+        self._view[:len(pending)] = pending  # (overlapping is fine for a memoryview)
+        self._start, self._end = 0, len(pending)
+
+    def eof_received(self) -> bool | None:
+        return self.conn.eof_received()  # type: ignore[no-any-return]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.conn.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.conn.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.conn.resume_writing()
+
+
+def buffered(conn: Any) -> Any:
+    """The protocol to give a TCP socket for the asyncssh connection ``conn``: ``conn``
+    itself, or read through :class:`BufferedReads` where the fast packet path is on."""
+    if hasattr(type(conn), "_bridged_received"):
+        return BufferedReads(conn)
+    return conn
 
 
 def _less_per_packet() -> None:

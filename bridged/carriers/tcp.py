@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from ..config import CarrierSpec, format_host_port
 from ..errors import CarrierError
+from ..sshtune import buffered
 from .base import Carrier
 
 
@@ -19,8 +20,15 @@ class TcpCarrier(Carrier):
         self, protocol_factory: Callable[[], asyncio.BaseProtocol], host: str, port: int
     ) -> tuple[asyncio.BaseTransport, asyncio.BaseProtocol]:
         loop = asyncio.get_running_loop()
+        made: list[asyncio.BaseProtocol] = []
+
+        def reader() -> asyncio.BaseProtocol:
+            made.append(protocol_factory())
+            return buffered(made[0])  # (read into buffers of its own: one copy less per byte)
+
         try:
-            return await loop.create_connection(protocol_factory, self.spec.host, self.spec.port)
+            transport, _ = await loop.create_connection(reader, self.spec.host, self.spec.port)
+            return transport, made[0]
         except OSError as exc:
             raise CarrierError(
                 f"cannot reach the relay at {self.description}: {exc.strerror or exc}",

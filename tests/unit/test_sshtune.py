@@ -16,6 +16,10 @@ from asyncssh.crypto.cipher import GCMCipher
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from bridged import sshtune
+from bridged.carriers import carrier_for
+from bridged.config import parse_carrier
+from bridged.relay.server import TcpAcceptor
+from bridged.sshtune import BufferedReads
 from tests import stock_ssh_peer
 
 VERSION = tuple(int(p) for p in asyncssh.__version__.split(".")[:2])
@@ -180,9 +184,15 @@ def _expected(seed: int) -> list[str]:
     return out
 
 
+#: how the patched side reads its socket: through sshtune.BufferedReads (as bridged's tcp
+#: carrier and the relay's SSH port do), or as an asyncio.Protocol (the message carriers)
+READS = ["buffered", "protocol"]
+
+
+@pytest.mark.parametrize("reads", READS)
 @pytest.mark.parametrize("cipher", CIPHERS)
 async def test_patched_client_and_stock_server_move_every_byte_through_rekeys(
-        cipher: str) -> None:
+        cipher: str, reads: str) -> None:
     seed = 11
     proc = await asyncio.create_subprocess_exec(
         sys.executable, str(PEER), "serve", cipher, str(REKEY_BYTES),
@@ -191,11 +201,14 @@ async def test_patched_client_and_stock_server_move_every_byte_through_rekeys(
         assert proc.stdout is not None
         info = json.loads(await asyncio.wait_for(proc.stdout.readline(), 30))
         known = asyncssh.import_known_hosts(f"[127.0.0.1]:{info['port']} {info['host_key']}")
+        carrier = carrier_for(parse_carrier(f"tcp://127.0.0.1:{info['port']}"))
         async with asyncssh.connect(
                 "127.0.0.1", info["port"], username="t", known_hosts=known, agent_path=None,
                 config=None, client_keys=[asyncssh.import_private_key(info["client_key"])],
-                encryption_algs=[cipher], compression_algs=None,
-                rekey_bytes=REKEY_BYTES) as conn:
+                encryption_algs=[cipher], compression_algs=None, rekey_bytes=REKEY_BYTES,
+                **({"tunnel": carrier} if reads == "buffered" else {})) as conn:
+            assert isinstance(conn._transport.get_protocol(), BufferedReads) == \
+                (reads == "buffered")
             hashes = await asyncio.wait_for(_echo_through(conn, seed), 120)
     finally:
         assert proc.stdin is not None
@@ -204,12 +217,22 @@ async def test_patched_client_and_stock_server_move_every_byte_through_rekeys(
     assert hashes == _expected(seed)
 
 
+@pytest.mark.parametrize("reads", READS)
 @pytest.mark.parametrize("cipher", CIPHERS)
 async def test_stock_client_and_patched_server_move_every_byte_through_rekeys(
-        cipher: str) -> None:
+        cipher: str, reads: str, monkeypatch: pytest.MonkeyPatch) -> None:
     seed = 12
+    accepted: list[BufferedReads] = []
+    init = BufferedReads.__init__
+
+    def counted(self: BufferedReads, conn: object) -> None:
+        init(self, conn)
+        accepted.append(self)
+
+    monkeypatch.setattr(BufferedReads, "__init__", counted)
     server, host_key, client_key = await stock_ssh_peer.echo_server(
-        encryption_algs=[cipher], rekey_bytes=REKEY_BYTES)
+        encryption_algs=[cipher], rekey_bytes=REKEY_BYTES,
+        **({"tunnel": TcpAcceptor()} if reads == "buffered" else {}))
     try:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, str(PEER), "echo-through", str(server.get_port()),
@@ -221,6 +244,7 @@ async def test_stock_client_and_patched_server_move_every_byte_through_rekeys(
         await server.wait_closed()
     assert proc.returncode == 0
     assert json.loads(out)["sha256"] == _expected(seed)
+    assert len(accepted) == (1 if reads == "buffered" else 0)
 
 
 async def test_a_compressed_connection_moves_every_byte() -> None:
@@ -292,3 +316,4 @@ def test_the_fast_packet_path_is_in_place_where_it_was_read() -> None:
     patched = channel.SSHChannel._flush_send_buf.__module__ == sshtune.__name__
     assert patched == (VERSION in sshtune._FAST_CHECKED)
     assert (connection.SSHConnection.data_received.__module__ == sshtune.__name__) == patched
+
