@@ -36,6 +36,7 @@ import asyncssh
 
 from .errors import BridgedError
 from .sockets import reset
+from .sshtune import corked
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +125,9 @@ class Pipe(asyncio.Protocol):
         if self.observer is not None:
             self._observe(self.observer.socket_ended, False)
         if self.chan is not None:
-            self.chan.write_eof()
-            self._close_if_done()
+            with corked(self.chan):  # the EOF, and the CLOSE if the other way ended: one write
+                self.chan.write_eof()
+                self._close_if_done()
         return True  # keep the socket open for the other direction
 
     def connection_lost(self, exc: Exception | None) -> None:

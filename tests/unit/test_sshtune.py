@@ -317,3 +317,61 @@ def test_the_fast_packet_path_is_in_place_where_it_was_read() -> None:
     assert patched == (VERSION in sshtune._FAST_CHECKED)
     assert (connection.SSHConnection.data_received.__module__ == sshtune.__name__) == patched
 
+
+
+class _CountingTransport:
+    """Delegates to a transport, counting the writes made through it."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.inner = transport
+        self.writes = 0
+
+    def write(self, data: bytes) -> None:
+        self.writes += 1
+        self.inner.write(data)
+
+    def writelines(self, data: list[bytes]) -> None:
+        self.writes += 1
+        self.inner.writelines(data)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+
+async def test_a_corked_eof_and_close_leave_in_one_write_and_in_order() -> None:
+    """What splice does when both ways of a stream ended: the far side gets the data, the EOF
+    and then the CLOSE (an EOF lost would read as a cut stream), from one write."""
+    gcm = ["aes128-gcm@openssh.com"]  # (what bridged negotiates; other ciphers do not cork)
+    far = _Recorder()
+
+    class Server(asyncssh.SSHServer):  # type: ignore[misc]
+        def begin_auth(self, username: str) -> bool:
+            return False
+
+        def connection_requested(self, *args: object) -> object:
+            return far
+
+    server = await asyncssh.listen("127.0.0.1", 0, server_factory=Server, encryption_algs=gcm,
+                                   server_host_keys=[asyncssh.generate_private_key("ssh-ed25519")])
+    try:
+        async with asyncssh.connect("127.0.0.1", server.get_port(), username="t",
+                                    known_hosts=None, agent_path=None, config=None,
+                                    encryption_algs=gcm) as conn:
+            chan, _ = await conn.create_connection(asyncssh.SSHTCPSession, "x", 1)
+            assert far.chan is not None
+            far.chan.resume_reading()  # (this one reads at once)
+            chan.write(b"last words")
+            counting = _CountingTransport(conn._transport)
+            conn._transport = counting
+            with sshtune.corked(chan):
+                chan.write_eof()
+                chan.close()
+                assert counting.writes == 0  # (held until the block ends)
+            assert counting.writes == 1
+            conn._transport = counting.inner
+            await asyncio.wait_for(far.lost.wait(), 10)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert bytes(far.data) == b"last words"
+    assert far.events == ["eof", "lost"]
