@@ -368,14 +368,9 @@ def _fast_channel_data(aead_of: Any) -> None:
         if type(self._recv_encryption) is not gcm_encryption:
             _data_received(self, bytes(view))  # key exchange, another cipher: as shipped
             return empty, 0
-        held = self.__dict__.get("_bridged_held")
-        if held:  # a packet begun through data_received (the cipher just changed): finish it
-            more = self._bridged_need - self._bridged_have
-            if len(view) < more:
-                _data_received(self, bytes(view))
-                return empty, 0
-            _data_received(self, bytes(view[:more]))
-            view = view[more:]
+        if self.__dict__.get("_bridged_held"):  # (only data_received holds packet pieces,
+            _data_received(self, bytes(view))  # never on this path: kept right, not fast)
+            return empty, 0
         inp = self._inpbuf
         self._inpbuf = memoryview(b"".join((inp, view))) if inp else view
         self._recv_data()
@@ -444,12 +439,14 @@ class BufferedReads(asyncio.BufferedProtocol):
     As an ``asyncio.Protocol`` the connection is given a new bytes object per read (uvloop
     copies what it read into it), and a packet cut by a read was joined with the next read
     (a second copy): at 256 KiB packets, both copies of nearly every byte. Here uvloop reads
-    into this buffer; whole packets are decrypted from it where they lie; a packet of known
-    size is read no further than its end, so reads stop at packet boundaries; what a read
-    left of the next packet stays in place, and moves to the front only when the rest would
-    not fit. The connection keeps no view of the buffer after each call
-    (``_bridged_received``). Used for TCP sockets, with the fast packet path only
-    (:func:`buffered`); message carriers (websocket, kube) call ``data_received`` as before.
+    into this buffer; whole packets are decrypted from it where they lie; once a packet's
+    length is known it is read no further than its end, so reads stop at packet boundaries;
+    what a read left of the next packet stays in place, and moves to the front only when the
+    rest would not fit. The connection keeps no view of the buffer after each call
+    (``_bridged_received``). The buffer starts at 64 KiB, grows to 1 MiB once an
+    authenticated peer's reads fill it, and goes back after 64 small reads. Used for TCP
+    sockets, with the fast packet path only (:func:`buffered`); message carriers
+    (websocket, kube) call ``data_received`` as before.
     """
 
     #: bytes: the first buffer (what an idle connection's handshake needs), and the one a
@@ -486,12 +483,18 @@ class BufferedReads(asyncio.BufferedProtocol):
                 if conn._auth_complete:  # (a slow link's pieces put keepalives off)
                     conn._bridged_read_at = conn._loop.time()
                 return
-        elif nbytes == self._offered and len(self._buf) < self.LARGE:
-            self._grow = True
+        elif nbytes == self._offered and len(self._buf) < self.LARGE and conn._auth_complete:
+            self._grow = True  # (not before: a peer not yet let in gets the small buffer)
         rest, need = conn._bridged_received(self._view[self._start:self._end])
         self._need = need if need > len(rest) else 0
         if not rest:
             self._start = self._end = 0
+            if len(self._buf) > self.SMALL:  # after a burst: back to the small buffer once
+                self._small_reads = self._small_reads + 1 if nbytes < self.SMALL else 0
+                if self._small_reads >= self.SMALL_READS:  # reads have stayed small a while
+                    self._buf = bytearray(self.SMALL)
+                    self._view = memoryview(self._buf)
+                    self._small_reads = 0
         elif rest.obj is self._buf:  # the start of the next packet, where it lies
             self._start = self._end - len(rest)
         else:
@@ -502,6 +505,10 @@ class BufferedReads(asyncio.BufferedProtocol):
             self._end = len(rest)
 
     _grow = False
+    #: reads in a row smaller than SMALL, with nothing pending, after which a grown buffer
+    #: goes back to SMALL (an idle connection does not keep 1 MiB for a burst long over)
+    SMALL_READS = 64
+    _small_reads = 0
 
     def _make_room(self, need: int) -> None:
         """Move the pending bytes to the front, into a larger buffer if they (or the packet

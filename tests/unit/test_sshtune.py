@@ -9,6 +9,8 @@ import logging
 import os
 import sys
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import asyncssh
 import pytest
@@ -193,6 +195,10 @@ READS = ["buffered", "protocol"]
 @pytest.mark.parametrize("cipher", CIPHERS)
 async def test_patched_client_and_stock_server_move_every_byte_through_rekeys(
         cipher: str, reads: str) -> None:
+    await _patched_client(cipher, reads)
+
+
+async def _patched_client(cipher: str, reads: str) -> None:
     seed = 11
     proc = await asyncio.create_subprocess_exec(
         sys.executable, str(PEER), "serve", cipher, str(REKEY_BYTES),
@@ -221,6 +227,25 @@ async def test_patched_client_and_stock_server_move_every_byte_through_rekeys(
 @pytest.mark.parametrize("cipher", CIPHERS)
 async def test_stock_client_and_patched_server_move_every_byte_through_rekeys(
         cipher: str, reads: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    await _patched_server(cipher, reads, monkeypatch)
+
+
+@pytest.mark.parametrize("cipher", CIPHERS)
+def test_buffered_reads_on_uvloop_move_every_byte_through_rekeys(
+        cipher: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both transfers again on uvloop, which the daemon and the relay run on: its
+    BufferedProtocol reads are not asyncio's (the tests above run on asyncio's loop)."""
+    import uvloop
+
+    async def both() -> None:
+        assert type(asyncio.get_running_loop()).__module__.startswith("uvloop")
+        await _patched_client(cipher, "buffered")
+        await _patched_server(cipher, "buffered", monkeypatch)
+
+    uvloop.run(both())
+
+
+async def _patched_server(cipher: str, reads: str, monkeypatch: pytest.MonkeyPatch) -> None:
     seed = 12
     accepted: list[BufferedReads] = []
     init = BufferedReads.__init__
@@ -375,3 +400,112 @@ async def test_a_corked_eof_and_close_leave_in_one_write_and_in_order() -> None:
         await server.wait_closed()
     assert bytes(far.data) == b"last words"
     assert far.events == ["eof", "lost"]
+
+
+
+async def test_what_follows_a_packet_handled_in_a_task_is_read_when_the_task_is_done(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """asyncssh hands some packets to a task (an authentication request, a KEXINIT) and reads
+    what came after them from its own input buffer once the task is done. Two global requests
+    leave the client in one write, so the server reads them at once; the first is held in a
+    task here: the second must be answered after it (left in the reader's buffer instead, it
+    never was, and the daemon's handshake stalled about one time in six)."""
+    from asyncssh.connection import SSHConnection
+    from asyncssh.constants import MSG_GLOBAL_REQUEST
+
+    handle = SSHConnection._packet_handlers[MSG_GLOBAL_REQUEST]
+    gate, held = asyncio.Event(), asyncio.Event()
+
+    def first_in_a_task(conn: Any, pkttype: int, pktid: int, packet: Any) -> Any:
+        if held.is_set() or not conn.is_server():
+            return handle(conn, pkttype, pktid, packet)
+        held.set()
+
+        async def later() -> None:
+            await gate.wait()
+            handle(conn, pkttype, pktid, packet)
+
+        return later()
+
+    monkeypatch.setitem(SSHConnection._packet_handlers, MSG_GLOBAL_REQUEST, first_in_a_task)
+
+    class Server(asyncssh.SSHServer):  # type: ignore[misc]
+        def begin_auth(self, username: str) -> bool:
+            return False
+
+    gcm = ["aes128-gcm@openssh.com"]
+    server = await asyncssh.listen("127.0.0.1", 0, tunnel=TcpAcceptor(), server_factory=Server,
+                                   server_host_keys=[asyncssh.generate_private_key("ssh-ed25519")],
+                                   encryption_algs=gcm)
+    try:
+        async with asyncssh.connect("127.0.0.1", server.get_port(), username="t",
+                                    known_hosts=None, agent_path=None, config=None,
+                                    encryption_algs=gcm) as conn:
+            with sshtune.corked(SimpleNamespace(_conn=conn)):  # both in one write
+                answers = [asyncio.ensure_future(conn._make_global_request(b"x@bridged"))
+                           for _ in range(2)]
+                await asyncio.sleep(0)  # (the requests are sent when the tasks start)
+            await asyncio.wait_for(held.wait(), 10)
+            await asyncio.sleep(0.05)  # the second one is read meanwhile
+            gate.set()
+            done = await asyncio.wait_for(asyncio.gather(*answers), 10)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert [pkttype for pkttype, _ in done] == [asyncssh.constants.MSG_REQUEST_FAILURE] * 2
+
+
+async def _buffered_client(server: Any, client_key: Any) -> Any:
+    carrier = carrier_for(parse_carrier(f"tcp://127.0.0.1:{server.get_port()}"))
+    return await asyncssh.connect(
+        "127.0.0.1", server.get_port(), tunnel=carrier, username="t", client_keys=[client_key],
+        known_hosts=None, agent_path=None, config=None, encryption_algs=GCM)
+
+
+GCM = ["aes128-gcm@openssh.com"]
+
+
+async def test_the_read_buffer_grows_for_a_burst_and_shrinks_after_it() -> None:
+    server, _, client_key = await stock_ssh_peer.echo_server(encryption_algs=GCM)
+    try:
+        async with await _buffered_client(server, client_key) as conn:
+            reads = conn._transport.get_protocol()
+            assert isinstance(reads, BufferedReads)
+            size = len(reads._buf)
+            assert size == reads.SMALL
+            reader, writer = await conn.open_connection(
+                "x", 1, encoding=None, window=2 * 1024 * 1024, max_pktsize=256 * 1024)
+            payload = os.urandom(8 * 1024 * 1024)
+            writer.write(payload)
+            echoed = await asyncio.wait_for(reader.readexactly(len(payload)), 30)
+            assert hashlib.sha256(echoed).digest() == hashlib.sha256(payload).digest()
+            size = len(reads._buf)
+            assert size == reads.LARGE  # reads filled what they were given
+            for i in range(reads.SMALL_READS + 8):  # then small round trips only
+                writer.write(b"%d" % (i % 10))
+                assert await asyncio.wait_for(reader.readexactly(1), 10) == b"%d" % (i % 10)
+            size = len(reads._buf)
+            assert size == reads.SMALL
+            writer.close()
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_packet_longer_than_allowed_closes_the_connection_and_sizes_nothing() -> None:
+    """A length field past asyncssh's maximum (it travels in the clear with AES-GCM) ends the
+    connection as asyncssh as shipped does; it never becomes the size of a buffer."""
+    server, _, client_key = await stock_ssh_peer.echo_server(encryption_algs=GCM)
+    try:
+        conn = await _buffered_client(server, client_key)
+        reads = conn._transport.get_protocol()
+        buf = reads.get_buffer(-1)
+        forged = (0xFFFFFFF0).to_bytes(4, "big") + b"\0" * 60
+        buf[:len(forged)] = forged
+        reads.buffer_updated(len(forged))
+        await asyncio.wait_for(conn.wait_closed(), 10)
+        need, size = reads._need, len(reads._buf)
+        assert need == 0 and size == reads.SMALL
+    finally:
+        server.close()
+        await server.wait_closed()
