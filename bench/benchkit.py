@@ -7,6 +7,7 @@ they import this module by its name; the repository's root is added for ``bridge
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import signal
@@ -103,6 +104,15 @@ async def run_wrk(port: int, seconds: int, conns: int, cpus: str | None, *,
     if proc.returncode:
         raise RuntimeError(f"wrk failed ({proc.returncode}): {out.decode(errors='replace')}")
     return parse_wrk(out.decode())
+
+
+async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A TCP echo server's connection handler (asyncio.start_server)."""
+    with contextlib.suppress(ConnectionError):
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    writer.close()
 
 
 async def tcp_bridge(relay: Any, daemon: Any) -> Any:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import subprocess
@@ -34,7 +33,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchkit import REPO, tcp_bridge
+from benchkit import REPO, echo, tcp_bridge
 
 GOALS_MIB = {"daemon": 45.0, "relay": 60.0}
 
@@ -64,14 +63,6 @@ async def until_idle(pids: list[int], quiet: float = 1.0, limit: float = 20.0) -
             last, quiet_since = now, loop.time()
         elif loop.time() - quiet_since >= quiet:
             return
-
-
-async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    with contextlib.suppress(ConnectionError):
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-    writer.close()
 
 
 async def measure(workdir: Path, env: dict[str, str]) -> dict[str, Any]:

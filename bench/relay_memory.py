@@ -28,7 +28,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchkit import tcp_bridge  # (also puts the repository on sys.path)
+from benchkit import echo, tcp_bridge  # (also puts the repository on sys.path)
 
 from bridged.kube import manifests
 from bridged.localrun import DaemonProcess, RelayProcess
@@ -62,14 +62,6 @@ async def settle(pid: int, seconds: float = 1.0) -> float:
         await asyncio.sleep(0.1)
         last = max(last, rss_mib(pid))
     return last
-
-
-async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    with contextlib.suppress(ConnectionError):
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-    writer.close()
 
 
 async def never_reads(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
