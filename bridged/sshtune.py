@@ -35,9 +35,9 @@ packet, and asyncssh spends it twice where it need not:
    CLOSE once the data is out; delivered after the buffered data.
 6. A TCP socket's reads (:class:`BufferedReads`, asyncio's BufferedProtocol): uvloop copied
    every read into a new bytes object, and a packet cut by a read was joined with the next;
-   now reads land in the connection's own buffer and stop at a large packet's end, and
-   packets are decrypted where they lie. Same-run A/B: the receiving side's CPU per GB
-   0.54 -> 0.45-0.47 s, one stream 950-1060 -> 1040-1150 MB/s.
+   now reads land in the connection's own buffer and stop at a packet's end once its length
+   is known, and packets are decrypted where they lie. Same-run A/B: the receiving side's
+   CPU per GB 0.54 -> 0.45-0.47 s, one stream 950-1060 -> 1040-1150 MB/s.
 7. Packets sent together leave together: :func:`corked` holds what a block sends and writes
    it once at its end (the splice's EOF + CLOSE when both ways of a stream ended: the relay
    makes 4 writes per forwarded stream, not 5).
@@ -378,7 +378,7 @@ def _fast_channel_data(aead_of: Any) -> None:
         if type(rest) is not memoryview:  # (asyncssh's own reader took over: a rekey)
             return empty, 0
         if getattr(self._recv_handler, "__func__", None) is not _recv_pkthdr:
-            # a packet is being handled by a task (authentication): asyncssh reads what came
+            # a packet is handled by a task (authentication, key exchange): asyncssh reads what came
             # after it from _inpbuf once the task is done, so it keeps it there (a copy)
             self._inpbuf = memoryview(bytes(rest))
             return empty, 0
@@ -452,6 +452,11 @@ class BufferedReads(asyncio.BufferedProtocol):
     #: bytes: the first buffer (what an idle connection's handshake needs), and the one a
     #: read that filled all the room it was given grows it to (over two 256 KiB packets)
     SMALL, LARGE = 64 * 1024, 1024 * 1024
+    #: reads in a row smaller than SMALL, with nothing pending, after which a grown buffer
+    #: goes back to SMALL (an idle connection does not keep 1 MiB for a burst long over)
+    SMALL_READS = 64
+    _grow = False  # the next room made is LARGE
+    _small_reads = 0
 
     def __init__(self, conn: Any) -> None:
         self.conn = conn
@@ -503,12 +508,6 @@ class BufferedReads(asyncio.BufferedProtocol):
                 self._make_room(len(rest))
             self._view[:len(rest)] = rest
             self._end = len(rest)
-
-    _grow = False
-    #: reads in a row smaller than SMALL, with nothing pending, after which a grown buffer
-    #: goes back to SMALL (an idle connection does not keep 1 MiB for a burst long over)
-    SMALL_READS = 64
-    _small_reads = 0
 
     def _make_room(self, need: int) -> None:
         """Move the pending bytes to the front, into a larger buffer if they (or the packet
