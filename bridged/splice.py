@@ -6,6 +6,8 @@ Both directions stream with back-pressure and no buffering of our own:
 - channel → socket: when the socket's write buffer passes its high-water mark asyncio calls
   ``pause_writing`` on the socket side and we stop reading the channel, which stops the window
   updates, which stops the peer.
+A socket that moves bulk is read into buffers of the splice's own (:class:`BulkReads`) and
+handed to the channel as views; small reads take asyncio's usual way.
 Half-close is honoured both ways (EOF becomes ``write_eof`` on the other side); the pair is closed
 once both directions have ended, or at once when either side is reset.
 
@@ -36,7 +38,7 @@ import asyncssh
 
 from .errors import BridgedError
 from .sockets import reset
-from .sshtune import corked
+from .sshtune import corked, write_view
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +119,9 @@ class Pipe(asyncio.Protocol):
         else:
             self.counters.bytes_sent += len(data)
             chan.write(data)
+            if len(data) >= BulkReads.BULK and self.observer is None:
+                # bulk: the next reads land in a buffer of ours, not in a new bytes object
+                self.transport.set_protocol(BulkReads(self))  # type: ignore[union-attr]
         if self.observer is not None:
             self._observe(self.observer.socket_data, data)
 
@@ -232,6 +237,49 @@ class Pipe(asyncio.Protocol):
         if self.chan is not None:
             self.chan.abort()
         self._finish()
+
+
+class BulkReads(asyncio.BufferedProtocol):
+    """A :class:`Pipe`'s socket while it moves bulk: read into a buffer of ours and handed to
+    the channel as a view (as a Protocol, uvloop copies every read into a new bytes object:
+    a copy of every byte the application sends). The buffer is read into again when the
+    channel took all of it at once. A small read hands the socket back to the Pipe: one more
+    call per read (get_buffer) would cost round trips of small messages more than the copy."""
+
+    #: bytes: a read at least this large switches to, and a smaller one away from, bulk reads
+    BULK = 64 * 1024
+    #: bytes: the read buffer (uvloop's own reads are at most as large)
+    SIZE = 256 * 1024
+
+    def __init__(self, pipe: Pipe) -> None:
+        self.pipe = pipe
+        self._buf: bytearray | None = None
+
+    def get_buffer(self, sizehint: int) -> bytearray:
+        if self._buf is None:
+            self._buf = bytearray(self.SIZE)
+        return self._buf
+
+    def buffer_updated(self, nbytes: int) -> None:
+        pipe, buf = self.pipe, self._buf
+        assert buf is not None and pipe.chan is not None and pipe.transport is not None
+        pipe.counters.bytes_sent += nbytes
+        if not write_view(pipe.chan, memoryview(buf)[:nbytes]):
+            self._buf = None  # the channel keeps it until the peer's window opens
+        if nbytes < self.BULK:
+            pipe.transport.set_protocol(pipe)
+
+    def eof_received(self) -> bool:
+        return self.pipe.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.pipe.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.pipe.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.pipe.resume_writing()
 
 
 class ChannelSide(asyncssh.SSHTCPSession):

@@ -41,6 +41,9 @@ packet, and asyncssh spends it twice where it need not:
 7. Packets sent together leave together: :func:`corked` holds what a block sends and writes
    it once at its end (the splice's EOF + CLOSE when both ways of a stream ended: the relay
    makes 4 writes per forwarded stream, not 5).
+8. A channel sends a view of its caller's buffer (:func:`write_view`) as it sends bytes: the
+   splice's bulk reads go from the socket to the packet with no copy of their own (the
+   sending process 0.91-0.99 -> 0.86-0.89 s/GB, interleaved A/B).
 
 All are applied only to the asyncssh versions they were checked against (see ``_CHECKED``),
 and only if the patched attributes look as expected; otherwise asyncssh runs as shipped and a
@@ -253,8 +256,19 @@ def _fast_channel_data(aead_of: Any) -> None:
         self._send_buf_len += len(data)
         self._flush_send_buf()
 
+    def _write_view(self: Any, view: memoryview) -> bool:
+        # (see write_view)
+        if self._encoding or self._send_state != "open" or not view:
+            write(self, bytes(view))
+            return True
+        self._send_buf.append((view, None))
+        self._send_buf_len += len(view)
+        self._flush_send_buf()
+        return not self._send_buf
+
     chan_cls._flush_send_buf = _flush_send_buf  # type: ignore[method-assign]
     chan_cls.write = _write  # type: ignore[method-assign]
+    chan_cls._bridged_write_view = _write_view  # type: ignore[attr-defined]
 
     # --- in: the input buffer is a memoryview while the receiving cipher is AES-GCM ---
 
@@ -534,6 +548,18 @@ class BufferedReads(asyncio.BufferedProtocol):
 
     def resume_writing(self) -> None:
         self.conn.resume_writing()
+
+
+def write_view(chan: Any, view: memoryview) -> bool:
+    """Send ``view`` on ``chan`` without copying it first; True if it was all packetized at
+    once (the caller may reuse its buffer), False if the channel keeps (part of) it until the
+    peer's window opens (the caller must leave that buffer alone). Without the fast packet
+    path the bytes are copied, as ``chan.write`` would."""
+    fast = getattr(chan, "_bridged_write_view", None)
+    if fast is None:
+        chan.write(bytes(view))
+        return True
+    return bool(fast(view))
 
 
 def buffered(conn: Any) -> Any:
