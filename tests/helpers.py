@@ -67,6 +67,20 @@ class Daemon:
         )
 
 
+def instances_made(monkeypatch: Any, cls: type) -> list[Any]:
+    """Every instance of ``cls`` made from now on, in order (its ``__init__`` wrapped for the
+    test): to check that a code path did build what it was meant to."""
+    made: list[Any] = []
+    init = cls.__init__
+
+    def counted(self: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(cls, "__init__", counted)
+    return made
+
+
 def free_port() -> int:
     import socket
 

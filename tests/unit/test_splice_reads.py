@@ -17,6 +17,7 @@ import pytest
 from bridged import sshtune
 from bridged.splice import BulkReads, Counters, Pipe, socket_then_channel
 from tests import stock_ssh_peer
+from tests.helpers import instances_made
 
 MiB = 1024 * 1024
 GCM = ["aes128-gcm@openssh.com"]
@@ -46,14 +47,7 @@ def test_the_same_on_uvloop(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 async def _bulk_then_small(monkeypatch: pytest.MonkeyPatch) -> None:
-    switched: list[BulkReads] = []
-    init = BulkReads.__init__
-
-    def counted(self: BulkReads, pipe: Pipe) -> None:
-        init(self, pipe)
-        switched.append(self)
-
-    monkeypatch.setattr(BulkReads, "__init__", counted)
+    switched = instances_made(monkeypatch, BulkReads)
     server, _, client_key = await stock_ssh_peer.echo_server(encryption_algs=GCM)
     counters, live = Counters(), set[Pipe]()
     async with asyncssh.connect(

@@ -23,6 +23,7 @@ from bridged.config import parse_carrier
 from bridged.relay.server import TcpAcceptor
 from bridged.sshtune import BufferedReads
 from tests import stock_ssh_peer
+from tests.helpers import instances_made
 
 VERSION = tuple(int(p) for p in asyncssh.__version__.split(".")[:2])
 
@@ -247,14 +248,7 @@ def test_buffered_reads_on_uvloop_move_every_byte_through_rekeys(
 
 async def _patched_server(cipher: str, reads: str, monkeypatch: pytest.MonkeyPatch) -> None:
     seed = 12
-    accepted: list[BufferedReads] = []
-    init = BufferedReads.__init__
-
-    def counted(self: BufferedReads, conn: object) -> None:
-        init(self, conn)
-        accepted.append(self)
-
-    monkeypatch.setattr(BufferedReads, "__init__", counted)
+    accepted = instances_made(monkeypatch, BufferedReads)
     server, host_key, client_key = await stock_ssh_peer.echo_server(
         encryption_algs=[cipher], rekey_bytes=REKEY_BYTES,
         **({"tunnel": TcpAcceptor()} if reads == "buffered" else {}))
