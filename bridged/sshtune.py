@@ -69,6 +69,10 @@ _FAST_CHECKED = {(2, 24)}
 
 _applied = False
 
+#: bytes below which a copy costs less than keeping pieces apart (one write, not a writev;
+#: a copied payload, not a view of the packet)
+JOIN_BELOW = 16 * 1024
+
 
 def apply() -> bool:
     """Install the patches once; returns whether they are active."""
@@ -152,7 +156,6 @@ def _fast_channel_data(aead_of: Any) -> None:
     gcm_encryption = encryption.GCMEncryption
     invalid_tag = cipher.InvalidTag
     GCM_TAG = 16  # bytes: the tag asyncssh's AES-GCM sends in place of a MAC
-    JOIN_BELOW = 16 * 1024  # bytes of data below which copying the header on is cheapest
 
     # Padding is taken from a buffer of the kernel's random bytes, each byte used once (as
     # OpenSSH takes it from arc4random_buf), not from a getrandom() call per packet.
@@ -252,15 +255,17 @@ def _fast_channel_data(aead_of: Any) -> None:
             return
         # bytes cannot change under us: a view of them is buffered, not a bytearray copy
         # (_flush_send_buf slices views; the fast packet path joins them as they are)
-        self._send_buf.append((memoryview(data), None))
-        self._send_buf_len += len(data)
-        self._flush_send_buf()
+        _queue_view(self, memoryview(data))
 
     def _write_view(self: Any, view: memoryview) -> bool:
         # (see write_view)
         if self._encoding or self._send_state != "open" or not view:
             write(self, bytes(view))
             return True
+        return _queue_view(self, view)
+
+    def _queue_view(self: Any, view: memoryview) -> bool:
+        """Buffer ``view`` and send what the window allows; whether none of it is kept."""
         self._send_buf.append((view, None))
         self._send_buf_len += len(view)
         self._flush_send_buf()
@@ -441,7 +446,7 @@ def corked(chan: Any) -> Iterator[None]:
 def _uncork(conn: Any) -> None:
     corked: list[bytes] | None = conn.__dict__.pop("_bridged_corked", None)
     if corked and conn._transport is not None:
-        if sum(map(len, corked)) < 16 * 1024:
+        if sum(map(len, corked)) < JOIN_BELOW:
             conn._transport.write(b"".join(corked))  # (one small write, not a writev)
         else:
             conn._transport.writelines(corked)
