@@ -47,4 +47,14 @@ How the package is laid out, from the inside out:
   machine, and the demo built on them.
 """
 
+import sys as _sys
+
 __version__ = "0.1.0"
+
+# Two optional parts of asyncssh are kept out of every bridged process, before anything imports
+# asyncssh: X.509 certificates (they bring pyOpenSSL and cryptography.x509 with them) and the
+# UMAC MACs (libnettle, loaded through ctypes). bridged pins plain host keys and negotiates AEAD
+# ciphers only, which carry no MAC, so neither is ever used; asyncssh reads a missing one as
+# "not available". Idle daemon and relay: 1.4 MiB less each (issue 14).
+for _optional in ("asyncssh.crypto.x509", "asyncssh.crypto.umac"):
+    _sys.modules.setdefault(_optional, None)  # type: ignore[arg-type]
