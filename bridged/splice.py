@@ -285,12 +285,12 @@ class BulkReads(asyncio.BufferedProtocol):
 class ChannelSide(asyncssh.SSHTCPSession):
     """The channel side of a splice: a thin forwarder into :class:`Pipe`."""
 
-    #: large data may arrive as a memoryview of the decrypted packet (bridged.sshtune): the
-    #: socket's transport takes it as it is, saving a copy per packet
-    accepts_views = True
-
     def __init__(self, pipe: Pipe) -> None:
         self.pipe = pipe
+        #: where bridged.sshtune hands the channel's data straight to while reading is not
+        #: paused (not through asyncssh's delivery and data_received); large data comes as a
+        #: memoryview of the decrypted packet, which the socket's transport takes as it is
+        self.data_sink = pipe.channel_data
 
     def connection_made(self, chan: asyncssh.SSHTCPChannel) -> None:  # type: ignore[override]
         self.pipe.channel_open(chan)

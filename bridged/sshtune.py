@@ -44,6 +44,12 @@ packet, and asyncssh spends it twice where it need not:
 8. A channel sends a view of its caller's buffer (:func:`write_view`) as it sends bytes: the
    splice's bulk reads go from the socket to the packet with no copy of their own (the
    sending process 0.91-0.99 -> 0.86-0.89 s/GB, interleaved A/B).
+9. A small message takes the short way through a channel: bytes written when nothing waits
+   to be sent and the peer's window has room go straight into one packet (not through the
+   send buffer and its flush loop), and channel data goes straight to a session that names a
+   ``data_sink`` while it reads unpaused (asyncssh's _accept_data and _deliver_data, and the
+   session's data_received, in one call; the window is kept as they keep it). Round trip of
+   100 bytes 149-154 -> 140 us, user CPU per round trip 3-6 us less per side (interleaved A/B).
 
 All are applied only to the asyncssh versions they were checked against (see ``_CHECKED``),
 and only if the patched attributes look as expected; otherwise asyncssh runs as shipped and a
@@ -147,7 +153,7 @@ def _fast_channel_data(aead_of: Any) -> None:
     import os
 
     from asyncssh import channel, connection, encryption
-    from asyncssh.constants import MSG_CHANNEL_DATA, MSG_KEX_LAST
+    from asyncssh.constants import MSG_CHANNEL_DATA, MSG_CHANNEL_WINDOW_ADJUST, MSG_KEX_LAST
     from asyncssh.crypto import cipher
     from asyncssh.logging import SSHLogger
     from asyncssh.packet import String, UInt32
@@ -211,7 +217,7 @@ def _fast_channel_data(aead_of: Any) -> None:
             _uncork(self)  # (what was corked goes first: packets leave in order)
             send_packet(self, pkttype, *args, handler=handler)
 
-    def send_data(conn: Any, chan: Any, data: bytearray) -> bool:
+    def send_data(conn: Any, chan: Any, data: bytes | bytearray | memoryview) -> bool:
         """One MSG_CHANNEL_DATA packet, its data joined in as it is (no String() copy)."""
         return chan._send_chan is not None and fast_send(
             conn, MSG_CHANNEL_DATA,
@@ -252,6 +258,11 @@ def _fast_channel_data(aead_of: Any) -> None:
         if type(data) is not bytes or self._encoding or not data \
                 or self._send_state != "open" or datatype is not None:
             write(self, data, datatype)
+            return
+        n = len(data)
+        if not self._send_buf and n <= self._send_window and n <= self._send_pktsize \
+                and send_data(self._conn, self, data):  # item 9: nothing waits, it fits
+            self._send_window -= n
             return
         # bytes cannot change under us: a view of them is buffered, not a bytearray copy
         # (_flush_send_buf slices views; the fast packet path joins them as they are)
@@ -369,10 +380,21 @@ def _fast_channel_data(aead_of: Any) -> None:
             raise connection.ProtocolError("Channel not open for sending")
         if datalen > chan._recv_window:
             raise connection.ProtocolError("Window exceeded")
-        if datalen >= JOIN_BELOW and getattr(chan._session, "accepts_views", False):
-            chan._accept_data(memoryview(plain)[10:end])  # a session that only writes it on
-        else:
+        sink = getattr(chan._session, "data_sink", None)
+        if sink is None:
             chan._accept_data(plain[10:end])
+        else:  # (large data as a view of the packet: the sink only writes it on)
+            data = memoryview(plain)[10:end] if datalen >= JOIN_BELOW else plain[10:end]
+            if chan._recv_paused or chan._recv_buf or chan._send_state != "open" \
+                    or chan._encoding or not datalen:
+                chan._accept_data(data)  # (buffered while paused, dropped once closing)
+            else:  # item 9: what _accept_data and _deliver_data do for it, in one call
+                sink(data)
+                window = chan._recv_window = chan._recv_window - datalen
+                if window < chan._init_recv_window / 2:
+                    chan._recv_window = chan._init_recv_window
+                    chan.send_packet(MSG_CHANNEL_WINDOW_ADJUST,
+                                     (chan._init_recv_window - window).to_bytes(4, "big"))
         self._auth_final = True
         if self._transport:
             self._recv_seq = (seq + 1) & 0xFFFFFFFF

@@ -35,10 +35,11 @@ def payload(seed: int, channel: int, n: int, size: int) -> bytes:
     return random.Random(f"{seed}/{channel}/{n}").randbytes(size)
 
 
-async def echo_server(**options: Any) -> tuple[Any, Any, Any]:
+async def echo_server(handler: Any = None, **options: Any) -> tuple[Any, Any, Any]:
     """An SSH server on 127.0.0.1 port 0 whose every direct-tcpip channel echoes what it
-    reads, EOF included: (server, host key, client key). ``options`` go to asyncssh.listen.
-    (The interop tests run it in their own, patched, process too.)"""
+    reads, EOF included (or runs ``handler(reader, writer)``): (server, host key, client
+    key). ``options`` go to asyncssh.listen. (The interop tests run it in their own,
+    patched, process too.)"""
     host_key = asyncssh.generate_private_key("ssh-ed25519")
     client_key = asyncssh.generate_private_key("ssh-ed25519")
 
@@ -51,7 +52,7 @@ async def echo_server(**options: Any) -> tuple[Any, Any, Any]:
 
     class Server(asyncssh.SSHServer):  # type: ignore[misc]
         def connection_requested(self, *args: Any) -> Any:
-            return echo
+            return handler or echo
 
     options.setdefault("compression_algs", None)
     server = await asyncssh.listen(
