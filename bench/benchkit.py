@@ -32,6 +32,15 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def interpreter() -> str:
+    """The Python the measured processes run, as a table's heading names it: bridged's cost is
+    mostly the interpreter's, and builds differ (on one machine a pyenv build without PGO/LTO
+    took ~1.5x the CPU of Debian's python3.11 for the same work)."""
+    import platform
+
+    return f"{platform.python_implementation()} {platform.python_version()} ({sys.base_prefix})"
+
+
 def stop_proc(proc: subprocess.Popen[bytes] | None) -> None:
     """SIGTERM, then SIGKILL after 5 s; a process that ended already is left alone."""
     if proc is None or proc.poll() is not None:

@@ -255,7 +255,8 @@ async def bench(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             "added_p50_ms": added <= TARGET_ADDED_P50_MS,
         },
         "load": {"connections": args.connections, "seconds": args.seconds, "threads": 1,
-                 "wrk_cpus": wrk_cpus, "nginx_cpus": server_cpus},
+                 "wrk_cpus": wrk_cpus, "nginx_cpus": server_cpus,
+                 "python": benchkit.interpreter()},
     }
 
 
@@ -300,7 +301,8 @@ def table(r: dict[str, Any]) -> str:
         f"{_met(met['added_p50_ms'])})")
     load = r["load"]
     lines.append(f"load: wrk -t1 -c{load['connections']} -d{load['seconds']}s "
-                 f"(wrk on cpu {load['wrk_cpus']}, nginx on cpu {load['nginx_cpus']})")
+                 f"(wrk on cpu {load['wrk_cpus']}, nginx on cpu {load['nginx_cpus']}); "
+                 f"relay on {load.get('python', '?')}")
     return "\n".join(lines)
 
 

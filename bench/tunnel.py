@@ -12,7 +12,10 @@ Paths (each to the same echo/sink server, which runs in its own process on uvloo
                  ``--serve-kube``, TLS, the ``RelayKubelet`` hook running the real
                  ``bridged relay`` as the pod) and reaches it through the server's
                  ``pods/portforward`` websocket (``v4.channel.k8s.io``); the API server's CPU is
-                 reported beside the tunnel's.
+                 reported beside the tunnel's;
+- ``python-floor`` no SSH: two Python processes (uvloop, as daemon and relay run) in series,
+                 each passing every read on after one AES-GCM operation over it: what any tunnel
+                 of two Python processes costs before its protocol adds anything.
 
 Measured, per path: one-stream upload and download and an 8-stream upload (MB/s = bytes / s /
 1e6), request/response round trips of 100 bytes (p50/p99, µs), time to open a forwarded stream
@@ -55,6 +58,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from benchkit import interpreter
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -164,6 +169,119 @@ def serve() -> None:
         await stop.wait()
 
     uvloop.run(main())
+
+
+def serve_hop(target_port: int) -> None:
+    """One hop of the ``python-floor`` path (``tunnel.py --serve-hop PORT``): every connection
+    is passed on to ``target_port``, each read sealed once with AES-GCM on its way (the sealed
+    copy is dropped: the bytes go on as they came, so the two hops need no framing), with
+    back-pressure and half-close both ways."""
+    import uvloop
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    aead, nonce = AESGCM(os.urandom(16)), os.urandom(12)
+
+    class Side(asyncio.Protocol):
+        def __init__(self) -> None:
+            self.t: Any = None
+            self.peer: Side | None = None
+            self.early: list[bytes] = []  # read before the other side connected
+            self.eof = False
+
+        def connection_made(self, transport: Any) -> None:
+            self.t = transport
+
+        def data_received(self, data: bytes) -> None:
+            aead.encrypt(nonce, data, None)  # (the same cost as sealing or opening it)
+            if self.peer is None or self.peer.t is None:
+                self.early.append(data)
+                self.t.pause_reading()
+            else:
+                self.peer.t.write(data)
+
+        def eof_received(self) -> bool:
+            self.eof = True
+            if self.peer is not None and self.peer.t is not None:
+                self.peer.t.write_eof()
+                if self.peer.eof:
+                    self.t.close()
+                    self.peer.t.close()
+            return True
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self.peer is not None and self.peer.t is not None:
+                self.peer.t.close()
+
+        def pause_writing(self) -> None:
+            if self.peer is not None and self.peer.t is not None:
+                self.peer.t.pause_reading()
+
+        def resume_writing(self) -> None:
+            if self.peer is not None and self.peer.t is not None:
+                self.peer.t.resume_reading()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        connecting: set[asyncio.Task[None]] = set()
+
+        def accepted() -> Side:
+            inner, outer = Side(), Side()
+            inner.peer, outer.peer = outer, inner
+
+            async def connect() -> None:
+                try:
+                    await loop.create_connection(lambda: outer, "127.0.0.1", target_port)
+                except OSError:
+                    if inner.t is not None:
+                        inner.t.close()
+                    return
+                for data in inner.early:
+                    outer.t.write(data)
+                inner.early.clear()
+                if inner.eof:
+                    outer.t.write_eof()
+                elif inner.t is not None:
+                    inner.t.resume_reading()
+
+            task = loop.create_task(connect())
+            connecting.add(task)
+            task.add_done_callback(connecting.discard)
+            return inner
+
+        server = await loop.create_server(accepted, "127.0.0.1", 0, backlog=4096)
+        print(json.dumps({"port": server.sockets[0].getsockname()[1]}), flush=True)
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
+
+    uvloop.run(main())
+
+
+class PythonFloor:
+    """The ``python-floor`` path: two :func:`serve_hop` processes in series to the server."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.hops: list[subprocess.Popen[bytes]] = []
+
+    def start(self) -> Path_:
+        port = self.target_port
+        for _ in range(2):  # the second hop first: the first one connects to it
+            hop = subprocess.Popen(
+                [sys.executable, str(Path(__file__).resolve()), "--serve-hop", str(port)],
+                stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+            self.hops.append(hop)
+            assert hop.stdout is not None
+            port = int(json.loads(hop.stdout.readline())["port"])
+        if not echo_works(port):
+            raise RuntimeError("the python-floor hops do not echo")
+        return Path_("python-floor", port, {"hop1": self.hops[1].pid, "hop2": self.hops[0].pid},
+                     note="two Python hops, one AES-GCM operation per read each, no SSH")
+
+    def stop(self) -> None:
+        for hop in self.hops:
+            hop.terminate()
+            hop.wait()
 
 
 #: the namespace the bench's kube bridge uses on the stand-in API server
@@ -1073,7 +1191,7 @@ def summary(res: dict[str, dict[str, Any]], seconds: float, quick: bool,
         return round(b[key] / o[key], 3)
 
     rss = (b.get("rss_after_concurrent_mib") or {}).get("daemon")
-    out = {
+    out: dict[str, Any] = {
         "throughput_ratio_vs_openssh": ratio("upload_mbps"),
         "rtt_p50_ratio_vs_openssh": ratio("rtt_p50_us"),
         "concurrent_1000_seconds": round(b["concurrent_seconds"], 3)
@@ -1085,6 +1203,7 @@ def summary(res: dict[str, dict[str, Any]], seconds: float, quick: bool,
         "open_p50_ratio_vs_openssh": ratio("open_p50_us"),
         "open_stream_p50_ratio_vs_openssh": ratio("open_p50_us"),
         "cpu_per_gb_ratio_vs_openssh": ratio("tunnel_cpu_seconds_per_gb"),
+        "python": interpreter(),
     }
     idle = b.get("idle_rss_mib") or {}
     for proc in ("daemon", "relay"):
@@ -1163,6 +1282,7 @@ async def run(args: argparse.Namespace) -> int:
         server, target = await asyncio.to_thread(start_server)
         paths: list[Path_] = []
         openssh: OpenSSH | None = None
+        floor: PythonFloor | None = None
         bridges: list[Bridged | BridgedKube] = []
         try:
             if "tcp" in wanted:
@@ -1176,6 +1296,9 @@ async def run(args: argparse.Namespace) -> int:
                 else:
                     openssh = OpenSSH(work / "openssh", target)
                     paths.append(await asyncio.to_thread(openssh.start))
+            if "python-floor" in wanted:
+                floor = PythonFloor(target)
+                paths.append(await asyncio.to_thread(floor.start))
             for carrier, name in (("tcp", "bridged"), ("ws", "bridged-ws")):
                 if name in wanted:
                     b = Bridged(work / name, target, carrier)
@@ -1198,12 +1321,15 @@ async def run(args: argparse.Namespace) -> int:
                 await tunnel.stop()
             if openssh is not None:
                 openssh.stop()
+            if floor is not None:
+                floor.stop()
             server.terminate()
             server.wait()
     elapsed = time.monotonic() - started
     print(f"bridged tunnel benchmark ({'quick' if args.quick else 'full'}, "
           f"{os.cpu_count()} CPUs, {elapsed:.0f}s); medians of {plan.reps} repetitions "
-          f"({plan.latency_reps} for latencies, {plan.concurrent_reps} for 1000 concurrent)")
+          f"({plan.latency_reps} for latencies, {plan.concurrent_reps} for 1000 concurrent); "
+          f"daemon and relay on {interpreter()}")
     print(table(res))
     other = res.get("_meta", {}).get("other_load_cpus")
     if other is not None:
@@ -1218,7 +1344,7 @@ async def run(args: argparse.Namespace) -> int:
     return 0
 
 
-PATHS = ("tcp", "openssh", "bridged", "bridged-ws", "bridged-kube")
+PATHS = ("tcp", "openssh", "python-floor", "bridged", "bridged-ws", "bridged-kube")
 
 
 def main() -> int:
@@ -1232,9 +1358,13 @@ def main() -> int:
                     "long upload and download into DIR (raw stacks and a .top summary)")
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--serve-kube", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--serve-hop", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
         serve()
+        return 0
+    if args.serve_hop:
+        serve_hop(args.serve_hop)
         return 0
     if args.serve_kube:
         serve_kube()
