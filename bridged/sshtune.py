@@ -389,12 +389,12 @@ def _fast_channel_data(aead_of: Any) -> None:
                     or chan._encoding or not datalen:
                 chan._accept_data(data)  # (buffered while paused, dropped once closing)
             else:  # item 9: what _accept_data and _deliver_data do for it, in one call
-                sink(data)
                 window = chan._recv_window = chan._recv_window - datalen
-                if window < chan._init_recv_window / 2:
+                if window < chan._init_recv_window / 2:  # (before the data, as they do it)
                     chan._recv_window = chan._init_recv_window
                     chan.send_packet(MSG_CHANNEL_WINDOW_ADJUST,
                                      (chan._init_recv_window - window).to_bytes(4, "big"))
+                sink(data)
         self._auth_final = True
         if self._transport:
             self._recv_seq = (seq + 1) & 0xFFFFFFFF

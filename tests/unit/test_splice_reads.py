@@ -86,6 +86,17 @@ async def forward_to_echo(counters: Counters, live: set[Pipe], handler: Any = No
         await server.wait_closed()
 
 
+async def small_buffered_client(
+        port: int, option: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A client of ``port`` whose socket buffer ``option`` (SO_RCVBUF, SO_SNDBUF) is 64 KiB:
+    not autotuned, it fills soon."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, option, 64 * 1024)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    return await asyncio.open_connection(sock=sock)
+
+
 async def _bulk_then_small(monkeypatch: pytest.MonkeyPatch) -> None:
     switched = instances_made(monkeypatch, BulkReads)
     counters, live = Counters(), set[Pipe]()
@@ -149,11 +160,7 @@ async def test_a_client_that_stops_reading_stops_the_channel_and_loses_nothing(
     monkeypatch.setattr(Pipe, "channel_data", on_data)
     counters, live = Counters(), set[Pipe]()
     async with forward_to_echo(counters, live) as port:
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)  # (no autotuning)
-        sock.setblocking(False)
-        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
-        reader, writer = await asyncio.open_connection(sock=sock)
+        reader, writer = await small_buffered_client(port, socket.SO_RCVBUF)
         payload = os.urandom(16 * MiB)
         writer.write(payload)
         sender = asyncio.ensure_future(writer.drain())
@@ -185,11 +192,7 @@ async def test_small_writes_to_a_peer_that_stopped_reading_stay_within_its_windo
 
     counters, live = Counters(), set[Pipe]()
     async with forward_to_echo(counters, live, reads_later, rcvbuf=64 * 1024) as port:
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)  # (fills soon)
-        sock.setblocking(False)
-        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
-        _, writer = await asyncio.open_connection(sock=sock)
+        _, writer = await small_buffered_client(port, socket.SO_SNDBUF)
         payload = os.urandom(8 * MiB)
 
         async def send() -> None:
